@@ -1,0 +1,453 @@
+"""The pure ledger domain: commands, events, account state, decide and evolve.
+
+Assumptions, stated once:
+
+- Money is an ``int`` count of minor units (cents for EUR) plus an ISO 4217
+  code. No float ever enters this module; ``decide`` refuses a non-int amount
+  rather than rounding it.
+- Time is passed in (``now_ms``, epoch milliseconds). Nothing here reads a
+  clock, a disk or a network, so every function is deterministic and a replay
+  of the same events gives the same state.
+- An account's events are numbered 1, 2, 3, ... (``sequence``) with no gaps.
+  ``evolve`` refuses an event whose sequence is not the next one: the caller
+  is expected to skip duplicates (sequence <= version) before folding.
+- A refused command is a value (:class:`Rejection`) with a named reason, not an
+  exception. The checks run in the fixed order of :data:`REJECTION_ORDER`.
+
+``decide(state, command, now_ms) -> tuple[Event, ...] | Rejection`` and
+``evolve(state, event) -> AccountState`` are the whole contract; everything
+Kafka, Faust, RocksDB or Avro lives in ``streams/`` and ``schemas/``.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass, field, replace
+from typing import Union
+
+# Avro ``long`` is a signed 64-bit integer; no amount or balance may leave it.
+AMOUNT_MAX_MINOR = 2**63 - 1
+BALANCE_MIN_MINOR = -(2**63)
+BALANCE_MAX_MINOR = 2**63 - 1
+ACCOUNT_ID_LENGTH_MAX = 64
+COMMAND_ID_LENGTH_MAX = 128
+_CURRENCY_RE = re.compile(r"^[A-Z]{3}$")
+# Printable ASCII without spaces or '/': ids appear in URLs and RocksDB keys.
+_ID_RE = re.compile(r"^[A-Za-z0-9._:@-]+$")
+
+
+class RejectionReason(str, enum.Enum):
+    """Why a command was refused. Values are the wire names."""
+
+    invalid_account_id = "invalid_account_id"
+    invalid_currency = "invalid_currency"
+    amount_must_be_positive = "amount_must_be_positive"
+    amount_too_large = "amount_too_large"
+    overdraft_limit_must_not_be_negative = "overdraft_limit_must_not_be_negative"
+    account_exists = "account_exists"
+    unknown_account = "unknown_account"
+    account_closed = "account_closed"
+    currency_mismatch = "currency_mismatch"
+    insufficient_funds = "insufficient_funds"
+    balance_overflow = "balance_overflow"
+    balance_not_zero = "balance_not_zero"
+    # Decided outside ``decide`` (by the command index), listed here so that
+    # every reason a client can see has one home.
+    command_id_reused = "command_id_reused"
+
+
+# The order in which ``decide`` checks; the first failing check names the
+# rejection. Shape of the command first, then the account it meets.
+REJECTION_ORDER = (
+    RejectionReason.invalid_account_id,
+    RejectionReason.invalid_currency,
+    RejectionReason.amount_must_be_positive,
+    RejectionReason.amount_too_large,
+    RejectionReason.overdraft_limit_must_not_be_negative,
+    RejectionReason.account_exists,
+    RejectionReason.unknown_account,
+    RejectionReason.account_closed,
+    RejectionReason.currency_mismatch,
+    RejectionReason.insufficient_funds,
+    RejectionReason.balance_overflow,
+    RejectionReason.balance_not_zero,
+)
+
+
+# --------------------------------------------------------------------------
+# Commands
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class OpenAccount:
+    command_id: str
+    account_id: str
+    currency: str
+    overdraft_limit_minor: int = 0
+    type = "open_account"
+
+
+@dataclass(frozen=True, slots=True)
+class Credit:
+    command_id: str
+    account_id: str
+    amount_minor: int
+    currency: str
+    type = "credit"
+
+
+@dataclass(frozen=True, slots=True)
+class Debit:
+    command_id: str
+    account_id: str
+    amount_minor: int
+    currency: str
+    type = "debit"
+
+
+@dataclass(frozen=True, slots=True)
+class CloseAccount:
+    command_id: str
+    account_id: str
+    type = "close_account"
+
+
+Command = Union[OpenAccount, Credit, Debit, CloseAccount]
+COMMAND_TYPES: dict[str, type] = {
+    c.type: c for c in (OpenAccount, Credit, Debit, CloseAccount)
+}
+
+
+def command_hash(command: Command) -> str:
+    """Hex SHA-256 of the command's canonical form (type plus sorted fields).
+
+    Two sends with the same ``command_id`` are the same request only if their
+    hashes match; otherwise the second is ``command_id_reused``.
+    """
+    canonical = json.dumps(
+        {"type": command.type, **asdict(command)},
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=True,
+    )
+    return hashlib.sha256(canonical.encode("ascii")).hexdigest()
+
+
+# --------------------------------------------------------------------------
+# Events
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AccountOpened:
+    account_id: str
+    sequence: int
+    command_id: str
+    currency: str
+    amount_minor: int
+    balance_after_minor: int
+    recorded_at_ms: int
+    overdraft_limit_minor: int
+    type = "account_opened"
+
+
+@dataclass(frozen=True, slots=True)
+class Credited:
+    account_id: str
+    sequence: int
+    command_id: str
+    currency: str
+    amount_minor: int
+    balance_after_minor: int
+    recorded_at_ms: int
+    type = "credited"
+
+
+@dataclass(frozen=True, slots=True)
+class Debited:
+    account_id: str
+    sequence: int
+    command_id: str
+    currency: str
+    amount_minor: int
+    balance_after_minor: int
+    recorded_at_ms: int
+    type = "debited"
+
+
+@dataclass(frozen=True, slots=True)
+class AccountClosed:
+    account_id: str
+    sequence: int
+    command_id: str
+    currency: str
+    amount_minor: int
+    balance_after_minor: int
+    recorded_at_ms: int
+    type = "account_closed"
+
+
+Event = Union[AccountOpened, Credited, Debited, AccountClosed]
+EVENT_TYPES: dict[str, type] = {
+    e.type: e for e in (AccountOpened, Credited, Debited, AccountClosed)
+}
+
+
+@dataclass(frozen=True, slots=True)
+class CommandRejected:
+    """The log record of a refused command: its one outcome, with no sequence.
+
+    It changes no account state; it is recorded so that every command has
+    exactly one outcome in the log and a retry can be answered with it.
+    """
+
+    account_id: str
+    command_id: str
+    command_type: str
+    reason: str
+    detail: str
+    recorded_at_ms: int
+    type = "command_rejected"
+
+
+def rejected(command: Command, rejection: "Rejection", now_ms: int) -> CommandRejected:
+    return CommandRejected(
+        account_id=command.account_id,
+        command_id=command.command_id,
+        command_type=command.type,
+        reason=rejection.reason.value,
+        detail=rejection.detail,
+        recorded_at_ms=now_ms,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A refused command: nothing about the account changes."""
+
+    reason: RejectionReason
+    detail: str = ""
+
+
+# --------------------------------------------------------------------------
+# State
+# --------------------------------------------------------------------------
+
+
+class AccountStatus(str, enum.Enum):
+    open = "open"
+    closed = "closed"
+
+
+@dataclass(frozen=True, slots=True)
+class AccountState:
+    account_id: str
+    currency: str
+    balance_minor: int
+    overdraft_limit_minor: int
+    version: int
+    status: AccountStatus
+    opened_at_ms: int
+    updated_at_ms: int
+    credits_minor: int = field(default=0)
+    debits_minor: int = field(default=0)
+
+
+class EventOutOfOrder(ValueError):
+    """``evolve`` was given an event that is not the account's next one."""
+
+
+def evolve(state: AccountState | None, event: Event) -> AccountState:
+    """Fold one event into the account state. Pure; raises on a gap."""
+    expected = 1 if state is None else state.version + 1
+    if event.sequence != expected:
+        raise EventOutOfOrder(
+            f"{event.account_id}: expected sequence {expected}, got {event.sequence}"
+        )
+    if isinstance(event, AccountOpened):
+        return AccountState(
+            account_id=event.account_id,
+            currency=event.currency,
+            balance_minor=0,
+            overdraft_limit_minor=event.overdraft_limit_minor,
+            version=event.sequence,
+            status=AccountStatus.open,
+            opened_at_ms=event.recorded_at_ms,
+            updated_at_ms=event.recorded_at_ms,
+        )
+    assert state is not None  # sequence check above guarantees an open came first
+    if isinstance(event, Credited):
+        return replace(
+            state,
+            balance_minor=event.balance_after_minor,
+            credits_minor=state.credits_minor + event.amount_minor,
+            version=event.sequence,
+            updated_at_ms=event.recorded_at_ms,
+        )
+    if isinstance(event, Debited):
+        return replace(
+            state,
+            balance_minor=event.balance_after_minor,
+            debits_minor=state.debits_minor + event.amount_minor,
+            version=event.sequence,
+            updated_at_ms=event.recorded_at_ms,
+        )
+    if isinstance(event, AccountClosed):
+        return replace(
+            state,
+            status=AccountStatus.closed,
+            version=event.sequence,
+            updated_at_ms=event.recorded_at_ms,
+        )
+    raise TypeError(f"not an event: {event!r}")
+
+
+def fold(events, state: AccountState | None = None) -> AccountState | None:
+    for event in events:
+        state = evolve(state, event)
+    return state
+
+
+# --------------------------------------------------------------------------
+# decide
+# --------------------------------------------------------------------------
+
+
+def _valid_id(value, length_max: int) -> bool:
+    return (
+        isinstance(value, str)
+        and 0 < len(value) <= length_max
+        and _ID_RE.match(value) is not None
+    )
+
+
+def _check_amount(amount) -> Rejection | None:
+    # bool is an int subclass; True is not one cent.
+    if not isinstance(amount, int) or isinstance(amount, bool) or amount <= 0:
+        return Rejection(RejectionReason.amount_must_be_positive, f"amount {amount!r}")
+    if amount > AMOUNT_MAX_MINOR:
+        return Rejection(RejectionReason.amount_too_large, f"amount {amount} > 2^63-1")
+    return None
+
+
+def _check_currency(currency) -> Rejection | None:
+    if not isinstance(currency, str) or not _CURRENCY_RE.match(currency):
+        return Rejection(RejectionReason.invalid_currency, f"currency {currency!r}")
+    return None
+
+
+def _check_live_account(state: AccountState | None, command) -> Rejection | None:
+    if state is None:
+        return Rejection(RejectionReason.unknown_account, command.account_id)
+    if state.status is AccountStatus.closed:
+        return Rejection(RejectionReason.account_closed, command.account_id)
+    return None
+
+
+def decide(
+    state: AccountState | None, command: Command, now_ms: int
+) -> tuple[Event, ...] | Rejection:
+    """What ``command`` does to the account in ``state`` at time ``now_ms``.
+
+    Returns the events to append (never empty) or a :class:`Rejection`.
+    ``state`` is None for an account that has never been opened.
+    """
+    if not _valid_id(command.account_id, ACCOUNT_ID_LENGTH_MAX):
+        return Rejection(RejectionReason.invalid_account_id, repr(command.account_id))
+    if state is not None and state.updated_at_ms > now_ms:
+        # Time never runs backwards inside an account; the caller's clock did.
+        now_ms = state.updated_at_ms
+    next_sequence = 1 if state is None else state.version + 1
+
+    if isinstance(command, OpenAccount):
+        rejection = _check_currency(command.currency)
+        if rejection:
+            return rejection
+        limit = command.overdraft_limit_minor
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
+            return Rejection(
+                RejectionReason.overdraft_limit_must_not_be_negative, f"{limit!r}"
+            )
+        if limit > AMOUNT_MAX_MINOR:
+            return Rejection(RejectionReason.amount_too_large, f"overdraft {limit}")
+        if state is not None:
+            return Rejection(RejectionReason.account_exists, command.account_id)
+        return (
+            AccountOpened(
+                account_id=command.account_id,
+                sequence=next_sequence,
+                command_id=command.command_id,
+                currency=command.currency,
+                amount_minor=0,
+                balance_after_minor=0,
+                recorded_at_ms=now_ms,
+                overdraft_limit_minor=limit,
+            ),
+        )
+
+    if isinstance(command, (Credit, Debit)):
+        rejection = (
+            _check_currency(command.currency)
+            or _check_amount(command.amount_minor)
+            or _check_live_account(state, command)
+        )
+        if rejection:
+            return rejection
+        if command.currency != state.currency:
+            return Rejection(
+                RejectionReason.currency_mismatch,
+                f"account is {state.currency}, command is {command.currency}",
+            )
+        if isinstance(command, Credit):
+            balance_after = state.balance_minor + command.amount_minor
+            if balance_after > BALANCE_MAX_MINOR:
+                return Rejection(RejectionReason.balance_overflow, str(balance_after))
+            event_type = Credited
+        else:
+            balance_after = state.balance_minor - command.amount_minor
+            if balance_after < -state.overdraft_limit_minor:
+                return Rejection(
+                    RejectionReason.insufficient_funds,
+                    f"balance {state.balance_minor} + overdraft "
+                    f"{state.overdraft_limit_minor} < {command.amount_minor}",
+                )
+            if balance_after < BALANCE_MIN_MINOR:  # pragma: no cover - limit caps it
+                return Rejection(RejectionReason.balance_overflow, str(balance_after))
+            event_type = Debited
+        return (
+            event_type(
+                account_id=command.account_id,
+                sequence=next_sequence,
+                command_id=command.command_id,
+                currency=command.currency,
+                amount_minor=command.amount_minor,
+                balance_after_minor=balance_after,
+                recorded_at_ms=now_ms,
+            ),
+        )
+
+    if isinstance(command, CloseAccount):
+        rejection = _check_live_account(state, command)
+        if rejection:
+            return rejection
+        if state.balance_minor != 0:
+            return Rejection(
+                RejectionReason.balance_not_zero, f"balance {state.balance_minor}"
+            )
+        return (
+            AccountClosed(
+                account_id=command.account_id,
+                sequence=next_sequence,
+                command_id=command.command_id,
+                currency=state.currency,
+                amount_minor=0,
+                balance_after_minor=0,
+                recorded_at_ms=now_ms,
+            ),
+        )
+
+    raise TypeError(f"not a command: {command!r}")
