@@ -1,0 +1,166 @@
+"""Avro encoding of commands and log records, with a schema fingerprint in front.
+
+Framing: Avro *single-object encoding* (Avro spec, "Single object encoding"):
+
+    byte 0..1   0xC3 0x01                      marker and format version
+    byte 2..9   CRC-64-AVRO fingerprint of the writer schema's parsing
+                canonical form, little-endian (fastavro ``fingerprint``)
+    byte 10..   fastavro schemaless binary body
+
+The fingerprint names the exact writer schema, so a reader can hold several
+versions of a schema side by side and resolve old data to the new one; there
+is no registry to run. Every ``.avsc`` file under this folder is a known
+writer schema. A record whose marker or fingerprint is unknown, or whose body
+does not decode, raises :class:`CodecError` (the worker parks it on the
+dead-letter topic).
+
+Domain objects are translated here and only here: the ``ledger`` package
+knows nothing of Avro.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from fastavro import parse_schema, schemaless_reader, schemaless_writer
+from fastavro.schema import fingerprint, to_parsing_canonical_form
+
+from ledger import domain
+
+SCHEMA_DIR = Path(__file__).resolve().parent
+MAGIC = b"\xc3\x01"
+HEADER_LENGTH = len(MAGIC) + 8
+RECORD_BYTES_MAX = 64 * 1024  # no command or event is anywhere near this
+
+
+class CodecError(ValueError):
+    """Bytes that are not a record this ledger knows how to read."""
+
+
+@dataclass(frozen=True)
+class _Schema:
+    name: str  # full name, e.g. ledger.v1.Credited
+    parsed: dict
+    header: bytes  # MAGIC + fingerprint
+
+
+def _load(path: Path) -> _Schema:
+    raw = json.loads(path.read_text())
+    parsed = parse_schema(raw, _write_hint=False)
+    canonical = to_parsing_canonical_form(raw)
+    fp = bytes.fromhex(fingerprint(canonical, "CRC-64-AVRO"))
+    return _Schema(name=f"{raw['namespace']}.{raw['name']}", parsed=parsed, header=MAGIC + fp)
+
+
+_COMMAND = _load(SCHEMA_DIR / "command.avsc")
+_OUTCOMES = {
+    cls: _load(SCHEMA_DIR / "events" / f"{cls.type}.avsc")
+    for cls in (
+        domain.AccountOpened,
+        domain.Credited,
+        domain.Debited,
+        domain.AccountClosed,
+        domain.CommandRejected,
+    )
+}
+# Every writer schema this reader accepts, by header. An evolved schema adds
+# its file and an entry here, mapped to the same domain class.
+_BY_HEADER: dict[bytes, tuple[_Schema, type | None]] = {
+    _COMMAND.header: (_COMMAND, None),
+    **{schema.header: (schema, cls) for cls, schema in _OUTCOMES.items()},
+}
+_PAYLOAD_NAMES = {
+    "ledger.v1.OpenAccount": domain.OpenAccount,
+    "ledger.v1.Credit": domain.Credit,
+    "ledger.v1.Debit": domain.Debit,
+    "ledger.v1.CloseAccount": domain.CloseAccount,
+}
+_PAYLOAD_BY_TYPE = {cls: name for name, cls in _PAYLOAD_NAMES.items()}
+
+
+def schema_files() -> list[Path]:
+    return sorted(SCHEMA_DIR.rglob("*.avsc"))
+
+
+def _write(schema: _Schema, record: dict) -> bytes:
+    out = io.BytesIO()
+    out.write(schema.header)
+    schemaless_writer(out, schema.parsed, record)
+    return out.getvalue()
+
+
+def _read(data: bytes) -> tuple[_Schema, type | None, object]:
+    if not isinstance(data, (bytes, bytearray)):
+        raise CodecError(f"record value is {type(data).__name__}, not bytes")
+    if len(data) > RECORD_BYTES_MAX:
+        raise CodecError(f"record of {len(data)} bytes exceeds {RECORD_BYTES_MAX}")
+    if len(data) < HEADER_LENGTH or data[:2] != MAGIC:
+        raise CodecError("not Avro single-object encoding (missing C3 01 marker)")
+    header = bytes(data[:HEADER_LENGTH])
+    try:
+        schema, cls = _BY_HEADER[header]
+    except KeyError:
+        raise CodecError(f"unknown schema fingerprint {header[2:].hex()}") from None
+    body = io.BytesIO(data)
+    body.seek(HEADER_LENGTH)
+    try:
+        value = schemaless_reader(body, schema.parsed, None, return_record_name=True)
+    except Exception as exc:  # fastavro raises EOFError, ValueError, IndexError...
+        raise CodecError(f"{schema.name}: body does not decode: {exc!r}") from None
+    if body.tell() != len(data):
+        raise CodecError(f"{schema.name}: {len(data) - body.tell()} trailing bytes")
+    return schema, cls, value
+
+
+# --------------------------------------------------------------------------
+# Commands
+# --------------------------------------------------------------------------
+
+
+def encode_command(command: domain.Command, issued_at_ms: int) -> bytes:
+    payload = asdict(command)
+    command_id = payload.pop("command_id")
+    return _write(
+        _COMMAND,
+        {
+            "command_id": command_id,
+            "issued_at_ms": issued_at_ms,
+            "payload": (_PAYLOAD_BY_TYPE[type(command)], payload),
+        },
+    )
+
+
+def decode_command(data: bytes) -> tuple[domain.Command, int]:
+    """Return ``(command, issued_at_ms)`` or raise :class:`CodecError`."""
+    schema, cls, value = _read(data)
+    if schema is not _COMMAND:
+        raise CodecError(f"{schema.name} is not a command")
+    name, payload = value["payload"]
+    return (
+        _PAYLOAD_NAMES[name](command_id=value["command_id"], **payload),
+        value["issued_at_ms"],
+    )
+
+
+# --------------------------------------------------------------------------
+# Log records: events and rejections
+# --------------------------------------------------------------------------
+
+
+def encode_outcome(record, command_hash: str) -> bytes:
+    """Encode an event or a CommandRejected, with the hash of its command."""
+    fields = asdict(record)
+    fields["command_hash"] = command_hash
+    return _write(_OUTCOMES[type(record)], fields)
+
+
+def decode_outcome(data: bytes):
+    """Return ``(event_or_rejection, command_hash)`` or raise :class:`CodecError`."""
+    schema, cls, value = _read(data)
+    if cls is None:
+        raise CodecError(f"{schema.name} is not a log record")
+    command_hash = value.pop("command_hash")
+    return cls(**value), command_hash
