@@ -1,0 +1,1 @@
+"""Kafka, Faust and RocksDB adapters of the ledger (the domain is in ``ledger``)."""

@@ -1,0 +1,38 @@
+"""Prometheus metrics of a worker. Names follow Prometheus conventions: base
+units (`_seconds`, `_bytes`), `_total` for counters, labels of low cardinality.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+COMMANDS = Counter(
+    "ledger_commands_total", "Commands handled, by type and outcome",
+    ["type", "outcome"],  # outcome: applied | rejected | duplicate
+)
+REJECTIONS = Counter(
+    "ledger_command_rejections_total", "Rejected commands by reason", ["reason"]
+)
+EVENTS = Counter("ledger_events_appended_total", "Events appended to the event log")
+DEAD_LETTERS = Counter(
+    "ledger_dead_letters_total", "Records parked on the dead-letter topic"
+)
+TRANSACTIONS = Counter(
+    "ledger_transactions_total", "Kafka transactions by outcome", ["outcome"]
+)
+TRANSACTION_SECONDS = Histogram(
+    "ledger_transaction_seconds", "Time from begin to commit of one batch",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+BATCH_SIZE = Histogram(
+    "ledger_batch_commands", "Commands per transaction",
+    buckets=(1, 10, 50, 100, 250, 500, 1000, 2500, 5000),
+)
+RECOVERY_SECONDS = Histogram(
+    "ledger_recovery_seconds", "Time to catch a partition's store up with the log",
+    buckets=(0.01, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)
+RECOVERED_EVENTS = Counter(
+    "ledger_recovered_records_total", "Log records read while catching up"
+)
+ASSIGNED_PARTITIONS = Gauge("ledger_assigned_partitions", "Partitions this worker owns")

@@ -1,0 +1,403 @@
+"""The transactional core: where a command is applied and committed.
+
+This is design B of ``DESIGN.md``: a confluent-kafka consume-process-produce
+loop with one transactional producer per worker process, run inside the Faust
+worker (see :mod:`streams.app`). Faust's own ``exactly_once`` mode is not used
+for the money path; DESIGN.md lists why (per-destination transactions,
+changelog writes outside the committing transaction, RocksDB writes of aborted
+transactions, acked exceptions, no abort).
+
+One loop iteration (one batch, one Kafka transaction):
+
+1. ``consume`` up to ``batch_size_max`` commands (read_committed);
+2. for each: decode (or park on the dead-letter topic), look up its
+   ``command_id`` (a retry produces nothing new; a reused id with another
+   body is rejected as ``command_id_reused``), ``decide`` against the state
+   seen through the batch's overlay, produce the events (or the rejection
+   record) to the event-log partition with the *same number* as the command's
+   partition;
+3. ``send_offsets_to_transaction`` with the consumer's group metadata
+   (KIP-447: a zombie of an older generation cannot commit), then
+   ``commit_transaction``;
+4. only then write the overlay to RocksDB, one WriteBatch per partition.
+
+If the transaction aborts, the overlay is dropped and the consumer is sought
+back to the batch's first offsets: nothing happened. If the process dies at
+any point, the next owner of the partition catches its store up from the
+event log (read_committed) before it handles a command; that replay is
+idempotent by per-account sequence and by command_id.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+
+from ledger import domain
+from schemas import codec
+from streams import metrics
+from streams.config import Settings
+from streams.partitioner import partition_for
+from streams.topics import watermarks
+from streams.store import Batch, PartitionStore
+
+log = logging.getLogger("ledger.processor")
+
+COMMAND_ID_LENGTH_MAX = domain.COMMAND_ID_LENGTH_MAX
+CATCH_UP_FLUSH_RECORDS = 20_000  # bound the overlay while replaying the log
+KAFKA_TIMEOUT_S = 30.0
+
+
+# --------------------------------------------------------------------------
+# Applying commands and logged records to a batch (no Kafka here)
+# --------------------------------------------------------------------------
+
+
+def handle_command(batch: Batch, command: domain.Command, now_ms: int) -> list[bytes]:
+    """Apply one command to the batch; return the log records it yields.
+
+    Returns [] for a retry of an already-applied command: its original
+    outcome stands and nothing new is logged.
+    """
+    digest = domain.command_hash(command)
+    prior = batch.outcome(command.command_id)
+    if prior is not None:
+        if prior["h"] == digest:
+            metrics.COMMANDS.labels(command.type, "duplicate").inc()
+            return []
+        rejection = domain.Rejection(
+            domain.RejectionReason.command_id_reused,
+            f"command_id already used by another {prior['s']} command",
+        )
+        metrics.COMMANDS.labels(command.type, "rejected").inc()
+        metrics.REJECTIONS.labels(rejection.reason.value).inc()
+        # Logged (every send has an outcome) but not indexed: the original stands.
+        return [codec.encode_outcome(domain.rejected(command, rejection, now_ms), digest)]
+
+    state = batch.account(command.account_id)
+    result = domain.decide(state, command, now_ms)
+    if isinstance(result, domain.Rejection):
+        raw = codec.encode_outcome(domain.rejected(command, result, now_ms), digest)
+        batch.put_outcome(command.command_id, digest, command.account_id,
+                          "rejected", result.reason.value, None)
+        metrics.COMMANDS.labels(command.type, "rejected").inc()
+        metrics.REJECTIONS.labels(result.reason.value).inc()
+        return [raw]
+
+    # Encode everything before touching the batch, so a failure leaves it clean.
+    records = [(event, codec.encode_outcome(event, digest)) for event in result]
+    for event, raw in records:
+        state = domain.evolve(state, event)
+        batch.put_history(event.account_id, event.sequence, raw)
+    batch.put_account(state)
+    batch.put_outcome(command.command_id, digest, command.account_id, "applied",
+                      None, (result[0].sequence, result[-1].sequence))
+    metrics.COMMANDS.labels(command.type, "applied").inc()
+    return [raw for _event, raw in records]
+
+
+def apply_logged(batch: Batch, raw: bytes) -> None:
+    """Fold one committed log record into the batch; idempotent.
+
+    Used while catching up: an event at or below the account's version, or
+    a rejection whose command is already indexed, changes nothing.
+    """
+    record, digest = codec.decode_outcome(raw)
+    if isinstance(record, domain.CommandRejected):
+        if record.reason == domain.RejectionReason.command_id_reused.value:
+            return
+        if batch.outcome(record.command_id) is None:
+            batch.put_outcome(record.command_id, digest, record.account_id,
+                              "rejected", record.reason, None)
+        return
+    state = batch.account(record.account_id)
+    if state is not None and record.sequence <= state.version:
+        return
+    state = domain.evolve(state, record)
+    batch.put_account(state)
+    batch.put_history(record.account_id, record.sequence, raw)
+    prior = batch.outcome(record.command_id)
+    first = prior["q"][0] if prior and prior["s"] == "applied" else record.sequence
+    batch.put_outcome(record.command_id, digest, record.account_id, "applied",
+                      None, (first, record.sequence))
+
+
+def routing_problem(key: bytes | None, command: domain.Command, partition: int,
+                    partitions: int) -> str | None:
+    """Why a decoded command may not be applied on this partition, if it may not."""
+    if not command.command_id or len(command.command_id) > COMMAND_ID_LENGTH_MAX:
+        return f"command_id must be 1..{COMMAND_ID_LENGTH_MAX} characters"
+    expected_key = command.account_id.encode()
+    if key != expected_key:
+        return f"record key {key!r} is not the command's account_id {command.account_id!r}"
+    home = partition_for(expected_key, partitions)
+    if home != partition:
+        # A producer with another partitioner (librdkafka's CRC32 default):
+        # applying it here would split the account across two partitions.
+        return f"key hashes to partition {home} (murmur2), record is on {partition}"
+    return None
+
+
+# --------------------------------------------------------------------------
+# The loop
+# --------------------------------------------------------------------------
+
+
+class Processor:
+    """Runs the consume-decide-produce-commit loop on the calling thread."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self._stop = threading.Event()
+        self._stores: dict[int, PartitionStore] = {}
+        self._event_offsets: dict[int, int] = {}  # partition -> last delivered offset
+        self.caught_up = threading.Event()
+        self._data_dir = Path(settings.data_dir) / settings.events_topic
+        self._consumer = Consumer({
+            "bootstrap.servers": settings.bootstrap_servers,
+            "group.id": settings.group_id,
+            # Static membership: a worker restarted under the same id gets its
+            # partitions back without a rebalance of everyone else.
+            "group.instance.id": settings.worker_id,
+            "session.timeout.ms": settings.session_timeout_ms,
+            # Offsets are committed only inside our transactions.
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            # Never see commands of aborted transactions (transfer legs later);
+            # also makes OffsetFetch wait for pending transactional offsets.
+            "isolation.level": "read_committed",
+            "auto.offset.reset": "earliest",
+            "partition.assignment.strategy": "range",
+        })
+        self._producer = Producer({
+            "bootstrap.servers": settings.bootstrap_servers,
+            "transactional.id": settings.transactional_id,
+            "transaction.timeout.ms": settings.transaction_timeout_ms,
+            "enable.idempotence": True,  # implied by transactional.id; spelled out
+            "acks": "all",
+            "linger.ms": 5,
+            # Events carry an explicit partition; the DLQ uses the key.
+            "partitioner": "murmur2_random",
+            "on_delivery": self._on_delivery,
+        })
+
+    # -- public ------------------------------------------------------------
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def store_for(self, partition: int) -> PartitionStore | None:
+        return self._stores.get(partition)
+
+    @property
+    def assigned(self) -> list[int]:
+        return sorted(self._stores)
+
+    def run(self) -> None:
+        s = self.settings
+        log.info("worker %s: initialising transactions as %s", s.worker_id, s.transactional_id)
+        # Fences an older incarnation of this worker and aborts its open transaction.
+        self._producer.init_transactions(KAFKA_TIMEOUT_S)
+        self._consumer.subscribe([s.commands_topic], on_assign=self._on_assign,
+                                 on_revoke=self._on_revoke, on_lost=self._on_revoke)
+        try:
+            while not self._stop.is_set():
+                messages = self._consumer.consume(s.batch_size_max, timeout=0.1)
+                if messages:
+                    self._process(messages)
+        finally:
+            self._close()
+
+    # -- one batch -----------------------------------------------------------
+
+    def _process(self, messages) -> None:
+        s = self.settings
+        started = time.perf_counter()
+        now_ms = int(time.time() * 1000)
+        batches: dict[int, Batch] = {}
+        first_offsets: dict[int, int] = {}
+        next_offsets: dict[int, int] = {}
+        self._event_offsets.clear()
+        self._producer.begin_transaction()
+        try:
+            for msg in messages:
+                if msg.error():
+                    if msg.error().code() != KafkaError._PARTITION_EOF:
+                        log.warning("consume error: %s", msg.error())
+                    continue
+                p, offset = msg.partition(), msg.offset()
+                first_offsets.setdefault(p, offset)
+                next_offsets[p] = offset + 1
+                batch = batches.get(p)
+                if batch is None:
+                    batch = batches[p] = Batch(self._stores[p])
+                self._handle(msg, p, batch, now_ms)
+            self._producer.flush(KAFKA_TIMEOUT_S)  # delivery reports give event offsets
+            self._producer.send_offsets_to_transaction(
+                [TopicPartition(s.commands_topic, p, o) for p, o in next_offsets.items()],
+                self._consumer.consumer_group_metadata(),
+                KAFKA_TIMEOUT_S,
+            )
+            self._commit()
+        except KafkaException as exc:
+            self._abort(exc, first_offsets)
+            return
+        for p, batch in batches.items():
+            last = self._event_offsets.get(p)
+            self._stores[p].apply(batch, None if last is None else last + 1)
+        metrics.TRANSACTIONS.labels("committed").inc()
+        metrics.TRANSACTION_SECONDS.observe(time.perf_counter() - started)
+        metrics.BATCH_SIZE.observe(len(messages))
+
+    def _handle(self, msg, partition: int, batch: Batch, now_ms: int) -> None:
+        try:
+            command, _issued_at_ms = codec.decode_command(msg.value())
+            problem = routing_problem(msg.key(), command, partition, self.settings.partitions)
+            if problem is None:
+                records = handle_command(batch, command, now_ms)
+        except codec.CodecError as exc:
+            problem = str(exc)
+        except Exception as exc:  # a bug must park one record, not stall a partition
+            log.exception("unexpected error on %s[%d]@%d", msg.topic(), partition, msg.offset())
+            problem = f"internal error: {exc!r}"
+        if problem is not None:
+            self._dead_letter(msg, problem)
+            return
+        key = msg.key()
+        for raw in records:
+            self._producer.produce(self.settings.events_topic, raw, key, partition=partition)
+        metrics.EVENTS.inc(len(records))
+
+    def _dead_letter(self, msg, problem: str) -> None:
+        log.warning("dead-lettering %s[%d]@%d: %s", msg.topic(), msg.partition(),
+                    msg.offset(), problem)
+        self._producer.produce(
+            self.settings.dead_letter_topic,
+            msg.value(),
+            msg.key(),
+            partition=msg.partition(),
+            headers=[
+                ("ledger.error", problem.encode()),
+                ("ledger.source.topic", msg.topic().encode()),
+                ("ledger.source.partition", str(msg.partition()).encode()),
+                ("ledger.source.offset", str(msg.offset()).encode()),
+            ],
+        )
+        metrics.DEAD_LETTERS.inc()
+
+    def _on_delivery(self, err, msg) -> None:
+        if err is None and msg.topic() == self.settings.events_topic:
+            p = msg.partition()
+            if msg.offset() > self._event_offsets.get(p, -1):
+                self._event_offsets[p] = msg.offset()
+
+    def _commit(self) -> None:
+        while True:
+            try:
+                self._producer.commit_transaction(KAFKA_TIMEOUT_S)
+                return
+            except KafkaException as exc:
+                if exc.args[0].retriable():
+                    continue  # the commit may be in flight; asking again is safe
+                raise
+
+    def _abort(self, exc: KafkaException, first_offsets: dict[int, int]) -> None:
+        error = exc.args[0]
+        metrics.TRANSACTIONS.labels("aborted").inc()
+        if not error.txn_requires_abort():
+            # Fenced or fatal: another instance owns our transactional.id.
+            log.error("fatal transaction error, stopping: %s", error)
+            raise exc
+        log.warning("aborting transaction: %s", error)
+        self._producer.abort_transaction(KAFKA_TIMEOUT_S)
+        # Nothing of the batch reached the log or the store; read it again.
+        for p, offset in first_offsets.items():
+            self._consumer.seek(TopicPartition(self.settings.commands_topic, p, offset))
+
+    # -- partitions come and go -------------------------------------------
+
+    def _on_assign(self, consumer, partitions) -> None:
+        numbers = [tp.partition for tp in partitions]
+        log.info("assigned partitions %s", numbers)
+        for p in numbers:
+            if p not in self._stores:
+                self._stores[p] = PartitionStore(self._data_dir / f"p{p}")
+        started = time.perf_counter()
+        self._catch_up(numbers)
+        metrics.RECOVERY_SECONDS.observe(time.perf_counter() - started)
+        metrics.ASSIGNED_PARTITIONS.set(len(self._stores))
+        self.caught_up.set()
+
+    def _on_revoke(self, consumer, partitions) -> None:
+        log.info("revoked partitions %s", [tp.partition for tp in partitions])
+        for tp in partitions:
+            store = self._stores.pop(tp.partition, None)
+            if store is not None:
+                store.close()
+        metrics.ASSIGNED_PARTITIONS.set(len(self._stores))
+
+    def _catch_up(self, partitions: list[int]) -> None:
+        """Bring each partition's store up to the end of the committed event log.
+
+        The end is the high watermark when we took the partition. If a
+        previous owner's transaction is still open, read_committed stops
+        short of it until the broker commits or aborts it (at the latest after
+        ``transaction.timeout.ms``), so we wait rather than act on a state
+        that might still change under us.
+        """
+        topic = self.settings.events_topic
+        reader = Consumer({
+            "bootstrap.servers": self.settings.bootstrap_servers,
+            "group.id": f"{self.settings.group_id}-catch-up",  # never commits
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+            "auto.offset.reset": "earliest",
+        })
+        try:
+            targets = {}
+            for p in partitions:
+                _low, high = watermarks(reader, topic, p)
+                if self._stores[p].events_offset < high:
+                    targets[p] = high
+            if not targets:
+                return
+            log.info("catching up partitions %s to offsets %s", sorted(targets), targets)
+            reader.assign([TopicPartition(topic, p, self._stores[p].events_offset)
+                           for p in targets])
+            batches = {p: Batch(self._stores[p]) for p in targets}
+            pending = 0
+            while targets:
+                messages = reader.consume(5000, timeout=0.2)
+                for msg in messages:
+                    if msg.error():
+                        continue
+                    apply_logged(batches[msg.partition()], msg.value())
+                pending += len(messages)
+                metrics.RECOVERED_EVENTS.inc(len(messages))
+                positions = {tp.partition: tp.offset
+                             for tp in reader.position([TopicPartition(topic, p)
+                                                        for p in targets])}
+                done = [p for p in targets if positions[p] >= targets[p]]
+                if done or pending >= CATCH_UP_FLUSH_RECORDS:
+                    for p in list(batches):
+                        if positions[p] >= 0 and (p in done or pending):
+                            self._stores[p].apply(batches[p], positions[p])
+                            batches[p] = Batch(self._stores[p])
+                    pending = 0
+                for p in done:
+                    del targets[p]
+                    del batches[p]
+        finally:
+            reader.close()
+
+    def _close(self) -> None:
+        try:
+            self._consumer.close()
+        finally:
+            for store in self._stores.values():
+                store.close()
+            self._stores.clear()
