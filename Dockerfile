@@ -1,0 +1,19 @@
+# Image of the ledger worker (see docker-compose.yml).
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /app
+COPY . .
+RUN pip install .
+
+# Run unprivileged; /data is created here so a named volume mounted on it
+# inherits this ownership.
+RUN useradd --create-home --uid 10001 ledger && mkdir /data && chown ledger /data
+USER ledger
+
+EXPOSE 6066
+CMD ["ledger", "worker"]
