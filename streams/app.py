@@ -67,6 +67,14 @@ def create_app(settings: Settings) -> faust.App:
         topic_partitions=settings.partitions,
         # Faust's own state holds nothing of the ledger's; see the module doc.
         store="memory://",
+        # Faust's consumer group must not hold a restarted worker back: static
+        # membership lets the same worker id rejoin at once, and the session
+        # timeout matches the core's (Faust's default of 60 s made a worker
+        # restarted after kill -9 wait a minute before it started at all).
+        consumer_group_instance_id=settings.worker_id,
+        broker_session_timeout=settings.session_timeout_ms / 1000,
+        broker_heartbeat_interval=min(3.0, settings.session_timeout_ms / 3000),
+        broker_rebalance_timeout=settings.session_timeout_ms / 1000,
     )
     processor = Processor(settings)
     app.ledger_processor = processor

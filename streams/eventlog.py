@@ -9,7 +9,7 @@ from streams.config import Settings
 
 def read_log(settings: Settings, timeout_s: float = 30.0, raw: bool = False):
     """Yield (partition, offset, record) of the committed event log, then stop."""
-    from confluent_kafka import Consumer, TopicPartition
+    from confluent_kafka import Consumer, KafkaError, TopicPartition
 
     from schemas import codec
     from streams.topics import watermarks
@@ -19,6 +19,9 @@ def read_log(settings: Settings, timeout_s: float = 30.0, raw: bool = False):
         "group.id": f"{settings.topic_prefix}-reader",
         "enable.auto.commit": False,
         "isolation.level": "read_committed",
+        # The end of a partition is an EOF event with its offset: the position
+        # does not move past a trailing abort marker (see processor._catch_up).
+        "enable.partition.eof": True,
     })
     topic = settings.events_topic
     try:
@@ -29,13 +32,13 @@ def read_log(settings: Settings, timeout_s: float = 30.0, raw: bool = False):
         while todo:
             for msg in consumer.consume(1000, timeout=0.2):
                 if msg.error():
+                    if (msg.error().code() == KafkaError._PARTITION_EOF
+                            and msg.offset() >= ends[msg.partition()]):
+                        todo.discard(msg.partition())
                     continue
                 value = msg.value() if raw else codec.decode_outcome(msg.value())[0]
                 yield msg.partition(), msg.offset(), value
                 deadline = time.monotonic() + timeout_s
-            for tp in consumer.position([TopicPartition(topic, p) for p in todo]):
-                if tp.offset >= ends[tp.partition]:
-                    todo.discard(tp.partition)
             if time.monotonic() > deadline:
                 raise TimeoutError(f"event log did not reach its end within {timeout_s}s")
     finally:

@@ -356,6 +356,10 @@ class Processor:
             "enable.auto.commit": False,
             "isolation.level": "read_committed",
             "auto.offset.reset": "earliest",
+            # The end is known by an EOF event carrying the end offset: with
+            # read_committed the position does not move past a trailing
+            # control record (an abort marker) when no message follows it.
+            "enable.partition.eof": True,
         })
         try:
             targets = {}
@@ -369,24 +373,27 @@ class Processor:
             reader.assign([TopicPartition(topic, p, self._stores[p].events_offset)
                            for p in targets])
             batches = {p: Batch(self._stores[p]) for p in targets}
+            next_offsets = {p: self._stores[p].events_offset for p in targets}
             pending = 0
             while targets:
                 messages = reader.consume(5000, timeout=0.2)
+                done = set()
                 for msg in messages:
+                    p = msg.partition()
                     if msg.error():
+                        if msg.error().code() == KafkaError._PARTITION_EOF and p in targets:
+                            next_offsets[p] = max(next_offsets[p], msg.offset())
+                            if msg.offset() >= targets[p]:
+                                done.add(p)
                         continue
-                    apply_logged(batches[msg.partition()], msg.value())
-                pending += len(messages)
+                    apply_logged(batches[p], msg.value())
+                    next_offsets[p] = msg.offset() + 1
+                    pending += 1
                 metrics.RECOVERED_EVENTS.inc(len(messages))
-                positions = {tp.partition: tp.offset
-                             for tp in reader.position([TopicPartition(topic, p)
-                                                        for p in targets])}
-                done = [p for p in targets if positions[p] >= targets[p]]
                 if done or pending >= CATCH_UP_FLUSH_RECORDS:
-                    for p in list(batches):
-                        if positions[p] >= 0 and (p in done or pending):
-                            self._stores[p].apply(batches[p], positions[p])
-                            batches[p] = Batch(self._stores[p])
+                    for p in (batches if pending >= CATCH_UP_FLUSH_RECORDS else done):
+                        self._stores[p].apply(batches[p], next_offsets[p])
+                        batches[p] = Batch(self._stores[p])
                     pending = 0
                 for p in done:
                     del targets[p]
