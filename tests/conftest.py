@@ -1,0 +1,182 @@
+"""Shared fixtures: one real Kafka broker per test session, and worker processes.
+
+The broker is the project's own single-node Kafka (streams/localkafka.py),
+started once per session on free loopback ports in a temporary directory and
+stopped by its pid at the end, even when tests fail. With
+KAFKA_BOOTSTRAP_SERVERS set, that cluster is used and nothing is started.
+
+Every test gets its own topic prefix, so tests never see each other's data.
+Worker processes are started as ``python -m streams.cli worker`` (the real
+Faust worker) and killed by pid at teardown.
+
+Timeouts used in tests (production defaults in streams/config.py):
+  transaction.timeout.ms = 10000   a dead worker's open transaction is aborted
+                                   by the broker within 10 s
+  session.timeout.ms     = 6000    a dead worker leaves the group within 6 s
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from streams.config import Settings  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory) -> str:
+    existing = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if existing:
+        yield existing
+        return
+    from streams import localkafka
+
+    localkafka.ensure_jars()
+    broker = localkafka.start_broker(tmp_path_factory.mktemp("kafka"))
+    try:
+        yield broker.bootstrap
+    finally:
+        localkafka.stop_broker(broker)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def settings(kafka_bootstrap, tmp_path) -> Settings:
+    from streams.topics import ensure_topics
+
+    s = Settings(
+        bootstrap_servers=kafka_bootstrap,
+        topic_prefix=f"t{uuid.uuid4().hex[:12]}",
+        partitions=6,
+        worker_id="w1",
+        data_dir=tmp_path / "data-w1",
+        web_port=free_port(),
+        batch_size_max=500,
+        transaction_timeout_ms=10_000,
+        session_timeout_ms=6_000,
+    )
+    ensure_topics(s)
+    return s
+
+
+@dataclass
+class Worker:
+    settings: Settings
+    process: subprocess.Popen
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.settings.web_host}:{self.settings.web_port}"
+
+    def get(self, path: str):
+        """(status, json) of a GET on this worker's web server."""
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=5) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    def wait_ready(self, timeout_s: float = 60) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"worker exited {self.process.returncode}:\n{self.log_tail()}")
+            try:
+                status, body = self.get("/v1/health")
+                if status == 200 and body["caught_up"]:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"worker not ready in {timeout_s}s:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text().splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+
+class Workers:
+    """Starts workers as subprocesses; stops exactly those pids at teardown."""
+
+    def __init__(self, tmp_path: Path):
+        self.tmp_path = tmp_path
+        self.started: list[Worker] = []
+
+    def start(self, settings: Settings, wait: bool = True) -> Worker:
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(REPO),
+            "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+            "LEDGER_TOPIC_PREFIX": settings.topic_prefix,
+            "LEDGER_PARTITIONS": str(settings.partitions),
+            "LEDGER_WORKER_ID": settings.worker_id,
+            "LEDGER_DATA_DIR": str(settings.data_dir),
+            "LEDGER_WEB_PORT": str(settings.web_port),
+            "LEDGER_BATCH_SIZE_MAX": str(settings.batch_size_max),
+            "LEDGER_TRANSACTION_TIMEOUT_MS": str(settings.transaction_timeout_ms),
+            "LEDGER_SESSION_TIMEOUT_MS": str(settings.session_timeout_ms),
+        }
+        log_path = self.tmp_path / f"worker-{settings.worker_id}-{len(self.started)}.log"
+        with open(log_path, "w") as log_file:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "streams.cli", "worker", "--loglevel", "info"],
+                env=env, cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT,
+            )
+        worker = Worker(settings, process, log_path)
+        self.started.append(worker)
+        if wait:
+            worker.wait_ready()
+        return worker
+
+    @staticmethod
+    def kill(worker: Worker) -> None:
+        """kill -9: no chance to flush, commit or close anything."""
+        worker.process.send_signal(signal.SIGKILL)
+        worker.process.wait(10)
+
+    @staticmethod
+    def stop(worker: Worker, timeout_s: float = 30) -> None:
+        if worker.process.poll() is None:
+            worker.process.send_signal(signal.SIGTERM)
+            try:
+                worker.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                worker.process.kill()
+                worker.process.wait(10)
+
+    def stop_all(self) -> None:
+        for worker in self.started:
+            if worker.process.poll() is None:
+                worker.process.kill()
+                worker.process.wait(10)
+
+
+@pytest.fixture
+def workers(tmp_path):
+    pool = Workers(tmp_path)
+    try:
+        yield pool
+    finally:
+        pool.stop_all()
