@@ -1,0 +1,57 @@
+"""A worker whose data dir is wiped rebuilds exactly the same state from Kafka."""
+
+from __future__ import annotations
+
+import random
+import shutil
+
+import pytest
+
+from ledger import domain
+from streams.client import LedgerClient
+from streams.store import PartitionStore
+
+
+def dump(settings) -> dict[int, list[tuple[bytes, bytes]]]:
+    """Every key and value of every partition store (worker stopped)."""
+    out = {}
+    root = settings.data_dir / settings.events_topic
+    for p in range(settings.partitions):
+        store = PartitionStore(root / f"p{p}")
+        try:
+            out[p] = [(k, v) for k, v in store.items(b"") ]
+        finally:
+            store.close()
+    return out
+
+
+@pytest.mark.kafka
+def test_wiped_data_dir_is_rebuilt_byte_for_byte(settings, workers):
+    """3,000 commands, stop, dump RocksDB, wipe it, restart: the same bytes come back."""
+    rng = random.Random(7)
+    worker = workers.start(settings)
+    with LedgerClient(settings) as client:
+        for i in range(50):
+            client.send_nowait(domain.OpenAccount(f"o{i}", f"acct-{i}", "EUR", 1000))
+        for n in range(3000):
+            kind = domain.Credit if rng.random() < 0.6 else domain.Debit
+            client.send_nowait(kind(f"c{n}", f"acct-{rng.randrange(60)}",
+                                    rng.randrange(1, 5000), "EUR"))
+        last = client.credit("acct-0", 1, "EUR", command_id="last", wait=True)
+    assert "applied" == last.status
+    workers.stop(worker)
+    before = dump(settings)
+    assert sum(len(v) for v in before.values()) > 3000
+
+    shutil.rmtree(settings.data_dir)
+    worker = workers.start(settings)  # waits until caught up with the log
+    status, body = worker.get("/v1/accounts/acct-0")
+    assert (200, last.events[0].balance_after_minor) == (status, body["balance"])
+    workers.stop(worker)
+    after = dump(settings)
+    assert before.keys() == after.keys()
+    for p in before:
+        # The store's own log position may differ (a rebuilt store stops at
+        # the partition end, past the last commit marker); the data may not.
+        strip = [kv for kv in before[p] if not kv[0].startswith(b"m")]
+        assert strip == [kv for kv in after[p] if not kv[0].startswith(b"m")], p
