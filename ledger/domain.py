@@ -34,9 +34,16 @@ BALANCE_MIN_MINOR = -(2**63)
 BALANCE_MAX_MINOR = 2**63 - 1
 ACCOUNT_ID_LENGTH_MAX = 64
 COMMAND_ID_LENGTH_MAX = 128
-_CURRENCY_RE = re.compile(r"^[A-Z]{3}$")
+_CURRENCY_RE = re.compile(r"[A-Z]{3}")
 # Printable ASCII without spaces or '/': ids appear in URLs and RocksDB keys.
-_ID_RE = re.compile(r"^[A-Za-z0-9._:@-]+$")
+# '#' is not in it: leg ids ("<transfer_id>#credit") use it, so no client
+# command_id can ever collide with a leg's.
+_ID_RE = re.compile(r"[A-Za-z0-9._:@-]+")
+COMMAND_ID_PATTERN = "[A-Za-z0-9._:@-]{1,128}"
+
+
+def valid_command_id(value) -> bool:
+    return _valid_id(value, COMMAND_ID_LENGTH_MAX)
 
 
 class RejectionReason(str, enum.Enum):
@@ -54,6 +61,8 @@ class RejectionReason(str, enum.Enum):
     insufficient_funds = "insufficient_funds"
     balance_overflow = "balance_overflow"
     balance_not_zero = "balance_not_zero"
+    same_account = "same_account"
+    transfers_pending = "transfers_pending"
     # Decided outside ``decide`` (by the command index), listed here so that
     # every reason a client can see has one home.
     command_id_reused = "command_id_reused"
@@ -67,6 +76,7 @@ REJECTION_ORDER = (
     RejectionReason.amount_must_be_positive,
     RejectionReason.amount_too_large,
     RejectionReason.overdraft_limit_must_not_be_negative,
+    RejectionReason.same_account,
     RejectionReason.account_exists,
     RejectionReason.unknown_account,
     RejectionReason.account_closed,
@@ -74,6 +84,7 @@ REJECTION_ORDER = (
     RejectionReason.insufficient_funds,
     RejectionReason.balance_overflow,
     RejectionReason.balance_not_zero,
+    RejectionReason.transfers_pending,
 )
 
 
@@ -116,9 +127,87 @@ class CloseAccount:
     type = "close_account"
 
 
-Command = Union[OpenAccount, Credit, Debit, CloseAccount]
+@dataclass(frozen=True, slots=True)
+class Transfer:
+    """Move money from one account to another; ``command_id`` is the transfer id.
+
+    Applied in steps (DESIGN.md, Transfers): debited at the source here, then
+    a :class:`TransferCreditLeg` at the destination, then a
+    :class:`TransferSettleLeg` back at the source that completes it or
+    refunds it.
+    """
+
+    command_id: str
+    from_account_id: str
+    to_account_id: str
+    amount_minor: int
+    currency: str
+    # Sorted (key, value) pairs: canonical, hashable, and a dict at the edges.
+    metadata: tuple[tuple[str, str], ...] = ()
+    type = "transfer"
+
+    @property
+    def account_id(self) -> str:
+        # Where the command is applied, routed and ordered: the source.
+        return self.from_account_id
+
+
+@dataclass(frozen=True, slots=True)
+class TransferCreditLeg:
+    """Internal: credit the destination of a debited transfer (workers only)."""
+
+    command_id: str  # "<transfer_id>#credit"
+    account_id: str  # the destination
+    transfer_id: str
+    from_account_id: str
+    amount_minor: int
+    currency: str
+    type = "transfer_credit"
+
+
+@dataclass(frozen=True, slots=True)
+class TransferSettleLeg:
+    """Internal: tell the source how its transfer ended (workers only)."""
+
+    command_id: str  # "<transfer_id>#settle"
+    account_id: str  # the source
+    transfer_id: str
+    to_account_id: str
+    amount_minor: int
+    currency: str
+    completed: bool
+    reason: str  # why the destination refused; "" when completed
+    type = "transfer_settle"
+
+
+def credit_leg(transfer: Transfer) -> TransferCreditLeg:
+    return TransferCreditLeg(
+        command_id=f"{transfer.command_id}#credit",
+        account_id=transfer.to_account_id,
+        transfer_id=transfer.command_id,
+        from_account_id=transfer.from_account_id,
+        amount_minor=transfer.amount_minor,
+        currency=transfer.currency,
+    )
+
+
+def settle_leg(leg: TransferCreditLeg, completed: bool, reason: str = "") -> TransferSettleLeg:
+    return TransferSettleLeg(
+        command_id=f"{leg.transfer_id}#settle",
+        account_id=leg.from_account_id,
+        transfer_id=leg.transfer_id,
+        to_account_id=leg.account_id,
+        amount_minor=leg.amount_minor,
+        currency=leg.currency,
+        completed=completed,
+        reason=reason,
+    )
+
+
+Command = Union[OpenAccount, Credit, Debit, CloseAccount, Transfer]
+Leg = Union[TransferCreditLeg, TransferSettleLeg]
 COMMAND_TYPES: dict[str, type] = {
-    c.type: c for c in (OpenAccount, Credit, Debit, CloseAccount)
+    c.type: c for c in (OpenAccount, Credit, Debit, CloseAccount, Transfer)
 }
 
 
@@ -191,9 +280,77 @@ class AccountClosed:
     type = "account_closed"
 
 
-Event = Union[AccountOpened, Credited, Debited, AccountClosed]
+@dataclass(frozen=True, slots=True)
+class TransferDebited:
+    """Money left the source; it is pending until settled."""
+
+    account_id: str
+    sequence: int
+    command_id: str
+    currency: str
+    amount_minor: int
+    balance_after_minor: int
+    recorded_at_ms: int
+    transfer_id: str
+    counterparty_account_id: str
+    metadata: tuple[tuple[str, str], ...] = ()
+    type = "transfer_debited"
+
+
+@dataclass(frozen=True, slots=True)
+class TransferCredited:
+    """Money reached the destination."""
+
+    account_id: str
+    sequence: int
+    command_id: str
+    currency: str
+    amount_minor: int
+    balance_after_minor: int
+    recorded_at_ms: int
+    transfer_id: str
+    counterparty_account_id: str
+    type = "transfer_credited"
+
+
+@dataclass(frozen=True, slots=True)
+class TransferCompleted:
+    """The source learns the destination was credited; nothing is pending."""
+
+    account_id: str
+    sequence: int
+    command_id: str
+    currency: str
+    amount_minor: int
+    balance_after_minor: int
+    recorded_at_ms: int
+    transfer_id: str
+    counterparty_account_id: str
+    type = "transfer_completed"
+
+
+@dataclass(frozen=True, slots=True)
+class TransferRefunded:
+    """The destination refused; the money is back at the source."""
+
+    account_id: str
+    sequence: int
+    command_id: str
+    currency: str
+    amount_minor: int
+    balance_after_minor: int
+    recorded_at_ms: int
+    transfer_id: str
+    counterparty_account_id: str
+    reason: str
+    type = "transfer_refunded"
+
+
+Event = Union[AccountOpened, Credited, Debited, AccountClosed, TransferDebited,
+              TransferCredited, TransferCompleted, TransferRefunded]
 EVENT_TYPES: dict[str, type] = {
-    e.type: e for e in (AccountOpened, Credited, Debited, AccountClosed)
+    e.type: e for e in (AccountOpened, Credited, Debited, AccountClosed, TransferDebited,
+                        TransferCredited, TransferCompleted, TransferRefunded)
 }
 
 
@@ -255,6 +412,8 @@ class AccountState:
     updated_at_ms: int
     credits_minor: int = field(default=0)
     debits_minor: int = field(default=0)
+    # Outgoing transfers debited here and not yet settled.
+    pending_out_minor: int = field(default=0)
 
 
 class EventOutOfOrder(ValueError):
@@ -303,6 +462,22 @@ def evolve(state: AccountState | None, event: Event) -> AccountState:
             version=event.sequence,
             updated_at_ms=event.recorded_at_ms,
         )
+    if isinstance(event, (TransferDebited, TransferCompleted, TransferRefunded)):
+        delta = event.amount_minor if isinstance(event, TransferDebited) else -event.amount_minor
+        return replace(
+            state,
+            balance_minor=event.balance_after_minor,
+            pending_out_minor=state.pending_out_minor + delta,
+            version=event.sequence,
+            updated_at_ms=event.recorded_at_ms,
+        )
+    if isinstance(event, TransferCredited):
+        return replace(
+            state,
+            balance_minor=event.balance_after_minor,
+            version=event.sequence,
+            updated_at_ms=event.recorded_at_ms,
+        )
     raise TypeError(f"not an event: {event!r}")
 
 
@@ -317,26 +492,32 @@ def fold(events, state: AccountState | None = None) -> AccountState | None:
 # --------------------------------------------------------------------------
 
 
+def _show(value) -> str:
+    """A bounded repr for rejection details: they are logged, never unbounded."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def _valid_id(value, length_max: int) -> bool:
     return (
         isinstance(value, str)
         and 0 < len(value) <= length_max
-        and _ID_RE.match(value) is not None
+        and _ID_RE.fullmatch(value) is not None
     )
 
 
 def _check_amount(amount) -> Rejection | None:
     # bool is an int subclass; True is not one cent.
     if not isinstance(amount, int) or isinstance(amount, bool) or amount <= 0:
-        return Rejection(RejectionReason.amount_must_be_positive, f"amount {amount!r}")
+        return Rejection(RejectionReason.amount_must_be_positive, f"amount {_show(amount)}")
     if amount > AMOUNT_MAX_MINOR:
         return Rejection(RejectionReason.amount_too_large, f"amount {amount} > 2^63-1")
     return None
 
 
 def _check_currency(currency) -> Rejection | None:
-    if not isinstance(currency, str) or not _CURRENCY_RE.match(currency):
-        return Rejection(RejectionReason.invalid_currency, f"currency {currency!r}")
+    if not isinstance(currency, str) or not _CURRENCY_RE.fullmatch(currency):
+        return Rejection(RejectionReason.invalid_currency, f"currency {_show(currency)}")
     return None
 
 
@@ -357,7 +538,7 @@ def decide(
     ``state`` is None for an account that has never been opened.
     """
     if not _valid_id(command.account_id, ACCOUNT_ID_LENGTH_MAX):
-        return Rejection(RejectionReason.invalid_account_id, repr(command.account_id))
+        return Rejection(RejectionReason.invalid_account_id, _show(command.account_id))
     if state is not None and state.updated_at_ms > now_ms:
         # Time never runs backwards inside an account; the caller's clock did.
         now_ms = state.updated_at_ms
@@ -370,7 +551,7 @@ def decide(
         limit = command.overdraft_limit_minor
         if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
             return Rejection(
-                RejectionReason.overdraft_limit_must_not_be_negative, f"{limit!r}"
+                RejectionReason.overdraft_limit_must_not_be_negative, _show(limit)
             )
         if limit > AMOUNT_MAX_MINOR:
             return Rejection(RejectionReason.amount_too_large, f"overdraft {limit}")
@@ -438,6 +619,11 @@ def decide(
             return Rejection(
                 RejectionReason.balance_not_zero, f"balance {state.balance_minor}"
             )
+        if state.pending_out_minor != 0:
+            # A refund may still come back to this account.
+            return Rejection(
+                RejectionReason.transfers_pending, f"pending {state.pending_out_minor}"
+            )
         return (
             AccountClosed(
                 account_id=command.account_id,
@@ -450,4 +636,104 @@ def decide(
             ),
         )
 
+    if isinstance(command, Transfer):
+        return _decide_transfer(state, command, now_ms, next_sequence)
+    if isinstance(command, TransferCreditLeg):
+        return _decide_credit_leg(state, command, now_ms, next_sequence)
+    if isinstance(command, TransferSettleLeg):
+        return _decide_settle_leg(state, command, now_ms, next_sequence)
     raise TypeError(f"not a command: {command!r}")
+
+
+def _decide_transfer(state, command: Transfer, now_ms: int, next_sequence: int):
+    if not _valid_id(command.to_account_id, ACCOUNT_ID_LENGTH_MAX):
+        return Rejection(RejectionReason.invalid_account_id, _show(command.to_account_id))
+    rejection = _check_currency(command.currency) or _check_amount(command.amount_minor)
+    if rejection:
+        return rejection
+    if command.from_account_id == command.to_account_id:
+        return Rejection(RejectionReason.same_account, command.to_account_id)
+    rejection = _check_live_account(state, command)
+    if rejection:
+        return rejection
+    if command.currency != state.currency:
+        return Rejection(
+            RejectionReason.currency_mismatch,
+            f"account is {state.currency}, command is {command.currency}",
+        )
+    balance_after = state.balance_minor - command.amount_minor
+    if balance_after < -state.overdraft_limit_minor:
+        return Rejection(
+            RejectionReason.insufficient_funds,
+            f"balance {state.balance_minor} + overdraft "
+            f"{state.overdraft_limit_minor} < {command.amount_minor}",
+        )
+    return (
+        TransferDebited(
+            account_id=command.from_account_id,
+            sequence=next_sequence,
+            command_id=command.command_id,
+            currency=command.currency,
+            amount_minor=command.amount_minor,
+            balance_after_minor=balance_after,
+            recorded_at_ms=now_ms,
+            transfer_id=command.command_id,
+            counterparty_account_id=command.to_account_id,
+            metadata=command.metadata,
+        ),
+    )
+
+
+def _decide_credit_leg(state, leg: TransferCreditLeg, now_ms: int, next_sequence: int):
+    """The destination's side: accept the money, or refuse with a reason."""
+    rejection = _check_live_account(state, leg)
+    if rejection:
+        return rejection
+    if leg.currency != state.currency:
+        return Rejection(
+            RejectionReason.currency_mismatch,
+            f"account is {state.currency}, transfer is {leg.currency}",
+        )
+    balance_after = state.balance_minor + leg.amount_minor
+    if balance_after > BALANCE_MAX_MINOR:
+        return Rejection(RejectionReason.balance_overflow, str(balance_after))
+    return (
+        TransferCredited(
+            account_id=leg.account_id,
+            sequence=next_sequence,
+            command_id=leg.command_id,
+            currency=leg.currency,
+            amount_minor=leg.amount_minor,
+            balance_after_minor=balance_after,
+            recorded_at_ms=now_ms,
+            transfer_id=leg.transfer_id,
+            counterparty_account_id=leg.from_account_id,
+        ),
+    )
+
+
+def _decide_settle_leg(state, leg: TransferSettleLeg, now_ms: int, next_sequence: int):
+    """The source's side of the end of a transfer. Never refused: the money
+    was debited here, so the account exists and cannot have been closed
+    (close is refused while transfers are pending)."""
+    if state is None or state.pending_out_minor < leg.amount_minor:
+        raise ValueError(f"settle of {leg.transfer_id} without a pending debit")
+    common = dict(
+        account_id=leg.account_id,
+        sequence=next_sequence,
+        command_id=leg.command_id,
+        currency=leg.currency,
+        amount_minor=leg.amount_minor,
+        recorded_at_ms=now_ms,
+        transfer_id=leg.transfer_id,
+        counterparty_account_id=leg.to_account_id,
+    )
+    if leg.completed:
+        return (TransferCompleted(balance_after_minor=state.balance_minor, **common),)
+    return (
+        TransferRefunded(
+            balance_after_minor=state.balance_minor + leg.amount_minor,
+            reason=leg.reason,
+            **common,
+        ),
+    )

@@ -63,13 +63,19 @@ _OUTCOMES = {
         domain.Credited,
         domain.Debited,
         domain.AccountClosed,
+        domain.TransferDebited,
+        domain.TransferCredited,
+        domain.TransferCompleted,
+        domain.TransferRefunded,
         domain.CommandRejected,
     )
 }
+_LEG = _load(SCHEMA_DIR / "leg.avsc")
 # Every writer schema this reader accepts, by header. An evolved schema adds
 # its file and an entry here, mapped to the same domain class.
 _BY_HEADER: dict[bytes, tuple[_Schema, type | None]] = {
     _COMMAND.header: (_COMMAND, None),
+    _LEG.header: (_LEG, None),
     **{schema.header: (schema, cls) for cls, schema in _OUTCOMES.items()},
 }
 _PAYLOAD_NAMES = {
@@ -77,6 +83,9 @@ _PAYLOAD_NAMES = {
     "ledger.v1.Credit": domain.Credit,
     "ledger.v1.Debit": domain.Debit,
     "ledger.v1.CloseAccount": domain.CloseAccount,
+    "ledger.v1.Transfer": domain.Transfer,
+    "ledger.v1.TransferCreditLeg": domain.TransferCreditLeg,
+    "ledger.v1.TransferSettleLeg": domain.TransferSettleLeg,
 }
 _PAYLOAD_BY_TYPE = {cls: name for name, cls in _PAYLOAD_NAMES.items()}
 
@@ -89,7 +98,11 @@ def _write(schema: _Schema, record: dict) -> bytes:
     out = io.BytesIO()
     out.write(schema.header)
     schemaless_writer(out, schema.parsed, record)
-    return out.getvalue()
+    data = out.getvalue()
+    if len(data) > RECORD_BYTES_MAX:
+        # Never write what no reader will accept.
+        raise CodecError(f"{schema.name}: {len(data)} bytes exceeds {RECORD_BYTES_MAX}")
+    return data
 
 
 def _read(data: bytes) -> tuple[_Schema, type | None, object]:
@@ -120,11 +133,24 @@ def _read(data: bytes) -> tuple[_Schema, type | None, object]:
 # --------------------------------------------------------------------------
 
 
-def encode_command(command: domain.Command, issued_at_ms: int) -> bytes:
-    payload = asdict(command)
+def _to_avro(fields: dict) -> dict:
+    # Domain metadata is a sorted tuple of pairs (hashable, canonical); Avro's is a map.
+    if "metadata" in fields:
+        fields["metadata"] = dict(fields["metadata"])
+    return fields
+
+
+def _from_avro(fields: dict) -> dict:
+    if "metadata" in fields:
+        fields["metadata"] = tuple(sorted(fields["metadata"].items()))
+    return fields
+
+
+def _encode_envelope(schema: _Schema, command, issued_at_ms: int) -> bytes:
+    payload = _to_avro(asdict(command))
     command_id = payload.pop("command_id")
     return _write(
-        _COMMAND,
+        schema,
         {
             "command_id": command_id,
             "issued_at_ms": issued_at_ms,
@@ -133,16 +159,46 @@ def encode_command(command: domain.Command, issued_at_ms: int) -> bytes:
     )
 
 
-def decode_command(data: bytes) -> tuple[domain.Command, int]:
-    """Return ``(command, issued_at_ms)`` or raise :class:`CodecError`."""
-    schema, cls, value = _read(data)
-    if schema is not _COMMAND:
-        raise CodecError(f"{schema.name} is not a command")
+def _decode_envelope(schema: _Schema, data: bytes):
+    found, _cls, value = _read(data)
+    if found is not schema:
+        raise CodecError(f"{found.name} is not a {schema.name}")
     name, payload = value["payload"]
     return (
-        _PAYLOAD_NAMES[name](command_id=value["command_id"], **payload),
+        _PAYLOAD_NAMES[name](command_id=value["command_id"], **_from_avro(payload)),
         value["issued_at_ms"],
     )
+
+
+def encode_command(command: domain.Command, issued_at_ms: int) -> bytes:
+    return _encode_envelope(_COMMAND, command, issued_at_ms)
+
+
+def decode_command(data: bytes) -> tuple[domain.Command, int]:
+    """Return ``(command, issued_at_ms)`` or raise :class:`CodecError`.
+
+    Commands come from outside, so the bytes must be the canonical encoding
+    of what they decode to: fastavro's reader silently wraps a varint
+    outside the long range (2**64 + 10 reads as 10), and a ledger must
+    refuse such an amount, not apply a different one.
+    """
+    command, issued_at_ms = _decode_envelope(_COMMAND, data)
+    try:
+        canonical = encode_command(command, issued_at_ms)
+    except (CodecError, OverflowError, ValueError) as exc:
+        raise CodecError(f"command does not re-encode: {exc!r}") from None
+    if canonical != bytes(data):
+        raise CodecError("non-canonical Avro encoding (a long outside 64 bits?)")
+    return command, issued_at_ms
+
+
+def encode_leg(leg: domain.Leg, issued_at_ms: int) -> bytes:
+    return _encode_envelope(_LEG, leg, issued_at_ms)
+
+
+def decode_leg(data: bytes) -> tuple[domain.Leg, int]:
+    """Return ``(leg, issued_at_ms)`` or raise :class:`CodecError`."""
+    return _decode_envelope(_LEG, data)
 
 
 # --------------------------------------------------------------------------
@@ -152,7 +208,7 @@ def decode_command(data: bytes) -> tuple[domain.Command, int]:
 
 def encode_outcome(record, command_hash: str) -> bytes:
     """Encode an event or a CommandRejected, with the hash of its command."""
-    fields = asdict(record)
+    fields = _to_avro(asdict(record))
     fields["command_hash"] = command_hash
     return _write(_OUTCOMES[type(record)], fields)
 
@@ -163,4 +219,4 @@ def decode_outcome(data: bytes):
     if cls is None:
         raise CodecError(f"{schema.name} is not a log record")
     command_hash = value.pop("command_hash")
-    return cls(**value), command_hash
+    return cls(**_from_avro(value)), command_hash

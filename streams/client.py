@@ -49,6 +49,14 @@ class Outcome:
     events: list = field(default_factory=list)
 
 
+@dataclass
+class TransferStatus:
+    transfer_id: str
+    status: str  # "pending" | "completed" | "failed"
+    reason: str | None
+    events: list = field(default_factory=list)
+
+
 class LedgerClient:
     def __init__(self, settings: Settings | None = None, *, watch_outcomes: bool = True):
         self.settings = settings or Settings.from_env()
@@ -79,6 +87,26 @@ class LedgerClient:
               *, command_id: str | None = None, wait: bool = False):
         return self.send(domain.Debit(command_id or _new_id(), account_id, amount_minor,
                                       currency), wait=wait)
+
+    def transfer(self, from_account_id: str, to_account_id: str, amount_minor: int,
+                 currency: str, *, transfer_id: str | None = None,
+                 metadata: dict[str, str] | None = None, wait: bool = False,
+                 timeout_s: float = 30.0):
+        """Send a transfer. With ``wait``, return its :class:`TransferStatus`
+        once it is completed or failed (not merely debited)."""
+        command = domain.Transfer(transfer_id or _new_id(), from_account_id, to_account_id,
+                                  amount_minor, currency,
+                                  tuple(sorted((metadata or {}).items())))
+        self.send(command)
+        if not wait:
+            return command.command_id
+        self.flush(timeout_s)
+        return self.wait_for_transfer(command.command_id, timeout_s)
+
+    def wait_for_transfer(self, transfer_id: str, timeout_s: float = 30.0) -> "TransferStatus":
+        if self._watcher is None:
+            raise LedgerClientError("client was created with watch_outcomes=False")
+        return self._watcher.wait_for_transfer(transfer_id, timeout_s)
 
     def close_account(self, account_id: str, *, command_id: str | None = None,
                       wait: bool = False):
@@ -146,6 +174,7 @@ class OutcomeWatcher:
     def __init__(self, settings: Settings):
         self.settings = settings
         self._outcomes: dict[str, Outcome] = {}
+        self._transfers: dict[str, TransferStatus] = {}
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._consumer = Consumer({
@@ -189,7 +218,19 @@ class OutcomeWatcher:
             if record.command_id not in self._outcomes:
                 self._outcomes[record.command_id] = Outcome(
                     record.command_id, "rejected", record.reason, [])
+                if record.command_type == domain.Transfer.type:
+                    self._transfers[record.command_id] = TransferStatus(
+                        record.command_id, "failed", record.reason, [])
             return
+        transfer_id = getattr(record, "transfer_id", None)
+        if transfer_id is not None:
+            status = self._transfers.setdefault(
+                transfer_id, TransferStatus(transfer_id, "pending", None, []))
+            status.events.append(record)
+            if isinstance(record, domain.TransferCompleted):
+                status.status = "completed"
+            elif isinstance(record, domain.TransferRefunded):
+                status.status, status.reason = "failed", record.reason
         outcome = self._outcomes.setdefault(
             record.command_id, Outcome(record.command_id, "applied", None, []))
         outcome.events.append(record)
@@ -203,6 +244,17 @@ class OutcomeWatcher:
                     raise OutcomeTimeout(f"no outcome for {command_id} within {timeout_s}s")
                 self._cond.wait(left)
             return self._outcomes[command_id]
+
+    def wait_for_transfer(self, transfer_id: str, timeout_s: float) -> TransferStatus:
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while (transfer_id not in self._transfers
+                   or self._transfers[transfer_id].status == "pending"):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise OutcomeTimeout(f"transfer {transfer_id} not settled in {timeout_s}s")
+                self._cond.wait(left)
+            return self._transfers[transfer_id]
 
     def close(self) -> None:
         self._stop.set()

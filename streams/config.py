@@ -47,6 +47,11 @@ class Settings:
         return f"{self.topic_prefix}.events"
 
     @property
+    def legs_topic(self) -> str:
+        # Internal: transfer legs between workers. Only workers write here.
+        return f"{self.topic_prefix}.legs"
+
+    @property
     def dead_letter_topic(self) -> str:
         return f"{self.topic_prefix}.commands.dlq"
 

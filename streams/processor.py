@@ -57,18 +57,20 @@ KAFKA_TIMEOUT_S = 30.0
 # --------------------------------------------------------------------------
 
 
-def handle_command(batch: Batch, command: domain.Command, now_ms: int) -> list[bytes]:
-    """Apply one command to the batch; return the log records it yields.
+def handle_command(batch: Batch, command, now_ms: int) -> tuple[list[bytes], list]:
+    """Apply one command (or transfer leg) to the batch.
 
-    Returns [] for a retry of an already-applied command: its original
-    outcome stands and nothing new is logged.
+    Returns the log records it yields and the legs to send on, as
+    ``(leg, bytes)``, all to be produced in the current transaction.
+    A retry of an already-handled command yields nothing: its original
+    outcome, and the legs that outcome sent, stand.
     """
     digest = domain.command_hash(command)
     prior = batch.outcome(command.command_id)
     if prior is not None:
         if prior["h"] == digest:
             metrics.COMMANDS.labels(command.type, "duplicate").inc()
-            return []
+            return [], []
         rejection = domain.Rejection(
             domain.RejectionReason.command_id_reused,
             f"command_id already used by another {prior['s']} command",
@@ -76,61 +78,99 @@ def handle_command(batch: Batch, command: domain.Command, now_ms: int) -> list[b
         metrics.COMMANDS.labels(command.type, "rejected").inc()
         metrics.REJECTIONS.labels(rejection.reason.value).inc()
         # Logged (every send has an outcome) but not indexed: the original stands.
-        return [codec.encode_outcome(domain.rejected(command, rejection, now_ms), digest)]
+        return [codec.encode_outcome(domain.rejected(command, rejection, now_ms), digest)], []
 
-    state = batch.account(command.account_id)
-    result = domain.decide(state, command, now_ms)
+    result = domain.decide(batch.account(command.account_id), command, now_ms)
     if isinstance(result, domain.Rejection):
-        raw = codec.encode_outcome(domain.rejected(command, result, now_ms), digest)
-        batch.put_outcome(command.command_id, digest, command.account_id,
-                          "rejected", result.reason.value, None)
-        metrics.COMMANDS.labels(command.type, "rejected").inc()
+        records = [domain.rejected(command, result, now_ms)]
+        outcome = "rejected"
         metrics.REJECTIONS.labels(result.reason.value).inc()
-        return [raw]
-
+        legs = ([domain.settle_leg(command, completed=False, reason=result.reason.value)]
+                if isinstance(command, domain.TransferCreditLeg) else [])
+    else:
+        records, outcome = list(result), "applied"
+        if isinstance(command, domain.Transfer):
+            legs = [domain.credit_leg(command)]
+        elif isinstance(command, domain.TransferCreditLeg):
+            legs = [domain.settle_leg(command, completed=True)]
+        else:
+            legs = []
     # Encode everything before touching the batch, so a failure leaves it clean.
-    records = [(event, codec.encode_outcome(event, digest)) for event in result]
-    for event, raw in records:
-        state = domain.evolve(state, event)
-        batch.put_history(event.account_id, event.sequence, raw)
-    batch.put_account(state)
-    batch.put_outcome(command.command_id, digest, command.account_id, "applied",
-                      None, (result[0].sequence, result[-1].sequence))
-    metrics.COMMANDS.labels(command.type, "applied").inc()
-    return [raw for _event, raw in records]
+    encoded = [(record, codec.encode_outcome(record, digest)) for record in records]
+    encoded_legs = [(leg, codec.encode_leg(leg, now_ms)) for leg in legs]
+    for record, raw in encoded:
+        fold_record(batch, record, digest, raw, transfer=command)
+    metrics.COMMANDS.labels(command.type, outcome).inc()
+    return [raw for _record, raw in encoded], encoded_legs
 
 
 def apply_logged(batch: Batch, raw: bytes) -> None:
-    """Fold one committed log record into the batch; idempotent.
-
-    Used while catching up: an event at or below the account's version, or
-    a rejection whose command is already indexed, changes nothing.
-    """
+    """Fold one committed log record into the batch while catching up."""
     record, digest = codec.decode_outcome(raw)
+    fold_record(batch, record, digest, raw)
+
+
+def fold_record(batch: Batch, record, digest: str, raw: bytes, transfer=None) -> None:
+    """Fold one log record into state, history, command index and transfer index.
+
+    The one place both paths go through: a live command's fresh records, and
+    committed records replayed while catching up. Idempotent: an event at or
+    below the account's version, or an already-indexed rejection, changes
+    nothing. ``transfer`` is the live command, when there is one, to give a
+    rejected transfer's index entry its details (replay has only the record).
+    """
     if isinstance(record, domain.CommandRejected):
         if record.reason == domain.RejectionReason.command_id_reused.value:
             return
         if batch.outcome(record.command_id) is None:
             batch.put_outcome(record.command_id, digest, record.account_id,
                               "rejected", record.reason, None)
+            if record.command_type == domain.Transfer.type:
+                t = transfer if isinstance(transfer, domain.Transfer) else None
+                batch.put_transfer(record.command_id, {
+                    "status": "failed", "reason": record.reason,
+                    "from_account_id": record.account_id,
+                    "to_account_id": t.to_account_id if t else None,
+                    "amount": t.amount_minor if t else None,
+                    "currency": t.currency if t else None,
+                    "sequences": []})
         return
     state = batch.account(record.account_id)
     if state is not None and record.sequence <= state.version:
         return
-    state = domain.evolve(state, record)
-    batch.put_account(state)
+    batch.put_account(domain.evolve(state, record))
     batch.put_history(record.account_id, record.sequence, raw)
     prior = batch.outcome(record.command_id)
     first = prior["q"][0] if prior and prior["s"] == "applied" else record.sequence
     batch.put_outcome(record.command_id, digest, record.account_id, "applied",
                       None, (first, record.sequence))
+    if isinstance(record, domain.TransferDebited):
+        batch.put_transfer(record.transfer_id, {
+            "status": "pending", "reason": None, "from_account_id": record.account_id,
+            "to_account_id": record.counterparty_account_id,
+            "amount": record.amount_minor, "currency": record.currency,
+            "sequences": [record.sequence]})
+    elif isinstance(record, (domain.TransferCompleted, domain.TransferRefunded)):
+        entry = dict(batch.transfer(record.transfer_id))
+        entry["sequences"] = entry["sequences"] + [record.sequence]
+        if isinstance(record, domain.TransferCompleted):
+            entry["status"] = "completed"
+        else:
+            entry["status"], entry["reason"] = "failed", record.reason
+        batch.put_transfer(record.transfer_id, entry)
 
 
-def routing_problem(key: bytes | None, command: domain.Command, partition: int,
+def routing_problem(key: bytes | None, command, partition: int,
                     partitions: int) -> str | None:
     """Why a decoded command may not be applied on this partition, if it may not."""
-    if not command.command_id or len(command.command_id) > COMMAND_ID_LENGTH_MAX:
-        return f"command_id must be 1..{COMMAND_ID_LENGTH_MAX} characters"
+    if isinstance(command, (domain.TransferCreditLeg, domain.TransferSettleLeg)):
+        pass  # legs are made by workers; their ids contain '#' on purpose
+    elif not domain.valid_command_id(command.command_id):
+        # '#' is reserved for leg ids ("<transfer>#credit"), so no client
+        # command can take a leg's place in the idempotency index.
+        return f"command_id must match {domain.COMMAND_ID_PATTERN}"
+    if len(command.account_id) > domain.ACCOUNT_ID_LENGTH_MAX:
+        return f"account_id longer than {domain.ACCOUNT_ID_LENGTH_MAX} characters"
     expected_key = command.account_id.encode()
     if key != expected_key:
         return f"record key {key!r} is not the command's account_id {command.account_id!r}"
@@ -202,7 +242,10 @@ class Processor:
         log.info("worker %s: initialising transactions as %s", s.worker_id, s.transactional_id)
         # Fences an older incarnation of this worker and aborts its open transaction.
         self._producer.init_transactions(KAFKA_TIMEOUT_S)
-        self._consumer.subscribe([s.commands_topic], on_assign=self._on_assign,
+        # Range assignment gives partition N of both topics to the same worker
+        # (they have equal partition counts): the store of partition N sees
+        # every command and leg of its accounts.
+        self._consumer.subscribe([s.commands_topic, s.legs_topic], on_assign=self._on_assign,
                                  on_revoke=self._on_revoke, on_lost=self._on_revoke)
         try:
             while not self._stop.is_set():
@@ -219,8 +262,8 @@ class Processor:
         started = time.perf_counter()
         now_ms = int(time.time() * 1000)
         batches: dict[int, Batch] = {}
-        first_offsets: dict[int, int] = {}
-        next_offsets: dict[int, int] = {}
+        first_offsets: dict[tuple[str, int], int] = {}
+        next_offsets: dict[tuple[str, int], int] = {}
         self._event_offsets.clear()
         self._producer.begin_transaction()
         try:
@@ -230,15 +273,15 @@ class Processor:
                         log.warning("consume error: %s", msg.error())
                     continue
                 p, offset = msg.partition(), msg.offset()
-                first_offsets.setdefault(p, offset)
-                next_offsets[p] = offset + 1
+                first_offsets.setdefault((msg.topic(), p), offset)
+                next_offsets[(msg.topic(), p)] = offset + 1
                 batch = batches.get(p)
                 if batch is None:
                     batch = batches[p] = Batch(self._stores[p])
                 self._handle(msg, p, batch, now_ms)
             self._producer.flush(KAFKA_TIMEOUT_S)  # delivery reports give event offsets
             self._producer.send_offsets_to_transaction(
-                [TopicPartition(s.commands_topic, p, o) for p, o in next_offsets.items()],
+                [TopicPartition(t, p, o) for (t, p), o in next_offsets.items()],
                 self._consumer.consumer_group_metadata(),
                 KAFKA_TIMEOUT_S,
             )
@@ -255,10 +298,13 @@ class Processor:
 
     def _handle(self, msg, partition: int, batch: Batch, now_ms: int) -> None:
         try:
-            command, _issued_at_ms = codec.decode_command(msg.value())
+            if msg.topic() == self.settings.legs_topic:
+                command, _issued_at_ms = codec.decode_leg(msg.value())
+            else:
+                command, _issued_at_ms = codec.decode_command(msg.value())
             problem = routing_problem(msg.key(), command, partition, self.settings.partitions)
             if problem is None:
-                records = handle_command(batch, command, now_ms)
+                records, legs = handle_command(batch, command, now_ms)
         except codec.CodecError as exc:
             problem = str(exc)
         except Exception as exc:  # a bug must park one record, not stall a partition
@@ -270,6 +316,11 @@ class Processor:
         key = msg.key()
         for raw in records:
             self._producer.produce(self.settings.events_topic, raw, key, partition=partition)
+        for leg, raw in legs:
+            # Same transaction: the leg exists if and only if this outcome does.
+            leg_key = leg.account_id.encode()
+            self._producer.produce(self.settings.legs_topic, raw, leg_key,
+                                   partition=partition_for(leg_key, self.settings.partitions))
         metrics.EVENTS.inc(len(records))
 
     def _dead_letter(self, msg, problem: str) -> None:
@@ -305,7 +356,7 @@ class Processor:
                     continue  # the commit may be in flight; asking again is safe
                 raise
 
-    def _abort(self, exc: KafkaException, first_offsets: dict[int, int]) -> None:
+    def _abort(self, exc: KafkaException, first_offsets: dict) -> None:
         error = exc.args[0]
         metrics.TRANSACTIONS.labels("aborted").inc()
         if not error.txn_requires_abort():
@@ -315,8 +366,8 @@ class Processor:
         log.warning("aborting transaction: %s", error)
         self._producer.abort_transaction(KAFKA_TIMEOUT_S)
         # Nothing of the batch reached the log or the store; read it again.
-        for p, offset in first_offsets.items():
-            self._consumer.seek(TopicPartition(self.settings.commands_topic, p, offset))
+        for (topic, p), offset in first_offsets.items():
+            self._consumer.seek(TopicPartition(topic, p, offset))
 
     # -- partitions come and go -------------------------------------------
 

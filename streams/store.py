@@ -9,6 +9,8 @@ data dir: ``<data_dir>/<events topic>/p<N>``. It holds
     b"e" account_id 0x00 sequence(u64be) -> the event's log bytes (Avro):
                                             per-account history, byte order is
                                             sequence order
+    b"t" transfer_id                     -> transfer status (JSON), on the
+                                            source account's partition
     b"m" b"events_offset"                -> u64be: next event-log offset to
                                             read when catching up
 
@@ -44,6 +46,10 @@ def command_key(command_id: str) -> bytes:
     return b"c" + command_id.encode()
 
 
+def transfer_key(transfer_id: str) -> bytes:
+    return b"t" + transfer_id.encode()
+
+
 def history_key(account_id: str, sequence: int) -> bytes:
     return b"e" + account_id.encode() + b"\x00" + _U64.pack(sequence)
 
@@ -53,7 +59,7 @@ def encode_state(state: domain.AccountState) -> bytes:
         [state.account_id, state.currency, state.balance_minor,
          state.overdraft_limit_minor, state.version, state.status.value,
          state.opened_at_ms, state.updated_at_ms, state.credits_minor,
-         state.debits_minor],
+         state.debits_minor, state.pending_out_minor],
         separators=(",", ":"),
     ).encode()
 
@@ -65,6 +71,7 @@ def decode_state(raw: bytes) -> domain.AccountState:
         overdraft_limit_minor=f[3], version=f[4],
         status=domain.AccountStatus(f[5]), opened_at_ms=f[6],
         updated_at_ms=f[7], credits_minor=f[8], debits_minor=f[9],
+        pending_out_minor=f[10],
     )
 
 
@@ -99,6 +106,10 @@ class PartitionStore:
 
     def outcome(self, command_id: str) -> dict | None:
         raw = self._db.get(command_key(command_id))
+        return None if raw is None else json.loads(raw)
+
+    def transfer(self, transfer_id: str) -> dict | None:
+        raw = self._db.get(transfer_key(transfer_id))
         return None if raw is None else json.loads(raw)
 
     @property
@@ -142,13 +153,14 @@ def wipe(path: Path) -> None:
 class Batch:
     """Uncommitted changes to one partition's store, readable before commit."""
 
-    __slots__ = ("store", "writes", "_states", "_outcomes")
+    __slots__ = ("store", "writes", "_states", "_outcomes", "_transfers")
 
     def __init__(self, store: PartitionStore):
         self.store = store
         self.writes: dict[bytes, bytes] = {}
         self._states: dict[str, domain.AccountState | None] = {}
         self._outcomes: dict[str, dict | None] = {}
+        self._transfers: dict[str, dict | None] = {}
 
     def account(self, account_id: str) -> domain.AccountState | None:
         try:
@@ -163,6 +175,18 @@ class Batch:
         except KeyError:
             entry = self._outcomes[command_id] = self.store.outcome(command_id)
             return entry
+
+    def transfer(self, transfer_id: str) -> dict | None:
+        try:
+            return self._transfers[transfer_id]
+        except KeyError:
+            entry = self._transfers[transfer_id] = self.store.transfer(transfer_id)
+            return entry
+
+    def put_transfer(self, transfer_id: str, entry: dict) -> None:
+        self._transfers[transfer_id] = entry
+        self.writes[transfer_key(transfer_id)] = json.dumps(
+            entry, separators=(",", ":")).encode()
 
     def put_account(self, state: domain.AccountState) -> None:
         self._states[state.account_id] = state

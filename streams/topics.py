@@ -34,6 +34,10 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
                   "schemas/events/*.avsc, single-object encoding",
                   # The event log is the source of truth: never deleted.
                   forever),
+        TopicSpec(settings.legs_topic, settings.partitions, "account_id (utf-8)",
+                  "schemas/leg.avsc, single-object encoding; written only by workers",
+                  # A leg must outlive any outage of its destination's worker.
+                  forever),
         TopicSpec(settings.dead_letter_topic, settings.partitions, "original key",
                   "original bytes; headers ledger.error, ledger.source.*", forever),
     ]
