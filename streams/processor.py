@@ -39,7 +39,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 
 from ledger import domain
 from schemas import codec
-from streams import metrics
+from streams import metrics, routing
 from streams.config import Settings
 from streams.partitioner import partition_for
 from streams.topics import watermarks
@@ -200,6 +200,8 @@ class Processor:
         self._consumer = Consumer({
             "bootstrap.servers": settings.bootstrap_servers,
             "group.id": settings.group_id,
+            # Tells other workers where this one serves HTTP (streams.routing).
+            "client.id": routing.client_id(settings),
             # Static membership: a worker restarted under the same id gets its
             # partitions back without a rebalance of everyone else.
             "group.instance.id": settings.worker_id,
