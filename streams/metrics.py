@@ -36,3 +36,16 @@ RECOVERED_EVENTS = Counter(
     "ledger_recovered_records_total", "Log records read while catching up"
 )
 ASSIGNED_PARTITIONS = Gauge("ledger_assigned_partitions", "Partitions this worker owns")
+SNAPSHOT_FALLBACKS = Counter(
+    "ledger_snapshot_fallbacks_total",
+    "Corrupt or unusable snapshots skipped for an older one or a full replay",
+)
+HTTP_REQUESTS = Counter(
+    "ledger_http_requests_total", "HTTP requests by method, route and status",
+    ["method", "route", "status"],
+)
+HTTP_SECONDS = Histogram(
+    "ledger_http_request_seconds", "HTTP request latency by method and route",
+    ["method", "route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)

@@ -138,8 +138,9 @@ def fold_record(batch: Batch, record, digest: str, raw: bytes, transfer=None) ->
     state = batch.account(record.account_id)
     if state is not None and record.sequence <= state.version:
         return
-    batch.put_account(domain.evolve(state, record))
-    batch.put_history(record.account_id, record.sequence, raw)
+    state = domain.evolve(state, record)
+    batch.put_account(state)
+    batch.put_history(record, raw, state)
     prior = batch.outcome(record.command_id)
     first = prior["q"][0] if prior and prior["s"] == "applied" else record.sequence
     batch.put_outcome(record.command_id, digest, record.account_id, "applied",
@@ -260,7 +261,6 @@ class Processor:
     # -- one batch -----------------------------------------------------------
 
     def _process(self, messages) -> None:
-        s = self.settings
         started = time.perf_counter()
         now_ms = int(time.time() * 1000)
         batches: dict[int, Batch] = {}

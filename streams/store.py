@@ -9,6 +9,12 @@ data dir: ``<data_dir>/<events topic>/p<N>``. It holds
     b"e" account_id 0x00 sequence(u64be) -> the event's log bytes (Avro):
                                             per-account history, byte order is
                                             sequence order
+    b"r" account_id 0x00 recorded_at_ms(u64be) sequence(u64be) -> b""
+                                            time index: "last event at or
+                                            before T" is one reverse seek
+    b"s" account_id 0x00 sequence(u64be) -> snapshot of the state right after
+                                            that event (checksummed), every
+                                            SNAPSHOT_EVERY events
     b"t" transfer_id                     -> transfer status (JSON), on the
                                             source account's partition
     b"m" b"events_offset"                -> u64be: next event-log offset to
@@ -26,16 +32,58 @@ sequence and command_id) brings the store back to the log.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import struct
+import zlib
 from pathlib import Path
 
 from rocksdict import Options, Rdict, WriteBatch
 
 from ledger import domain
 
+
+def codec_decode(raw: bytes):
+    from schemas import codec
+
+    return codec.decode_outcome(raw)[0]
+
 _EVENTS_OFFSET_KEY = b"mevents_offset"
 _U64 = struct.Struct(">Q")
+_U32 = struct.Struct(">I")
+# An account state is snapshotted after every this many of its events, so an
+# as-of query folds at most SNAPSHOT_EVERY - 1 events after one seek.
+SNAPSHOT_EVERY = 64
+log = logging.getLogger("ledger.store")
+
+
+class SnapshotCorrupt(ValueError):
+    """A snapshot's checksum does not match its bytes."""
+
+
+def encode_snapshot(state: domain.AccountState) -> bytes:
+    """State bytes behind a CRC32 of them: checked on every read."""
+    body = encode_state(state)
+    return _U32.pack(zlib.crc32(body)) + body
+
+
+def decode_snapshot(raw: bytes) -> domain.AccountState:
+    body = raw[4:]
+    if len(raw) < 4 or _U32.unpack(raw[:4])[0] != zlib.crc32(body):
+        raise SnapshotCorrupt("snapshot checksum mismatch")
+    return decode_state(body)
+
+
+def _account_prefix(tag: bytes, account_id: str) -> bytes:
+    return tag + account_id.encode() + b"\x00"
+
+
+def time_key(account_id: str, recorded_at_ms: int, sequence: int) -> bytes:
+    return _account_prefix(b"r", account_id) + _U64.pack(recorded_at_ms) + _U64.pack(sequence)
+
+
+def snapshot_key(account_id: str, sequence: int) -> bytes:
+    return _account_prefix(b"s", account_id) + _U64.pack(sequence)
 
 
 def account_key(account_id: str) -> bytes:
@@ -51,7 +99,7 @@ def transfer_key(transfer_id: str) -> bytes:
 
 
 def history_key(account_id: str, sequence: int) -> bytes:
-    return b"e" + account_id.encode() + b"\x00" + _U64.pack(sequence)
+    return _account_prefix(b"e", account_id) + _U64.pack(sequence)
 
 
 def encode_state(state: domain.AccountState) -> bytes:
@@ -117,10 +165,10 @@ class PartitionStore:
         raw = self._db.get(_EVENTS_OFFSET_KEY)
         return 0 if raw is None else _U64.unpack(raw)[0]
 
-    def items(self, prefix: bytes):
+    def items(self, prefix: bytes, start: bytes | None = None):
         """(key, value) pairs whose key starts with ``prefix``, in byte order."""
         it = self._db.iter()
-        it.seek(prefix)
+        it.seek(start or prefix)
         while it.valid():
             key = it.key()
             if not key.startswith(prefix):
@@ -129,10 +177,62 @@ class PartitionStore:
             it.next()
         del it
 
-    def history(self, account_id: str):
-        """The account's log records (Avro bytes) in sequence order."""
-        for _key, value in self.items(b"e" + account_id.encode() + b"\x00"):
+    def history(self, account_id: str, first_sequence: int = 1):
+        """The account's log records (Avro bytes) from ``first_sequence`` on."""
+        prefix = _account_prefix(b"e", account_id)
+        for _key, value in self.items(prefix, start=history_key(account_id, first_sequence)):
             yield value
+
+    def _last_at_or_before(self, prefix: bytes, bound: bytes) -> bytes | None:
+        """The greatest key with ``prefix`` that is <= ``bound``: one reverse seek."""
+        it = self._db.iter()
+        it.seek_for_prev(bound)
+        key = it.key() if it.valid() else None
+        del it
+        return key if key is not None and key.startswith(prefix) else None
+
+    def version_at(self, account_id: str, t_ms: int) -> int:
+        """The sequence of the account's last event recorded at or before t_ms (0: none)."""
+        if t_ms < 0:
+            return 0
+        prefix = _account_prefix(b"r", account_id)
+        key = self._last_at_or_before(prefix, prefix + _U64.pack(min(t_ms, 2**64 - 1))
+                                      + b"\xff" * 8)
+        return 0 if key is None else _U64.unpack(key[-8:])[0]
+
+    def state_at_version(self, account_id: str, version: int) -> domain.AccountState | None:
+        """The account right after its event ``version``: newest snapshot at or
+        before it plus at most SNAPSHOT_EVERY - 1 events. A corrupt snapshot
+        is skipped (with a warning and a metric) for an older one, or a fold
+        from the first event: slower, never wrong."""
+        if version < 1:
+            return None
+        prefix = _account_prefix(b"s", account_id)
+        bound = snapshot_key(account_id, version)
+        state = None
+        while True:
+            key = self._last_at_or_before(prefix, bound)
+            if key is None:
+                break
+            try:
+                state = decode_snapshot(self._db.get(key))
+                break
+            except SnapshotCorrupt:
+                seq = _U64.unpack(key[-8:])[0]
+                log.warning("corrupt snapshot of %s at %d; using an older one", account_id, seq)
+                from streams import metrics
+
+                metrics.SNAPSHOT_FALLBACKS.inc()
+                if seq <= 1:
+                    break
+                bound = snapshot_key(account_id, seq - 1)
+        start = 1 if state is None else state.version + 1
+        for sequence in range(start, version + 1):
+            raw = self._db.get(history_key(account_id, sequence))
+            if raw is None:
+                break  # version is past the account's last event
+            state = domain.evolve(state, codec_decode(raw))
+        return state
 
     # -- writes ------------------------------------------------------------
 
@@ -199,8 +299,15 @@ class Batch:
         self._outcomes[command_id] = json.loads(raw)
         self.writes[command_key(command_id)] = raw
 
-    def put_history(self, account_id: str, sequence: int, record: bytes) -> None:
-        self.writes[history_key(account_id, sequence)] = record
+    def put_history(self, event, record: bytes, state: domain.AccountState) -> None:
+        """Index one event by sequence and by time; snapshot ``state`` (the
+        account right after it) every SNAPSHOT_EVERY events."""
+        self.writes[history_key(event.account_id, event.sequence)] = record
+        self.writes[time_key(event.account_id, event.recorded_at_ms, event.sequence)] = b""
+        if event.sequence % SNAPSHOT_EVERY == 0:
+            # Derived from committed events only, and the same bytes every
+            # time it is rebuilt: writing it again is harmless.
+            self.writes[snapshot_key(event.account_id, event.sequence)] = encode_snapshot(state)
 
     def __len__(self) -> int:
         return len(self.writes)

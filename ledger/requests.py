@@ -1,0 +1,524 @@
+"""The JSON body of ``POST /v1/commands``, validated into a domain command.
+
+Pure (stdlib only): no web framework, no Kafka. The HTTP view reads the body,
+calls :func:`parse_command_json` (or ``json.loads`` itself and then
+:func:`parse_command`), and answers 400 with ``InvalidRequest.to_json()`` when
+it raises.
+
+Wire form of each command (``command_to_json`` writes exactly this; money is
+an integer count of minor units, never a float)::
+
+    {"command_id": "c-1", "type": "open_account", "account_id": "alice",
+     "currency": "EUR", "overdraft_limit": 0}                    # limit optional
+    {"command_id": "c-2", "type": "credit", "account_id": "alice",
+     "amount": 1000, "currency": "EUR"}                          # debit alike
+    {"command_id": "t-1", "type": "transfer", "from_account_id": "alice",
+     "to_account_id": "bob", "amount": 250, "currency": "EUR",
+     "metadata": {"note": "rent"}}                               # metadata optional
+    {"command_id": "c-3", "type": "close_account", "account_id": "alice"}
+
+What is checked here is the *shape* of a request. Whatever needs an account's
+state (unknown account, currency mismatch, same account on both sides of a
+transfer, ...) is left to ``domain.decide`` and comes back as a rejected
+outcome, not as a 400.
+
+Order of checks (the first failure is the one reported, so a given body
+always gets the same answer):
+
+1. ``body``: must be a JSON object.
+2. ``command_id``: missing, wrong_type, empty, too_long, malformed.
+3. ``type``: missing, wrong_type, unknown_type.
+4. Every other key of the body, in sorted order: a key no command type knows
+   is ``unexpected_field``; a key known to another type only is
+   ``not_allowed_for_type``. (Both name the key as ``field``.)
+5. The type's own fields in :data:`FIELD_ORDER` order, i.e. ``account_id``,
+   ``from_account_id``, ``to_account_id``, ``amount``, ``currency``,
+   ``overdraft_limit``, ``metadata`` (each type takes a subsequence, see
+   :data:`TYPE_FIELDS`).
+
+   - ids: missing, wrong_type, empty, too_long, malformed
+   - ``amount``: missing, wrong_type (bool, string, null, ...),
+     not_an_integer (any float, even ``1.0`` or ``1e3``), must_be_positive,
+     too_large (> 2**63-1)
+   - ``currency``: missing, wrong_type, malformed (not exactly ``[A-Z]{3}``)
+   - ``overdraft_limit`` (optional): wrong_type, not_an_integer,
+     must_not_be_negative, too_large
+   - ``metadata`` (optional): wrong_type, too_many_entries (> 16); then per
+     entry in sorted key order: empty_key / key_too_long / malformed key
+     (field ``metadata``), wrong_type / too_long / malformed value (field
+     ``metadata.<key>``)
+
+``null`` is never accepted: an optional field is left out, not sent as null.
+"""
+
+from __future__ import annotations
+
+import json
+import numbers
+import re
+
+from ledger import domain
+from ledger.domain import (
+    ACCOUNT_ID_LENGTH_MAX,
+    AMOUNT_MAX_MINOR,
+    COMMAND_ID_LENGTH_MAX,
+    Command,
+)
+
+__all__ = [
+    "InvalidRequest",
+    "parse_command",
+    "parse_command_json",
+    "decode_json_body",
+    "command_to_json",
+    "COMMAND_TYPE_NAMES",
+    "FIELD_ORDER",
+    "TYPE_FIELDS",
+    "REQUIRED_FIELDS",
+    "METADATA_ENTRIES_MAX",
+    "METADATA_KEY_LENGTH_MAX",
+    "METADATA_VALUE_LENGTH_MAX",
+    "REQUEST_BODY_BYTES_MAX",
+    "REASONS",
+]
+
+METADATA_ENTRIES_MAX = 16
+METADATA_KEY_LENGTH_MAX = 64
+METADATA_VALUE_LENGTH_MAX = 256
+# The largest valid command, every character \u-escaped, is under 62 KiB;
+# a body above this is refused (413) before it is parsed.
+REQUEST_BODY_BYTES_MAX = 64 * 1024
+
+# The same character rules as the domain (one definition, no drift).
+_ID_RE: re.Pattern = domain._ID_RE
+_CURRENCY_RE: re.Pattern = domain._CURRENCY_RE
+
+COMMAND_TYPE_NAMES = ("open_account", "credit", "debit", "transfer", "close_account")
+
+# Every field a command body may carry besides command_id and type, in the
+# order they are checked.
+FIELD_ORDER = (
+    "account_id",
+    "from_account_id",
+    "to_account_id",
+    "amount",
+    "currency",
+    "overdraft_limit",
+    "metadata",
+)
+
+# The fields each type takes (a subsequence of FIELD_ORDER) ...
+TYPE_FIELDS: dict[str, tuple[str, ...]] = {
+    "open_account": ("account_id", "currency", "overdraft_limit"),
+    "credit": ("account_id", "amount", "currency"),
+    "debit": ("account_id", "amount", "currency"),
+    "transfer": ("from_account_id", "to_account_id", "amount", "currency", "metadata"),
+    "close_account": ("account_id",),
+}
+# ... and which of them must be present.
+REQUIRED_FIELDS: dict[str, frozenset[str]] = {
+    name: frozenset(fields) - {"overdraft_limit", "metadata"}
+    for name, fields in TYPE_FIELDS.items()
+}
+
+# Every reason code parse_command can give, for documentation and tests.
+REASONS = (
+    "missing",
+    "wrong_type",
+    "empty",
+    "too_long",
+    "malformed",
+    "unknown_type",
+    "unexpected_field",
+    "not_allowed_for_type",
+    "not_an_integer",
+    "must_be_positive",
+    "must_not_be_negative",
+    "too_large",
+    "too_many_entries",
+    "empty_key",
+    "key_too_long",
+    "duplicate_field",
+)
+
+_TOP_FIELDS = frozenset(("command_id", "type", *FIELD_ORDER))
+_FIELD_NAME_SHOWN_MAX = 64
+
+
+class InvalidRequest(ValueError):
+    """A request body that is not a well-formed command (HTTP 400).
+
+    ``field`` names where the problem is ("body", "amount", "metadata.note"),
+    ``reason`` is a short snake_case code from :data:`REASONS`, ``message``
+    is for humans.
+    """
+
+    def __init__(self, field: str, reason: str, message: str):
+        super().__init__(message)
+        self.field = field
+        self.reason = reason
+        self.message = message
+
+    def to_json(self) -> dict:
+        return {
+            "error": "invalid_request",
+            "field": self.field,
+            "reason": self.reason,
+            "message": self.message,
+        }
+
+    def __repr__(self) -> str:
+        return f"InvalidRequest(field={self.field!r}, reason={self.reason!r}, message={self.message!r})"
+
+
+# --------------------------------------------------------------------------
+# Parsing
+# --------------------------------------------------------------------------
+
+
+def parse_command(body: object) -> Command:
+    """Validate a decoded JSON body; return the domain command or raise InvalidRequest.
+
+    Never raises anything else, whatever ``body`` is.
+    """
+    if not isinstance(body, dict):
+        raise InvalidRequest("body", "wrong_type",
+                             f"the body must be a JSON object, not {_json_type(body)}")
+
+    command_id = _id_field(body, "command_id", COMMAND_ID_LENGTH_MAX)
+
+    if "type" not in body:
+        raise InvalidRequest("type", "missing", "type is required")
+    type_name = body["type"]
+    if not isinstance(type_name, str):
+        raise InvalidRequest("type", "wrong_type",
+                             f"type must be a string, not {_json_type(type_name)}")
+    if type_name not in TYPE_FIELDS:
+        raise InvalidRequest("type", "unknown_type",
+                             f"type {_show(type_name)} is not one of "
+                             + ", ".join(COMMAND_TYPE_NAMES))
+
+    allowed = TYPE_FIELDS[type_name]
+    extra = [k for k in body if k not in ("command_id", "type") and k not in allowed]
+    if extra:
+        key = min(extra, key=_sort_key)
+        if isinstance(key, str) and key in _TOP_FIELDS:
+            raise InvalidRequest(_field_name(key), "not_allowed_for_type",
+                                 f"{key} is not a field of {type_name}")
+        raise InvalidRequest(_field_name(key), "unexpected_field",
+                             f"unknown field {_show(key)}")
+
+    if type_name == "open_account":
+        account_id = _id_field(body, "account_id", ACCOUNT_ID_LENGTH_MAX)
+        currency = _currency_field(body)
+        limit = 0
+        if "overdraft_limit" in body:
+            limit = _integer_field(body, "overdraft_limit", minimum=0)
+        return domain.OpenAccount(command_id, account_id, currency, limit)
+
+    if type_name in ("credit", "debit"):
+        account_id = _id_field(body, "account_id", ACCOUNT_ID_LENGTH_MAX)
+        amount = _integer_field(body, "amount", minimum=1)
+        currency = _currency_field(body)
+        cls = domain.Credit if type_name == "credit" else domain.Debit
+        return cls(command_id, account_id, amount, currency)
+
+    if type_name == "transfer":
+        from_id = _id_field(body, "from_account_id", ACCOUNT_ID_LENGTH_MAX)
+        to_id = _id_field(body, "to_account_id", ACCOUNT_ID_LENGTH_MAX)
+        amount = _integer_field(body, "amount", minimum=1)
+        currency = _currency_field(body)
+        metadata: tuple[tuple[str, str], ...] = ()
+        if "metadata" in body:
+            metadata = _metadata_field(body["metadata"])
+        return domain.Transfer(command_id, from_id, to_id, amount, currency, metadata)
+
+    # close_account
+    account_id = _id_field(body, "account_id", ACCOUNT_ID_LENGTH_MAX)
+    return domain.CloseAccount(command_id, account_id)
+
+
+def decode_json_body(raw: bytes | bytearray | str) -> object:
+    """Decode a request body as strict JSON; InvalidRequest(field="body") if it is not.
+
+    Stricter than ``json.loads``: the body must be UTF-8, ``NaN``/``Infinity``
+    are refused, and so is a key repeated in one object (``duplicate_field``;
+    json.loads would silently keep the last one). Very deep nesting and
+    integers of more than 4300 digits are reported as ``malformed``.
+    """
+    if isinstance(raw, (bytes, bytearray)):
+        try:
+            text = bytes(raw).decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidRequest("body", "malformed", "the body is not UTF-8") from None
+    elif isinstance(raw, str):
+        text = raw
+    else:
+        raise InvalidRequest("body", "wrong_type", "the body must be bytes or text")
+    try:
+        return json.loads(text, parse_constant=_refuse_constant,
+                          object_pairs_hook=_no_duplicates)
+    except InvalidRequest:
+        raise
+    except RecursionError:
+        raise InvalidRequest("body", "malformed", "the body is nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, or an int beyond str-digits limit
+        raise InvalidRequest("body", "malformed", f"the body is not valid JSON: {exc}") from None
+
+
+def parse_command_json(raw: bytes | bytearray | str) -> Command:
+    """``parse_command(decode_json_body(raw))``: raw request bytes to a command."""
+    return parse_command(decode_json_body(raw))
+
+
+# --------------------------------------------------------------------------
+# Serialising
+# --------------------------------------------------------------------------
+
+
+def command_to_json(command: Command) -> dict:
+    """The canonical JSON form of a domain command (the inverse of parse_command).
+
+    Keys in check order (command_id, type, then FIELD_ORDER); open_account
+    always carries ``overdraft_limit``, transfer always carries ``metadata``
+    (a dict, ``{}`` when empty). For every valid command ``c``,
+    ``parse_command(command_to_json(c)) == c``.
+    """
+    if isinstance(command, domain.OpenAccount):
+        return {"command_id": command.command_id, "type": command.type,
+                "account_id": command.account_id, "currency": command.currency,
+                "overdraft_limit": command.overdraft_limit_minor}
+    if isinstance(command, (domain.Credit, domain.Debit)):
+        return {"command_id": command.command_id, "type": command.type,
+                "account_id": command.account_id, "amount": command.amount_minor,
+                "currency": command.currency}
+    if isinstance(command, domain.Transfer):
+        return {"command_id": command.command_id, "type": command.type,
+                "from_account_id": command.from_account_id,
+                "to_account_id": command.to_account_id,
+                "amount": command.amount_minor, "currency": command.currency,
+                "metadata": dict(command.metadata)}
+    if isinstance(command, domain.CloseAccount):
+        return {"command_id": command.command_id, "type": command.type,
+                "account_id": command.account_id}
+    raise TypeError(f"not a client command: {type(command).__name__}")
+
+
+# --------------------------------------------------------------------------
+# Field checks
+# --------------------------------------------------------------------------
+
+
+def _id_field(body: dict, name: str, length_max: int) -> str:
+    if name not in body:
+        raise InvalidRequest(name, "missing", f"{name} is required")
+    value = body[name]
+    if not isinstance(value, str):
+        raise InvalidRequest(name, "wrong_type",
+                             f"{name} must be a string, not {_json_type(value)}")
+    if not value:
+        raise InvalidRequest(name, "empty", f"{name} must not be empty")
+    if len(value) > length_max:
+        raise InvalidRequest(name, "too_long",
+                             f"{name} is {len(value)} characters; at most {length_max}")
+    if _ID_RE.fullmatch(value) is None:
+        raise InvalidRequest(name, "malformed",
+                             f"{name} {_show(value)} may only contain A-Z a-z 0-9 . _ : @ -")
+    return value
+
+
+def _currency_field(body: dict) -> str:
+    if "currency" not in body:
+        raise InvalidRequest("currency", "missing", "currency is required")
+    value = body["currency"]
+    if not isinstance(value, str):
+        raise InvalidRequest("currency", "wrong_type",
+                             f"currency must be a string, not {_json_type(value)}")
+    if _CURRENCY_RE.fullmatch(value) is None:
+        raise InvalidRequest("currency", "malformed",
+                             f"currency {_show(value)} is not three capital letters (ISO 4217)")
+    return value
+
+
+def _integer_field(body: dict, name: str, *, minimum: int) -> int:
+    if name not in body:
+        raise InvalidRequest(name, "missing", f"{name} is required")
+    value = body[name]
+    # bool is an int subclass: true is not one cent.
+    if isinstance(value, bool) or not isinstance(value, numbers.Number):
+        raise InvalidRequest(name, "wrong_type",
+                             f"{name} must be an integer (minor units), not {_json_type(value)}")
+    if not isinstance(value, int):
+        raise InvalidRequest(name, "not_an_integer",
+                             f"{name} must be an integer count of minor units; "
+                             "1.0 and 1e3 are not integers")
+    # Never format the value itself: str() of a huge int raises ValueError.
+    if value < minimum:
+        if minimum == 1:
+            raise InvalidRequest(name, "must_be_positive", f"{name} must be at least 1")
+        raise InvalidRequest(name, "must_not_be_negative", f"{name} must not be negative")
+    if value > AMOUNT_MAX_MINOR:
+        raise InvalidRequest(name, "too_large", f"{name} must be at most 2^63-1")
+    return int(value)
+
+
+def _metadata_field(value: object) -> tuple[tuple[str, str], ...]:
+    if not isinstance(value, dict):
+        raise InvalidRequest("metadata", "wrong_type",
+                             f"metadata must be an object of strings, not {_json_type(value)}")
+    if len(value) > METADATA_ENTRIES_MAX:
+        raise InvalidRequest("metadata", "too_many_entries",
+                             f"metadata has {len(value)} entries; at most {METADATA_ENTRIES_MAX}")
+    for key in sorted(value, key=_sort_key):
+        if not isinstance(key, str):
+            raise InvalidRequest("metadata", "wrong_type", "metadata keys must be strings")
+        if not key:
+            raise InvalidRequest("metadata", "empty_key", "metadata keys must not be empty")
+        if len(key) > METADATA_KEY_LENGTH_MAX:
+            raise InvalidRequest("metadata", "key_too_long",
+                                 f"metadata key {_show(key)} is {len(key)} characters; "
+                                 f"at most {METADATA_KEY_LENGTH_MAX}")
+        if not _is_utf8(key):
+            raise InvalidRequest("metadata", "malformed",
+                                 f"metadata key {_show(key)} is not valid Unicode")
+        field = f"metadata.{key}"
+        item = value[key]
+        if not isinstance(item, str):
+            raise InvalidRequest(field, "wrong_type",
+                                 f"{field} must be a string, not {_json_type(item)}")
+        if len(item) > METADATA_VALUE_LENGTH_MAX:
+            raise InvalidRequest(field, "too_long",
+                                 f"{field} is {len(item)} characters; "
+                                 f"at most {METADATA_VALUE_LENGTH_MAX}")
+        if not _is_utf8(item):
+            raise InvalidRequest(field, "malformed", f"{field} is not valid Unicode")
+    return tuple(sorted(value.items()))
+
+
+# --------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------
+
+
+def _is_utf8(text: str) -> bool:
+    # JSON may carry a lone surrogate ("\ud800"); Avro (UTF-8) cannot.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _sort_key(key: object) -> tuple[int, str]:
+    # JSON keys are strings; a dict built in Python may have others.
+    return (0, key) if isinstance(key, str) else (1, _show(key))
+
+
+def _field_name(key: object) -> str:
+    name = key if isinstance(key, str) and _is_utf8(key) else _show(key)
+    if len(name) > _FIELD_NAME_SHOWN_MAX:
+        name = name[:_FIELD_NAME_SHOWN_MAX] + "..."
+    return name
+
+
+def _show(value: object, limit: int = 40) -> str:
+    """A short repr for messages; never fails."""
+    try:
+        if isinstance(value, str):
+            text = repr(value[: limit + 1])
+        else:
+            text = repr(value)
+    except Exception:  # e.g. an int too long to print
+        text = f"<{type(value).__name__}>"
+    if len(text) > limit:
+        text = text[:limit] + "..."
+    return text
+
+
+def _json_type(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, numbers.Number):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, (list, tuple)):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def _refuse_constant(name: str):
+    raise InvalidRequest("body", "malformed", f"{name} is not JSON")
+
+
+def _no_duplicates(pairs: list[tuple[str, object]]) -> dict:
+    result: dict = {}
+    for key, value in pairs:
+        if key in result:
+            raise InvalidRequest(_field_name(key), "duplicate_field",
+                                 f"field {_show(key)} appears more than once")
+        result[key] = value
+    return result
+
+
+# --------------------------------------------------------------------------
+# Query parameters
+# --------------------------------------------------------------------------
+
+_EPOCH_MS_RE = re.compile(r"-?[0-9]{1,16}")
+# RFC 3339 date-time: a date, 'T' (or 't' / ' '), a time with optional
+# fraction, and a zone that is Z or +hh:mm. datetime.fromisoformat does the
+# arithmetic; this pattern refuses what RFC 3339 does not allow (no zone,
+# week dates, ...).
+_RFC3339_RE = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?"
+    r"([Zz]|[+-][0-9]{2}:[0-9]{2})")
+
+
+def parse_instant(field: str, text: str) -> int:
+    """An instant as epoch milliseconds, from RFC 3339 or integer epoch ms.
+
+    ``2026-11-26T10:00:00Z``, ``2026-11-26T11:00:00.250+01:00`` and
+    ``1795687200000`` are accepted. Fractions below a millisecond are cut
+    (floor), so an instant names the millisecond it falls in.
+    """
+    from datetime import datetime, timezone
+
+    if not isinstance(text, str) or len(text) > 64:
+        raise InvalidRequest(field, "malformed", f"{field} must be RFC 3339 or epoch ms")
+    if _EPOCH_MS_RE.fullmatch(text):
+        return int(text)
+    if not _RFC3339_RE.fullmatch(text):
+        raise InvalidRequest(field, "malformed",
+                             f"{field} must be RFC 3339 (2026-11-26T10:00:00Z) or epoch ms")
+    normal = text[:10] + "T" + text[11:]
+    normal = normal[:-1] + "+00:00" if normal[-1] in "Zz" else normal
+    fraction = ""
+    if "." in normal:
+        head, rest = normal.split(".", 1)
+        digits = rest[:len(rest) - 6]
+        fraction, normal = digits, head + rest[len(digits):]
+    try:
+        moment = datetime.fromisoformat(normal)
+    except ValueError:
+        raise InvalidRequest(field, "malformed", f"{field} is not a valid date-time") from None
+    delta = moment - datetime(1970, 1, 1, tzinfo=timezone.utc)
+    ms = (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
+    return ms + int((fraction + "000")[:3]) if fraction else ms
+
+
+def parse_positive_int(field: str, text: str, maximum: int = domain.AMOUNT_MAX_MINOR) -> int:
+    if not isinstance(text, str) or not re.fullmatch(r"[0-9]{1,19}", text):
+        raise InvalidRequest(field, "not_an_integer", f"{field} must be a positive integer")
+    value = int(text)
+    if value < 1:
+        raise InvalidRequest(field, "must_be_positive", f"{field} must be >= 1")
+    if value > maximum:
+        raise InvalidRequest(field, "too_large", f"{field} must be <= {maximum}")
+    return value

@@ -1,0 +1,503 @@
+"""The OpenAPI 3.0.3 description of a worker's HTTP API (served at /v1/openapi.json).
+
+:func:`openapi_document` builds it from the same limits that
+:mod:`ledger.requests` enforces, so a generator (schemathesis) working from
+the request body schema produces bodies ``parse_command`` accepts, and the
+documented 400s when it strays (metadata key lengths cannot be expressed in
+OpenAPI 3.0 and are checked only by the server).
+
+Money (``amount``, ``balance``, ``balance_after``, ``overdraft_limit``) is
+always ``type: integer, format: int64``, in minor units; never a number.
+
+Pure: imports nothing from Faust, Kafka or aiohttp.
+"""
+
+from __future__ import annotations
+
+import copy
+
+from ledger import domain
+from ledger import requests as req
+
+OPENAPI_VERSION = "3.0.3"
+API_VERSION = "1.0.0"
+
+# POST /v1/commands?wait=1&timeout_ms=...: how long the view may wait for the outcome.
+WAIT_TIMEOUT_MS_DEFAULT = 5_000
+WAIT_TIMEOUT_MS_MAX = 60_000
+# GET /v1/accounts/{account_id}/events?limit=...
+EVENTS_LIMIT_DEFAULT = 100
+EVENTS_LIMIT_MAX = 1_000
+
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+
+ID_PATTERN = "^[A-Za-z0-9._:@-]+$"
+CURRENCY_PATTERN = "^[A-Z]{3}$"
+
+EVENT_TYPE_NAMES = tuple(domain.EVENT_TYPES)
+
+
+# --------------------------------------------------------------------------
+# Schema building blocks (fresh dicts each call: no shared mutable state)
+# --------------------------------------------------------------------------
+
+
+def _account_id(description: str = "Account id.") -> dict:
+    return {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": domain.ACCOUNT_ID_LENGTH_MAX,
+        "pattern": ID_PATTERN,
+        "description": description,
+        "example": "alice",
+    }
+
+
+def _command_id(description: str = "Client-chosen idempotency key.") -> dict:
+    return {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": domain.COMMAND_ID_LENGTH_MAX,
+        "pattern": ID_PATTERN,
+        "description": description,
+        "example": "order-17",
+    }
+
+
+def _currency() -> dict:
+    return {
+        "type": "string",
+        "minLength": 3,
+        "maxLength": 3,
+        "pattern": CURRENCY_PATTERN,
+        "description": "ISO 4217 code: exactly three capital letters.",
+        "example": "EUR",
+    }
+
+
+def _money(minimum: int, description: str) -> dict:
+    return {
+        "type": "integer",
+        "format": "int64",
+        "minimum": minimum,
+        "maximum": INT64_MAX,
+        "description": description + " Integer count of minor units (cents for EUR).",
+    }
+
+
+def _amount() -> dict:
+    return _money(1, "Amount, at least 1.")
+
+
+def _overdraft_limit() -> dict:
+    return _money(0, "How far below zero the balance may go.")
+
+
+def _metadata() -> dict:
+    return {
+        "type": "object",
+        "maxProperties": req.METADATA_ENTRIES_MAX,
+        "additionalProperties": {
+            "type": "string",
+            "maxLength": req.METADATA_VALUE_LENGTH_MAX,
+        },
+        "description": (
+            f"Free-form string pairs kept with the transfer: at most "
+            f"{req.METADATA_ENTRIES_MAX} entries, keys 1..{req.METADATA_KEY_LENGTH_MAX} "
+            f"characters, values at most {req.METADATA_VALUE_LENGTH_MAX} characters."
+        ),
+        "example": {"note": "rent"},
+    }
+
+
+def _type_const(name: str) -> dict:
+    return {"type": "string", "enum": [name]}
+
+
+def _ref(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict, description: str) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+_COMMAND_SCHEMA_NAMES = {
+    "open_account": "OpenAccountCommand",
+    "credit": "CreditCommand",
+    "debit": "DebitCommand",
+    "transfer": "TransferCommand",
+    "close_account": "CloseAccountCommand",
+}
+
+_FIELD_SCHEMAS = {
+    "account_id": _account_id,
+    "from_account_id": lambda: _account_id("Source account (debited)."),
+    "to_account_id": lambda: _account_id("Destination account (credited)."),
+    "amount": _amount,
+    "currency": _currency,
+    "overdraft_limit": _overdraft_limit,
+    "metadata": _metadata,
+}
+
+
+def _command_schema(type_name: str) -> dict:
+    """One command type's body, built from ledger.requests.TYPE_FIELDS."""
+    fields = req.TYPE_FIELDS[type_name]
+    properties = {"command_id": _command_id(), "type": _type_const(type_name)}
+    for name in fields:
+        properties[name] = _FIELD_SCHEMAS[name]()
+    required = ["command_id", "type"] + [f for f in fields if f in req.REQUIRED_FIELDS[type_name]]
+    return {
+        "type": "object",
+        "required": required,
+        "properties": properties,
+        "additionalProperties": False,
+    }
+
+
+def _schemas() -> dict:
+    schemas: dict = {}
+    for type_name, schema_name in _COMMAND_SCHEMA_NAMES.items():
+        schemas[schema_name] = _command_schema(type_name)
+    schemas["Command"] = {
+        "description": (
+            "A command. Fields are checked in a fixed order and the first problem is "
+            "answered with 400: command_id, type, unknown or foreign fields (sorted), "
+            "then " + ", ".join(req.FIELD_ORDER) + "."
+        ),
+        "oneOf": [_ref(n) for n in _COMMAND_SCHEMA_NAMES.values()],
+        "discriminator": {
+            "propertyName": "type",
+            "mapping": {t: f"#/components/schemas/{n}" for t, n in _COMMAND_SCHEMA_NAMES.items()},
+        },
+    }
+    schemas["Accepted"] = {
+        "type": "object",
+        "required": ["command_id", "status"],
+        "properties": {
+            "command_id": _command_id(),
+            "status": {"type": "string", "enum": ["accepted"]},
+        },
+    }
+    schemas["Event"] = {
+        "type": "object",
+        "description": (
+            "One committed event of an account. Fields beyond the common ones "
+            "depend on the type (transfer_* events carry transfer_id and "
+            "counterparty_account_id; transfer_debited carries metadata; "
+            "transfer_refunded carries reason)."
+        ),
+        "required": ["type", "account_id", "sequence", "command_id", "currency",
+                     "amount", "balance_after", "recorded_at"],
+        "properties": {
+            "type": {"type": "string", "enum": list(EVENT_TYPE_NAMES)},
+            "account_id": _account_id(),
+            "sequence": {"type": "integer", "format": "int64", "minimum": 1},
+            "command_id": {"type": "string"},
+            "currency": _currency(),
+            "amount": {"type": "integer", "format": "int64", "minimum": 0,
+                       "maximum": INT64_MAX,
+                       "description": "Minor units moved (0 for account_opened/closed)."},
+            "balance_after": {"type": "integer", "format": "int64", "minimum": INT64_MIN,
+                              "maximum": INT64_MAX,
+                              "description": "Balance after this event, minor units."},
+            "recorded_at": {"type": "string", "format": "date-time"},
+            "overdraft_limit": {"type": "integer", "format": "int64", "minimum": 0,
+                                "maximum": INT64_MAX,
+                                "description": "account_opened only."},
+            "transfer_id": {"type": "string"},
+            "counterparty_account_id": {"type": "string"},
+            "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
+            "reason": {"type": "string"},
+        },
+    }
+    schemas["Outcome"] = {
+        "type": "object",
+        "required": ["command_id", "status", "reason", "events"],
+        "properties": {
+            "command_id": {"type": "string"},
+            "status": {"type": "string", "enum": ["applied", "rejected"]},
+            "reason": {
+                "type": "string",
+                "nullable": True,
+                "enum": [r.value for r in domain.RejectionReason] + [None],
+                "description": "Why it was rejected; null when applied.",
+            },
+            "events": {"type": "array", "items": _ref("Event"),
+                       "description": "The events it appended; empty when rejected."},
+        },
+    }
+    schemas["TransferStatus"] = {
+        "type": "object",
+        "required": ["transfer_id", "status", "reason", "from_account_id",
+                     "to_account_id", "amount", "currency", "events"],
+        "properties": {
+            "transfer_id": {"type": "string"},
+            "status": {"type": "string", "enum": ["pending", "completed", "failed"]},
+            "reason": {"type": "string", "nullable": True,
+                       "description": "Why it failed; null unless failed."},
+            "from_account_id": _account_id(),
+            "to_account_id": _account_id(),
+            "amount": {"type": "integer", "format": "int64", "minimum": 1,
+                       "maximum": INT64_MAX},
+            "currency": _currency(),
+            "events": {"type": "array", "items": _ref("Event")},
+        },
+    }
+    schemas["Account"] = {
+        "type": "object",
+        "required": ["account_id", "currency", "balance", "version", "status",
+                     "overdraft_limit", "updated_at"],
+        "properties": {
+            "account_id": _account_id(),
+            "currency": _currency(),
+            "balance": {"type": "integer", "format": "int64", "minimum": INT64_MIN,
+                        "maximum": INT64_MAX, "description": "Minor units; may be negative "
+                        "down to -overdraft_limit."},
+            "version": {"type": "integer", "format": "int64", "minimum": 1,
+                        "description": "Sequence of the last event folded in."},
+            "status": {"type": "string", "enum": ["open", "closed"]},
+            "overdraft_limit": {"type": "integer", "format": "int64", "minimum": 0,
+                                "maximum": INT64_MAX},
+            "updated_at": {"type": "string", "format": "date-time"},
+        },
+    }
+    schemas["EventPage"] = {
+        "type": "object",
+        "required": ["events", "next_cursor"],
+        "properties": {
+            "events": {"type": "array", "items": _ref("Event")},
+            "next_cursor": {"type": "string", "nullable": True,
+                            "description": "Pass as ?cursor= for the next page; null at the end."},
+        },
+    }
+    schemas["Health"] = {
+        "type": "object",
+        "required": ["worker_id", "partitions", "caught_up"],
+        "properties": {
+            "worker_id": {"type": "string"},
+            "partitions": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+            "caught_up": {"type": "boolean"},
+        },
+    }
+    schemas["InvalidRequest"] = {
+        "type": "object",
+        "required": ["error", "field", "reason", "message"],
+        "properties": {
+            "error": {"type": "string", "enum": ["invalid_request"]},
+            "field": {"type": "string",
+                      "description": 'Where: "body", a field name, "metadata.<key>", '
+                                     "or a query parameter name."},
+            "reason": {"type": "string",
+                       "description": "Short code, e.g. " + ", ".join(req.REASONS) + "."},
+            "message": {"type": "string"},
+        },
+    }
+    schemas["Error"] = {
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": {"type": "string",
+                      "description": "unknown_account, unknown_command, unknown_transfer, "
+                                     "partition_not_owned, kafka_unavailable, "
+                                     "outcome_timeout, body_too_large, ..."},
+            "detail": {"type": "string"},
+        },
+        "additionalProperties": True,
+    }
+    return schemas
+
+
+# --------------------------------------------------------------------------
+# Responses and parameters
+# --------------------------------------------------------------------------
+
+
+def _error(description: str) -> dict:
+    return _json(_ref("Error"), description)
+
+
+def _invalid(description: str = "The request is malformed; the first problem found.") -> dict:
+    return _json(_ref("InvalidRequest"), description)
+
+
+def _path_param(name: str, schema: dict, description: str) -> dict:
+    return {"name": name, "in": "path", "required": True, "schema": schema,
+            "description": description}
+
+
+def _query_param(name: str, schema: dict, description: str) -> dict:
+    return {"name": name, "in": "query", "required": False, "schema": schema,
+            "description": description}
+
+
+_NOT_OWNED = "Another worker owns the partition of this id (error partition_not_owned)."
+
+
+def _paths() -> dict:
+    account_param = _path_param("account_id", _account_id(), "Account id.")
+    return {
+        "/v1/commands": {
+            "post": {
+                "operationId": "submitCommand",
+                "summary": "Send a command (idempotent by command_id).",
+                "parameters": [
+                    _query_param("wait", {"type": "integer", "enum": [0, 1], "default": 0},
+                                 "1: wait for the outcome and answer 200 with it."),
+                    _query_param("timeout_ms", {"type": "integer", "minimum": 1,
+                                                "maximum": WAIT_TIMEOUT_MS_MAX,
+                                                "default": WAIT_TIMEOUT_MS_DEFAULT},
+                                 "How long to wait when wait=1."),
+                ],
+                "requestBody": {
+                    "required": True,
+                    "description": (
+                        f"A command as JSON, at most {req.REQUEST_BODY_BYTES_MAX} bytes. "
+                        "Amounts are JSON integers: 1.0 and 1e3 are refused."
+                    ),
+                    "content": {"application/json": {"schema": _ref("Command")}},
+                },
+                "responses": {
+                    "202": _json(_ref("Accepted"),
+                                 "Written to the command log; the outcome comes later."),
+                    "200": _json(_ref("Outcome"), "wait=1: the command's outcome."),
+                    "400": _invalid(),
+                    "413": {
+                        "description": f"Body larger than {req.REQUEST_BODY_BYTES_MAX} bytes.",
+                        "content": {"application/json": {"schema": _ref("Error")},
+                                    "text/plain": {"schema": {"type": "string"}}},
+                    },
+                    "503": _error("Kafka did not accept the command (error kafka_unavailable); "
+                                  "it was not sent. Safe to retry with the same command_id."),
+                    "504": _error("wait=1 and no outcome within timeout_ms (error "
+                                  "outcome_timeout, with command_id). The command was "
+                                  "sent and may still be applied; ask GET "
+                                  "/v1/commands/{command_id}."),
+                },
+            }
+        },
+        "/v1/commands/{command_id}": {
+            "get": {
+                "operationId": "getCommandOutcome",
+                "summary": "The outcome of a command.",
+                "parameters": [_path_param("command_id", _command_id(), "Command id.")],
+                "responses": {
+                    "200": _json(_ref("Outcome"), "The command's outcome."),
+                    "400": _invalid("The command id is malformed."),
+                    "404": _error("No outcome (yet) for this command id (error unknown_command)."),
+                    "503": _error(_NOT_OWNED),
+                },
+            }
+        },
+        "/v1/transfers/{transfer_id}": {
+            "get": {
+                "operationId": "getTransfer",
+                "summary": "Where a transfer is: pending, completed or failed.",
+                "parameters": [_path_param("transfer_id", _command_id(
+                    "The transfer's command_id."), "Transfer id (its command_id).")],
+                "responses": {
+                    "200": _json(_ref("TransferStatus"), "The transfer."),
+                    "400": _invalid("The transfer id is malformed."),
+                    "404": _error("No such transfer (error unknown_transfer)."),
+                    "503": _error(_NOT_OWNED),
+                },
+            }
+        },
+        "/v1/accounts/{account_id}": {
+            "get": {
+                "operationId": "getAccount",
+                "summary": "An account's committed state, now or in the past.",
+                "parameters": [
+                    account_param,
+                    _query_param("as_of", {"anyOf": [
+                        {"type": "string", "format": "date-time"},
+                        {"type": "integer", "format": "int64", "minimum": 0},
+                    ]}, "State as of this time: RFC 3339 or epoch milliseconds. "
+                        "Not together with version."),
+                    _query_param("version", {"type": "integer", "format": "int64",
+                                             "minimum": 1},
+                                 "State after this event sequence. Not together with as_of."),
+                ],
+                "responses": {
+                    "200": _json(_ref("Account"), "The account."),
+                    "400": _invalid("Malformed account id, as_of or version, or both given."),
+                    "404": _error("No such account, or none at that time/version "
+                                  "(error unknown_account)."),
+                    "503": _error(_NOT_OWNED),
+                },
+            }
+        },
+        "/v1/accounts/{account_id}/events": {
+            "get": {
+                "operationId": "listAccountEvents",
+                "summary": "An account's events in sequence order, a page at a time.",
+                "parameters": [
+                    account_param,
+                    _query_param("from", {"type": "integer", "format": "int64", "minimum": 1},
+                                 "First event sequence (inclusive). Default 1."),
+                    _query_param("to", {"type": "integer", "format": "int64", "minimum": 1},
+                                 "Last event sequence (inclusive). Default: the latest."),
+                    _query_param("limit", {"type": "integer", "minimum": 1,
+                                           "maximum": EVENTS_LIMIT_MAX,
+                                           "default": EVENTS_LIMIT_DEFAULT},
+                                 "Events per page."),
+                    _query_param("cursor", {"type": "string", "maxLength": 512},
+                                 "next_cursor of the previous page (opaque)."),
+                ],
+                "responses": {
+                    "200": _json(_ref("EventPage"), "A page of events."),
+                    "400": _invalid("Malformed account id, from, to, limit or cursor."),
+                    "404": _error("No such account (error unknown_account)."),
+                    "503": _error(_NOT_OWNED),
+                },
+            }
+        },
+        "/v1/health": {
+            "get": {
+                "operationId": "health",
+                "summary": "This worker: id, owned partitions, caught up or not.",
+                "responses": {"200": _json(_ref("Health"), "Worker status.")},
+            }
+        },
+        "/v1/openapi.json": {
+            "get": {
+                "operationId": "openapi",
+                "summary": "This document.",
+                "responses": {"200": _json({"type": "object"}, "OpenAPI 3.0.3 document.")},
+            }
+        },
+        "/metrics": {
+            "get": {
+                "operationId": "metrics",
+                "summary": "Prometheus metrics.",
+                "responses": {
+                    "200": {
+                        "description": "Prometheus text exposition format.",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    }
+                },
+            }
+        },
+    }
+
+
+_DOCUMENT = {
+    "openapi": OPENAPI_VERSION,
+    "info": {
+        "title": "Kafka ledger worker",
+        "version": API_VERSION,
+        "description": (
+            "Event-sourced account ledger. Commands are written to Kafka and applied "
+            "exactly once per command_id; money is an integer count of minor units."
+        ),
+    },
+    "paths": _paths(),
+    "components": {"schemas": _schemas()},
+}
+
+
+def openapi_document() -> dict:
+    """The OpenAPI 3.0.3 document, as a fresh JSON-serialisable dict."""
+    return copy.deepcopy(_DOCUMENT)
