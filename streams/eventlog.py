@@ -7,8 +7,14 @@ import time
 from streams.config import Settings
 
 
-def read_log(settings: Settings, timeout_s: float = 30.0, raw: bool = False):
-    """Yield (partition, offset, record) of the committed event log, then stop."""
+def read_log(settings: Settings, timeout_s: float = 30.0, raw: bool = False,
+             start_offsets: dict[int, int] | None = None,
+             stop_offsets: dict[int, int] | None = None):
+    """Yield (partition, offset, record) of the committed event log, then stop.
+
+    Reads each partition from ``start_offsets`` (default 0) to its end as it
+    was when reading began, or to ``stop_offsets`` (exclusive) if given.
+    """
     from confluent_kafka import Consumer, KafkaError, TopicPartition
 
     from schemas import codec
@@ -25,9 +31,14 @@ def read_log(settings: Settings, timeout_s: float = 30.0, raw: bool = False):
     })
     topic = settings.events_topic
     try:
+        starts = {p: (start_offsets or {}).get(p, 0) for p in range(settings.partitions)}
         ends = {p: watermarks(consumer, topic, p)[1] for p in range(settings.partitions)}
-        todo = {p for p, end in ends.items() if end > 0}
-        consumer.assign([TopicPartition(topic, p, 0) for p in todo])
+        if stop_offsets is not None:
+            ends = {p: min(end, stop_offsets.get(p, 0)) for p, end in ends.items()}
+        todo = {p for p, end in ends.items() if end > starts[p]}
+        if not todo:
+            return
+        consumer.assign([TopicPartition(topic, p, starts[p]) for p in todo])
         deadline = time.monotonic() + timeout_s
         while todo:
             for msg in consumer.consume(1000, timeout=0.2):
@@ -35,6 +46,11 @@ def read_log(settings: Settings, timeout_s: float = 30.0, raw: bool = False):
                     if (msg.error().code() == KafkaError._PARTITION_EOF
                             and msg.offset() >= ends[msg.partition()]):
                         todo.discard(msg.partition())
+                    continue
+                if msg.partition() not in todo:
+                    continue
+                if msg.offset() >= ends[msg.partition()]:
+                    todo.discard(msg.partition())  # past the stop offset: done
                     continue
                 value = msg.value() if raw else codec.decode_outcome(msg.value())[0]
                 yield msg.partition(), msg.offset(), value

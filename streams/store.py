@@ -38,7 +38,7 @@ import struct
 import zlib
 from pathlib import Path
 
-from rocksdict import Options, Rdict, WriteBatch
+from rocksdict import AccessType, Options, Rdict, WriteBatch
 
 from ledger import domain
 
@@ -133,10 +133,14 @@ def outcome_entry(command_hash: str, account_id: str, status: str,
 
 
 class PartitionStore:
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, read_only: bool = False):
         self.path = path
-        path.mkdir(parents=True, exist_ok=True)
         options = Options(raw_mode=True)
+        if read_only:
+            # RocksDB read-only mode takes no lock: safe beside a running worker.
+            self._db = Rdict(str(path), options, access_type=AccessType.read_only())
+            return
+        path.mkdir(parents=True, exist_ok=True)
         options.create_if_missing(True)
         self._db = Rdict(str(path), options)
 

@@ -117,6 +117,35 @@ class Worker:
             return "(no log)"
 
 
+def worker_env(settings: Settings) -> dict:
+    """The environment that gives a subprocess exactly these settings."""
+    return {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+        "LEDGER_TOPIC_PREFIX": settings.topic_prefix,
+        "LEDGER_PARTITIONS": str(settings.partitions),
+        "LEDGER_WORKER_ID": settings.worker_id,
+        "LEDGER_DATA_DIR": str(settings.data_dir),
+        "LEDGER_WEB_PORT": str(settings.web_port),
+        "LEDGER_BATCH_SIZE_MAX": str(settings.batch_size_max),
+        "LEDGER_TRANSACTION_TIMEOUT_MS": str(settings.transaction_timeout_ms),
+        "LEDGER_SESSION_TIMEOUT_MS": str(settings.session_timeout_ms),
+        "LEDGER_SNAPSHOT_DIR": str(settings.data_dir.parent / "snapshots"),
+    }
+
+
+def run_ledger(settings: Settings, *args: str, timeout_s: float = 300):
+    """Run ``ledger <args>`` as a user would; returns the CompletedProcess."""
+    return subprocess.run([sys.executable, "-m", "streams.cli", *args], env=worker_env(settings),
+                          cwd=REPO, capture_output=True, text=True, timeout=timeout_s)
+
+
+@pytest.fixture
+def ledger_cli():
+    return run_ledger
+
+
 class Workers:
     """Starts workers as subprocesses; stops exactly those pids at teardown."""
 
@@ -125,19 +154,7 @@ class Workers:
         self.started: list[Worker] = []
 
     def start(self, settings: Settings, wait: bool = True) -> Worker:
-        env = {
-            **os.environ,
-            "PYTHONPATH": str(REPO),
-            "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
-            "LEDGER_TOPIC_PREFIX": settings.topic_prefix,
-            "LEDGER_PARTITIONS": str(settings.partitions),
-            "LEDGER_WORKER_ID": settings.worker_id,
-            "LEDGER_DATA_DIR": str(settings.data_dir),
-            "LEDGER_WEB_PORT": str(settings.web_port),
-            "LEDGER_BATCH_SIZE_MAX": str(settings.batch_size_max),
-            "LEDGER_TRANSACTION_TIMEOUT_MS": str(settings.transaction_timeout_ms),
-            "LEDGER_SESSION_TIMEOUT_MS": str(settings.session_timeout_ms),
-        }
+        env = worker_env(settings)
         log_path = self.tmp_path / f"worker-{settings.worker_id}-{len(self.started)}.log"
         with open(log_path, "w") as log_file:
             process = subprocess.Popen(
