@@ -102,6 +102,21 @@ def _decode_cursor(text: str) -> tuple[int, int]:
         raise requests.InvalidRequest("cursor", "malformed", "cursor is not one we gave") from None
 
 
+def observe_snapshots(settings: Settings) -> None:
+    """Age and size of the newest ledger-wide snapshot file (a directory listing)."""
+    from streams.replay import snapshot_dir
+
+    files = sorted(snapshot_dir(settings).glob("snapshot-*.json.gz"))
+    if not files:
+        metrics.SNAPSHOT_AGE_SECONDS.set(float("nan"))
+        metrics.SNAPSHOT_BYTES.set(0)
+        return
+    newest = files[-1]
+    newest_event_ms = int(newest.name.split("-")[1])
+    metrics.SNAPSHOT_AGE_SECONDS.set(max(0.0, time.time() - newest_event_ms / 1000))
+    metrics.SNAPSHOT_BYTES.set(newest.stat().st_size)
+
+
 def register_views(app: faust.App, settings: Settings, processor: Processor) -> None:
     router = Router(settings)
     http: dict[str, aiohttp.ClientSession] = {}
@@ -199,6 +214,7 @@ def register_views(app: faust.App, settings: Settings, processor: Processor) -> 
     @app.page("/metrics")
     class Metrics(faust.web.View):
         async def get(self, request):
+            observe_snapshots(settings)
             return self.bytes(generate_latest(),
                               content_type=CONTENT_TYPE_LATEST.split(";")[0])
 

@@ -13,7 +13,8 @@ COMMANDS = Counter(
 REJECTIONS = Counter(
     "ledger_command_rejections_total", "Rejected commands by reason", ["reason"]
 )
-EVENTS = Counter("ledger_events_appended_total", "Events appended to the event log")
+EVENTS = Counter("ledger_events_appended_total",
+                 "Records appended to the event log (events and rejection records)")
 DEAD_LETTERS = Counter(
     "ledger_dead_letters_total", "Records parked on the dead-letter topic"
 )
@@ -49,3 +50,12 @@ HTTP_SECONDS = Histogram(
     ["method", "route"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+CONSUMER_LAG = Gauge(
+    "ledger_consumer_lag", "Commands and legs not yet consumed, by partition",
+    ["partition"],
+)
+SNAPSHOT_AGE_SECONDS = Gauge(
+    "ledger_snapshot_age_seconds",
+    "Seconds since the newest event in the newest ledger-wide snapshot (NaN: none)",
+)
+SNAPSHOT_BYTES = Gauge("ledger_snapshot_bytes", "Size of the newest ledger-wide snapshot file")

@@ -250,13 +250,33 @@ class Processor:
         # every command and leg of its accounts.
         self._consumer.subscribe([s.commands_topic, s.legs_topic], on_assign=self._on_assign,
                                  on_revoke=self._on_revoke, on_lost=self._on_revoke)
+        lag_measured_at = 0.0
         try:
             while not self._stop.is_set():
                 messages = self._consumer.consume(s.batch_size_max, timeout=0.1)
                 if messages:
                     self._process(messages)
+                if time.monotonic() - lag_measured_at > 1.0:
+                    lag_measured_at = time.monotonic()
+                    self._measure_lag()
         finally:
             self._close()
+
+    def _measure_lag(self) -> None:
+        """Lag from cached high watermarks (no broker round trip) and positions."""
+        s = self.settings
+        assigned = [TopicPartition(t, p) for p in self._stores
+                    for t in (s.commands_topic, s.legs_topic)]
+        lag: dict[int, int] = {}
+        for tp in self._consumer.position(assigned) if assigned else []:
+            try:
+                _low, high = self._consumer.get_watermark_offsets(tp, cached=True)
+            except KafkaException:
+                continue
+            if high >= 0 and tp.offset >= 0:
+                lag[tp.partition] = lag.get(tp.partition, 0) + max(0, high - tp.offset)
+        for partition in range(s.partitions):
+            metrics.CONSUMER_LAG.labels(str(partition)).set(lag.get(partition, 0))
 
     # -- one batch -----------------------------------------------------------
 
