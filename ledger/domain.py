@@ -585,7 +585,9 @@ def decide(
             )
         if isinstance(command, Credit):
             balance_after = state.balance_minor + command.amount_minor
-            if balance_after > BALANCE_MAX_MINOR:
+            # Money pending in outgoing transfers may come back as a refund:
+            # leave room for it, so a refund can never overflow.
+            if balance_after + state.pending_out_minor > BALANCE_MAX_MINOR:
                 return Rejection(RejectionReason.balance_overflow, str(balance_after))
             event_type = Credited
         else:
@@ -695,7 +697,7 @@ def _decide_credit_leg(state, leg: TransferCreditLeg, now_ms: int, next_sequence
             f"account is {state.currency}, transfer is {leg.currency}",
         )
     balance_after = state.balance_minor + leg.amount_minor
-    if balance_after > BALANCE_MAX_MINOR:
+    if balance_after + state.pending_out_minor > BALANCE_MAX_MINOR:  # see Credit
         return Rejection(RejectionReason.balance_overflow, str(balance_after))
     return (
         TransferCredited(

@@ -178,18 +178,26 @@ def decode_command(data: bytes) -> tuple[domain.Command, int]:
     """Return ``(command, issued_at_ms)`` or raise :class:`CodecError`.
 
     Commands come from outside, so the bytes must be the canonical encoding
-    of what they decode to: fastavro's reader silently wraps a varint
-    outside the long range (2**64 + 10 reads as 10), and a ledger must
-    refuse such an amount, not apply a different one.
+    of what they decode to (minimal varints, single-block maps; map keys in
+    any order): fastavro's reader silently wraps a varint outside the long
+    range (2**64 + 10 reads as 10), and a ledger must refuse such an amount,
+    not apply a different one.
     """
-    command, issued_at_ms = _decode_envelope(_COMMAND, data)
+    found, _cls, value = _read(data)
+    if found is not _COMMAND:
+        raise CodecError(f"{found.name} is not a {_COMMAND.name}")
     try:
-        canonical = encode_command(command, issued_at_ms)
+        # Re-encode what was read, as read (map order kept), and compare.
+        canonical = _write(_COMMAND, value)
     except (CodecError, OverflowError, ValueError) as exc:
         raise CodecError(f"command does not re-encode: {exc!r}") from None
     if canonical != bytes(data):
         raise CodecError("non-canonical Avro encoding (a long outside 64 bits?)")
-    return command, issued_at_ms
+    name, payload = value["payload"]
+    return (
+        _PAYLOAD_NAMES[name](command_id=value["command_id"], **_from_avro(dict(payload))),
+        value["issued_at_ms"],
+    )
 
 
 def encode_leg(leg: domain.Leg, issued_at_ms: int) -> bytes:
