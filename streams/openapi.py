@@ -261,13 +261,17 @@ def _schemas() -> dict:
             "status": {"type": "string", "enum": ["open", "closed"]},
             "overdraft_limit": {"type": "integer", "format": "int64", "minimum": 0,
                                 "maximum": INT64_MAX},
+            "pending_out": {"type": "integer", "format": "int64", "minimum": 0,
+                            "maximum": INT64_MAX,
+                            "description": "Money debited here by transfers not yet settled."},
             "updated_at": {"type": "string", "format": "date-time"},
         },
     }
     schemas["EventPage"] = {
         "type": "object",
-        "required": ["events", "next_cursor"],
+        "required": ["account_id", "events", "next_cursor"],
         "properties": {
+            "account_id": _account_id(),
             "events": {"type": "array", "items": _ref("Event")},
             "next_cursor": {"type": "string", "nullable": True,
                             "description": "Pass as ?cursor= for the next page; null at the end."},
@@ -423,8 +427,9 @@ def _paths() -> dict:
                 "responses": {
                     "200": _json(_ref("Account"), "The account."),
                     "400": _invalid("Malformed account id, as_of or version, or both given."),
-                    "404": _error("No such account, or none at that time/version "
-                                  "(error unknown_account)."),
+                    "404": _error("No such account (unknown_account), none yet at that "
+                                  "time (unknown_account), or no such version "
+                                  "(unknown_version)."),
                     "503": _error(_NOT_OWNED),
                 },
             }
@@ -435,10 +440,12 @@ def _paths() -> dict:
                 "summary": "An account's events in sequence order, a page at a time.",
                 "parameters": [
                     account_param,
-                    _query_param("from", {"type": "integer", "format": "int64", "minimum": 1},
-                                 "First event sequence (inclusive). Default 1."),
-                    _query_param("to", {"type": "integer", "format": "int64", "minimum": 1},
-                                 "Last event sequence (inclusive). Default: the latest."),
+                    _query_param("from", {"type": "string", "maxLength": 64},
+                                 "Events recorded at or after this instant: RFC 3339 "
+                                 "(2026-11-26T10:00:00Z) or epoch ms. Default: the first."),
+                    _query_param("to", {"type": "string", "maxLength": 64},
+                                 "Events recorded at or before this instant: RFC 3339 "
+                                 "or epoch ms. Default: the latest."),
                     _query_param("limit", {"type": "integer", "minimum": 1,
                                            "maximum": EVENTS_LIMIT_MAX,
                                            "default": EVENTS_LIMIT_DEFAULT},
