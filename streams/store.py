@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import struct
 import zlib
@@ -53,7 +54,9 @@ _U64 = struct.Struct(">Q")
 _U32 = struct.Struct(">I")
 # An account state is snapshotted after every this many of its events, so an
 # as-of query folds at most SNAPSHOT_EVERY - 1 events after one seek.
-SNAPSHOT_EVERY = 64
+# LEDGER_SNAPSHOT_EVERY changes it; stores rebuilt with another value differ
+# only in which snapshots they hold, never in an answer.
+SNAPSHOT_EVERY = max(1, int(os.environ.get("LEDGER_SNAPSHOT_EVERY") or 64))
 log = logging.getLogger("ledger.store")
 
 
