@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -15,6 +17,20 @@ from streams import localkafka
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
+DEPLOY_DIR = REPO_ROOT / "deploy"
+PROMETHEUS_CONFIG = DEPLOY_DIR / "prometheus" / "prometheus.yml"
+GRAFANA_DIR = DEPLOY_DIR / "grafana"
+DASHBOARD_FILE = GRAFANA_DIR / "dashboards" / "ledger.json"
+PROMETHEUS_DATASOURCE = {"type": "prometheus", "uid": "prometheus"}
+# The worker's metric names (streams/metrics.py), as exposed on GET /metrics.
+LEDGER_METRICS = frozenset({
+    "ledger_commands_total", "ledger_command_rejections_total", "ledger_events_appended_total",
+    "ledger_dead_letters_total", "ledger_transactions_total", "ledger_transaction_seconds",
+    "ledger_batch_commands", "ledger_recovery_seconds", "ledger_recovered_records_total",
+    "ledger_assigned_partitions", "ledger_snapshot_fallbacks_total", "ledger_http_requests_total",
+    "ledger_http_request_seconds", "ledger_consumer_lag", "ledger_snapshot_age_seconds",
+    "ledger_snapshot_bytes",
+})
 
 
 def _gone(pid: int) -> bool:
@@ -103,3 +119,126 @@ def test_docker_compose_worker_uses_the_internal_listener():
     advertised = services["kafka"]["environment"]["KAFKA_ADVERTISED_LISTENERS"]
     bootstrap = services["worker"]["environment"]["KAFKA_BOOTSTRAP_SERVERS"]
     assert f"://{bootstrap}" in advertised
+
+
+def _yaml():
+    return pytest.importorskip("yaml", reason="PyYAML is not installed")
+
+
+def _bind_mounts(service: dict) -> list[tuple[str, str, bool]]:
+    """(host path, container path, read-only) of a compose service's bind mounts."""
+    mounts = []
+    for volume in service.get("volumes", []):
+        if isinstance(volume, dict):  # long syntax
+            if volume.get("type") == "bind":
+                mounts.append((volume["source"], volume["target"], bool(volume.get("read_only"))))
+            continue
+        source, target, *mode = volume.split(":")
+        if source.startswith((".", "/", "~")):  # otherwise a named volume
+            mounts.append((source, target, "ro" in "".join(mode).split(",")))
+    return mounts
+
+
+def test_docker_compose_file_is_yaml_and_its_deploy_mounts_exist():
+    # Runs without Docker.
+    compose = _yaml().safe_load(COMPOSE_FILE.read_text())
+    services = compose["services"]
+    assert {"kafka", "worker", "prometheus", "grafana"} <= services.keys()
+    deploy_mounts = []
+    for name, service in services.items():
+        for source, target, read_only in _bind_mounts(service):
+            host = (REPO_ROOT / source).resolve()
+            if host.is_relative_to(DEPLOY_DIR):
+                assert host.exists(), f"{name} mounts {source}, which is not in the repo"
+                assert read_only, f"{name} should mount {source} read-only"
+                deploy_mounts.append((name, host, target))
+    mounted = {(name, host) for name, host, _ in deploy_mounts}
+    assert ("prometheus", PROMETHEUS_CONFIG) in mounted
+    assert ("grafana", GRAFANA_DIR / "provisioning") in mounted
+    assert ("grafana", DASHBOARD_FILE.parent) in mounted
+    # Named volumes that services use are declared.
+    declared = compose.get("volumes") or {}
+    for name, service in services.items():
+        for volume in service.get("volumes", []):
+            if isinstance(volume, str) and not volume.startswith((".", "/", "~")):
+                assert volume.split(":")[0] in declared, f"{name}: undeclared volume {volume}"
+
+
+def test_prometheus_config_scrapes_the_worker_web_port():
+    from streams.config import Settings
+
+    yaml = _yaml()
+    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    job = jobs["ledger-workers"]
+    assert job.get("metrics_path", "/metrics") == "/metrics"
+    assert job.get("scrape_interval", config.get("global", {}).get("scrape_interval")) == "5s"
+    targets = [t for static in job["static_configs"] for t in static["targets"]]
+    assert "worker:6066" in targets
+    # The target is the compose service and the worker's web port, on all interfaces.
+    assert Settings.web_port == 6066
+    worker = yaml.safe_load(COMPOSE_FILE.read_text())["services"]["worker"]
+    assert worker["environment"]["LEDGER_WEB_HOST"] == "0.0.0.0"
+    assert str(worker["environment"].get("LEDGER_WEB_PORT", 6066)) == "6066"
+
+
+def test_grafana_provisioning_points_at_prometheus_and_the_dashboards():
+    yaml = _yaml()
+    datasources = yaml.safe_load(
+        (GRAFANA_DIR / "provisioning" / "datasources" / "prometheus.yml").read_text())
+    [prometheus] = [d for d in datasources["datasources"] if d["uid"] == "prometheus"]
+    assert prometheus["type"] == "prometheus"
+    assert prometheus["url"] == "http://prometheus:9090"
+    providers = yaml.safe_load(
+        (GRAFANA_DIR / "provisioning" / "dashboards" / "ledger.yml").read_text())["providers"]
+    paths = {p["options"]["path"] for p in providers if p["type"] == "file"}
+    assert paths == {"/var/lib/grafana/dashboards"}
+    grafana = yaml.safe_load(COMPOSE_FILE.read_text())["services"]["grafana"]
+    targets = {target for source, target, _ in _bind_mounts(grafana)
+               if (REPO_ROOT / source).resolve() == DASHBOARD_FILE.parent}
+    assert targets == paths
+
+
+def _dashboard_panels(panels: list[dict]):
+    for panel in panels:
+        yield panel
+        yield from _dashboard_panels(panel.get("panels", []))  # collapsed rows
+
+
+def test_grafana_dashboard_queries_only_known_metrics():
+    dashboard = json.loads(DASHBOARD_FILE.read_text())
+    assert dashboard["uid"] == "ledger"
+    assert dashboard["schemaVersion"] == 39
+    panels = [p for p in _dashboard_panels(dashboard["panels"]) if p["type"] != "row"]
+    assert panels
+    assert len({p["id"] for p in panels}) == len(panels)
+    used = set()
+    for panel in panels:
+        assert panel["datasource"] == PROMETHEUS_DATASOURCE, panel["title"]
+        assert panel["targets"], panel["title"]
+        for target in panel["targets"]:
+            assert target.get("datasource", PROMETHEUS_DATASOURCE) == PROMETHEUS_DATASOURCE
+            names = {re.sub(r"_(bucket|count|sum)$", "", token)
+                     for token in re.findall(r"ledger_[a-z_]+", target["expr"])}
+            assert names, f"{panel['title']}: {target['expr']} queries no ledger metric"
+            assert names <= LEDGER_METRICS, f"{panel['title']}: unknown {names - LEDGER_METRICS}"
+            used |= names
+    for required in ("ledger_commands_total", "ledger_command_rejections_total",
+                     "ledger_events_appended_total", "ledger_transactions_total",
+                     "ledger_transaction_seconds", "ledger_consumer_lag",
+                     "ledger_dead_letters_total", "ledger_http_requests_total",
+                     "ledger_http_request_seconds", "ledger_recovery_seconds",
+                     "ledger_snapshot_age_seconds"):
+        assert required in used, f"the dashboard has no panel on {required}"
+
+
+def test_dashboard_metric_list_matches_streams_metrics():
+    # Keeps LEDGER_METRICS (and so the dashboard) in step with what workers export.
+    from prometheus_client import REGISTRY
+
+    import streams.metrics  # noqa: F401  (registers the metrics)
+
+    exported = set()
+    for family in REGISTRY.collect():
+        exported.add(family.name + "_total" if family.type == "counter" else family.name)
+    assert LEDGER_METRICS <= exported, LEDGER_METRICS - exported
