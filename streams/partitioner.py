@@ -7,6 +7,8 @@ belongs to, and the web server to find the partition of an account.
 
 from __future__ import annotations
 
+import functools
+
 _M = 0x5BD1E995
 _MASK = 0xFFFFFFFF
 
@@ -37,6 +39,7 @@ def murmur2(data: bytes) -> int:
     return h
 
 
+@functools.lru_cache(maxsize=65_536)  # account keys repeat; the hash is pure Python
 def partition_for(key: bytes, partitions: int) -> int:
     # Kafka's toPositive(): clear the sign bit, then modulo.
     return (murmur2(key) & 0x7FFFFFFF) % partitions
