@@ -1,0 +1,1158 @@
+"""One-command benchmark of the ledger against a plain Kafka ceiling.
+
+    scripts/bench [--commands 30000] [--accounts 1000] [--workers 1,2,3] ...
+
+(``scripts/bench`` installs into .venv if needed and runs this file with
+.venv/bin/python; ``.venv/bin/python scripts/bench.py`` is the same.)
+
+Starts a private Kafka broker in a temporary directory on free ports (unless
+KAFKA_BOOTSTRAP_SERVERS is set) and stops it by pid at the end, as it does
+every worker and the ceiling process it starts, also on failure and Ctrl-C.
+Every scenario gets fresh topics (its own LEDGER_TOPIC_PREFIX).
+
+Scenarios, in this order:
+
+ceiling    ``scripts/bench_ceiling.py`` in its own interpreter: a plain
+           confluent-kafka transactional consume-produce loop (read_committed,
+           one transaction per ``consume(batch_size)``,
+           send_offsets_to_transaction with the group metadata, output
+           partition = input partition) copying the same pre-loaded command
+           records, one output record per input; no ledger logic.
+ledger     ``python -m streams.cli worker`` processes (1, 2, 3 by default)
+           draining a backlog of credit/debit commands, exactly-once; then one
+           run of transfers.
+latency    one worker; an open-loop generator sends credit/debits on a fixed
+           clock at 50% of the 1-worker credit/debit rate for
+           ``--latency-seconds``; latency = outcome visible to a
+           read_committed consumer minus send time, per command_id.
+
+How a backlog is "released": the accounts' OpenAccount commands are committed
+first (workers apply them while starting). The measured commands are then
+written by a transactional producer whose transaction is left open, so they
+are in the topic but invisible to read_committed readers. Once every worker
+(or the ceiling loop) owns its partitions and has caught up, the transaction
+is committed: the whole backlog becomes visible at once, at ``t0``, with no
+worker half-started or rebalancing. The rate is N / (time the last outcome is
+visible to a read_committed consumer on the output topic - ``t0``). The same
+release is used for the ceiling, so the ratio compares like with like; the
+ceiling's rate by its own clock (first record consumed to last commit) is
+reported too.
+
+After each backlog run every outcome record is decoded and checked: each
+command has exactly one outcome (each transfer exactly one final record).
+
+``--profile`` (or BENCH_PROFILE=1) adds one more 1-worker credit/debit run
+whose worker runs under pyinstrument (the ledger-core thread only, from the
+first batch after release until it idles; needs ``pip install pyinstrument``
+in the venv); its numbers are not comparable. It prints the top functions by
+self and by inclusive time and copies the profile next to the JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import datetime as dt
+import importlib.util
+import json
+import os
+import platform
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import confluent_kafka  # noqa: E402
+from confluent_kafka import Consumer, Producer, TopicPartition  # noqa: E402
+
+from ledger import domain  # noqa: E402
+from schemas import codec  # noqa: E402
+from streams.config import Settings  # noqa: E402
+from streams.topics import ensure_topics  # noqa: E402
+
+PYTHON = sys.executable
+T_START = time.monotonic()
+STALL_TIMEOUT_S = 30.0  # a run fails if no new output record shows up for this long
+READY_TIMEOUT_S = 120.0
+
+# Log record type by the first 10 bytes (magic + schema fingerprint): lets the
+# watchers count outcomes without decoding them while the clock runs.
+TYPE_BY_HEADER = {schema.header: cls.type for cls, schema in codec._OUTCOMES.items()}
+HEADER_LENGTH = codec.HEADER_LENGTH
+FINAL_TRANSFER_TYPES = (domain.TransferCompleted.type, domain.TransferRefunded.type)
+
+
+def say(message: str) -> None:
+    print(f"[{time.monotonic() - T_START:6.1f}s] {message}", flush=True)
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+# --------------------------------------------------------------------------
+# Processes: everything started here is stopped by pid
+# --------------------------------------------------------------------------
+
+
+class Processes:
+    def __init__(self):
+        self.started: list[tuple[str, subprocess.Popen]] = []
+
+    def start(self, name: str, argv: list[str], env: dict, log_path: Path,
+              stdout_pipe: bool = False) -> subprocess.Popen:
+        with open(log_path, "wb") as log_file:
+            proc = subprocess.Popen(
+                argv, env=env, cwd=REPO, stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE if stdout_pipe else log_file,
+                stderr=log_file,
+                # Own session: Ctrl-C reaches only this script, whose finally
+                # stops them in order.
+                start_new_session=True)
+        self.started.append((name, proc))
+        return proc
+
+    def stop(self, procs: list[subprocess.Popen], timeout_s: float = 15.0) -> None:
+        for proc in procs:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        for proc in procs:
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+
+    def stop_all(self) -> None:
+        self.stop([proc for _name, proc in self.started])
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tail(path: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+# --------------------------------------------------------------------------
+# Workload
+# --------------------------------------------------------------------------
+
+
+def account_ids(n: int) -> list[str]:
+    return [f"acct-{i:05d}" for i in range(n)]
+
+
+def encode(commands) -> list[tuple[bytes, bytes]]:
+    """(key, value) per command, encoded once before any clock runs."""
+    now_ms = int(time.time() * 1000)
+    return [(c.account_id.encode(), codec.encode_command(c, now_ms)) for c in commands]
+
+
+def opens(accounts: list[str], overdraft: int, tag: str) -> list:
+    return [domain.OpenAccount(f"{tag}-open-{a}", a, "EUR", overdraft) for a in accounts]
+
+
+def credit_debits(n: int, accounts: list[str], rng: random.Random, tag: str) -> list:
+    # 60% credits, 40% debits, small amounts, overdraft 100.00: about 1.3% of
+    # the commands are debits rejected as insufficient_funds.
+    out = []
+    for i in range(n):
+        kind = domain.Credit if rng.random() < 0.6 else domain.Debit
+        out.append(kind(f"{tag}-{i}", rng.choice(accounts), rng.randrange(1, 5_000), "EUR"))
+    return out
+
+
+def transfers(n: int, accounts: list[str], rng: random.Random, tag: str) -> list:
+    out = []
+    for i in range(n):
+        src, dst = rng.sample(accounts, 2)
+        out.append(domain.Transfer(f"{tag}-{i}", src, dst, rng.randrange(1, 5_000), "EUR"))
+    return out
+
+
+# --------------------------------------------------------------------------
+# Kafka helpers
+# --------------------------------------------------------------------------
+
+
+class Loader:
+    """Transactional producer that pre-loads records, optionally holding the
+    last transaction open until :meth:`release`."""
+
+    def __init__(self, bootstrap: str, transactional_id: str):
+        self._errors: list[str] = []
+        self._producer = Producer({
+            "bootstrap.servers": bootstrap,
+            "transactional.id": transactional_id,
+            # Long enough to hold the backlog while workers start.
+            "transaction.timeout.ms": 300_000,
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 20,
+            "partitioner": "murmur2_random",  # as every ledger producer
+            "queue.buffering.max.messages": 500_000,
+        })
+        self._producer.init_transactions(30)
+        self.held = False
+
+    def _on_delivery(self, err, _msg) -> None:
+        if err is not None:
+            self._errors.append(str(err))
+
+    def load(self, topic: str, records: list[tuple[bytes, bytes]], hold: bool) -> None:
+        p = self._producer
+        p.begin_transaction()
+        for key, value in records:
+            while True:
+                try:
+                    p.produce(topic, value, key, on_delivery=self._on_delivery)
+                    break
+                except BufferError:
+                    p.poll(0.05)
+        if p.flush(120) or self._errors:
+            raise BenchError(f"pre-loading {topic} failed: {self._errors[:3]}")
+        if hold:
+            self.held = True
+        else:
+            p.commit_transaction(60)
+
+    def release(self) -> tuple[float, float]:
+        """Commit the held transaction: (t0 just before the commit, commit seconds)."""
+        t0 = time.monotonic()
+        self._producer.commit_transaction(60)
+        self.held = False
+        return t0, time.monotonic() - t0
+
+    def abort(self) -> None:
+        if self.held:
+            with contextlib.suppress(Exception):
+                self._producer.abort_transaction(10)
+            self.held = False
+
+
+def create_topics(bootstrap: str, names: list[str], partitions: int) -> None:
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    futures = admin.create_topics([NewTopic(n, partitions, 1) for n in names],
+                                  operation_timeout=30)
+    for future in futures.values():
+        future.result()
+    deadline = time.monotonic() + 30
+    while True:
+        topics = admin.list_topics(timeout=10).topics
+        if all(n in topics and len(topics[n].partitions) == partitions and
+               all(p.leader >= 0 for p in topics[n].partitions.values()) for n in names):
+            return
+        if time.monotonic() > deadline:
+            raise BenchError(f"topics {names} have no leaders")
+        time.sleep(0.1)
+
+
+def delete_topics(bootstrap: str, prefix: str) -> int:
+    """Delete this run's topics (on a cluster that outlives the run)."""
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    names = [t for t in admin.list_topics(timeout=10).topics if t.startswith(prefix)]
+    if names:
+        for future in admin.delete_topics(names, operation_timeout=30).values():
+            with contextlib.suppress(Exception):
+                future.result()
+    return len(names)
+
+
+class LogWatcher(threading.Thread):
+    """Reads a topic from the beginning, read_committed, and counts records.
+
+    Counting is by header (no decoding) while a clock runs. ``decode_types``
+    are decoded on the fly (e.g. ``command_rejected`` to tell a rejected
+    transfer); with ``latency=True`` every record is decoded and the time its
+    command_id was first seen is recorded. ``keep=True`` keeps the raw values
+    for the checks after the clock stops.
+    """
+
+    def __init__(self, bootstrap: str, topic: str, partitions: int, *, keep: bool = False,
+                 decode_types: tuple = (), latency: bool = False):
+        super().__init__(name=f"watch-{topic}", daemon=True)
+        self.topic = topic
+        self.keep, self.decode_types, self.latency = keep, decode_types, latency
+        self.count = 0
+        self.by_type: collections.Counter = collections.Counter()
+        self.rejected_transfers = 0
+        self.raw: list[bytes] = []
+        self.seen_at: dict[str, float] = {}
+        self.last_progress = time.monotonic()
+        self._cond = threading.Condition()
+        self._stop_event = threading.Event()
+        self._consumer = Consumer({
+            "bootstrap.servers": bootstrap,
+            "group.id": f"bench-watch-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+        })
+        self._consumer.assign([TopicPartition(topic, p, confluent_kafka.OFFSET_BEGINNING)
+                               for p in range(partitions)])
+        self._waiters: list[list] = []  # [predicate, event, done_at]
+
+    def run(self) -> None:
+        try:
+            while not self._stop_event.is_set():
+                messages = self._consumer.consume(10_000, timeout=0.1)
+                now = time.monotonic()
+                if not messages:
+                    continue
+                with self._cond:
+                    for msg in messages:
+                        if msg.error():
+                            continue
+                        self._take(msg.value(), now)
+                    self.last_progress = now
+                    for waiter in self._waiters:
+                        if waiter[2] is None and waiter[0](self):
+                            waiter[2] = now
+                            waiter[1].set()
+        finally:
+            self._consumer.close()
+
+    def _take(self, value: bytes, now: float) -> None:
+        self.count += 1
+        kind = TYPE_BY_HEADER.get(bytes(value[:HEADER_LENGTH]), "unknown")
+        self.by_type[kind] += 1
+        if self.keep:
+            self.raw.append(value)
+        if self.latency:
+            record, _digest = codec.decode_outcome(value)
+            self.seen_at.setdefault(record.command_id, now)
+        elif kind in self.decode_types:
+            record, _digest = codec.decode_outcome(value)
+            if kind == domain.CommandRejected.type and \
+                    record.command_type == domain.Transfer.type:
+                self.rejected_transfers += 1
+
+    def wait_for(self, predicate, what: str, stall_s: float = STALL_TIMEOUT_S,
+                 check=None) -> float:
+        """Block until ``predicate(self)``; return the monotonic time of the
+        batch that made it true. Fails if nothing new arrives for ``stall_s``."""
+        event = threading.Event()
+        waiter = [predicate, event, None]
+        with self._cond:
+            if predicate(self):
+                return time.monotonic()
+            self._waiters.append(waiter)
+        while not event.wait(0.5):
+            if check is not None:
+                check()
+            if time.monotonic() - self.last_progress > stall_s:
+                raise BenchError(f"waiting for {what}: no new record on {self.topic} "
+                                 f"for {stall_s:.0f}s (have {self.count})")
+        return waiter[2]
+
+    def close(self) -> None:
+        self._stop_event.set()
+        self.join(10)
+
+
+# --------------------------------------------------------------------------
+# Workers
+# --------------------------------------------------------------------------
+
+# Run as `python -c PROFILE_BOOTSTRAP OUT worker ...` (only with
+# --profile): replaces the processor module's Consumer with a subclass whose
+# main (group) consumer profiles the ledger-core thread with pyinstrument from
+# the first batch after the bench arms it (file OUT.armed exists) until the
+# loop has idled for 3 consecutive polls, then writes OUT.txt (call tree) and
+# OUT.top.txt (functions by self time and by inclusive time).
+PROFILE_BOOTSTRAP = r'''
+import collections, os, runpy, sys
+out = sys.argv.pop(1)
+sys.argv[0] = "streams.cli"
+import confluent_kafka
+from pyinstrument import Profiler
+from pyinstrument.renderers import ConsoleRenderer
+import streams.processor as processor
+
+
+def top_tables(session, n=25):
+    root = session.root_frame()
+    self_time, inclusive = collections.Counter(), collections.Counter()
+
+    def key(frame):
+        return f"{frame.function}  {frame.file_path_short}:{frame.line_no}"
+
+    def walk(frame, path):
+        k = key(frame)
+        if k not in path:  # count a recursive function once per stack
+            inclusive[k] += frame.time
+        for child in frame.children:
+            if child.is_synthetic:  # "[self]": time in the frame itself
+                self_time[k] += child.time
+            else:
+                walk(child, path | {k})
+
+    walk(root, frozenset())
+    total = root.time or 1.0
+    lines = [f"core thread, {total:.2f} s wall ({session.sample_count} samples)", "",
+             "by self time:"]
+    lines += [f"  {100 * t / total:5.1f}%  {k}" for k, t in self_time.most_common(n)]
+    lines += ["", "by inclusive time:"]
+    lines += [f"  {100 * t / total:5.1f}%  {k}" for k, t in inclusive.most_common(n)]
+    return "\n".join(lines) + "\n"
+
+
+class ProfilingConsumer(confluent_kafka.Consumer):
+    def __init__(self, config):
+        super().__init__(config)
+        self._main = "group.instance.id" in config
+        self._profiler = None
+        self._idle = 0
+        self._done = False
+
+    def consume(self, *args, **kwargs):
+        messages = super().consume(*args, **kwargs)
+        if not self._main or self._done:
+            return messages
+        if self._profiler is None:
+            if messages and os.path.exists(out + ".armed"):
+                self._profiler = Profiler(interval=0.0005, async_mode="disabled")
+                self._profiler.start()
+            return messages
+        self._idle = 0 if messages else self._idle + 1
+        if self._idle >= 3:
+            self._profiler.stop()
+            self._done = True
+            session = self._profiler.last_session
+            with open(out + ".txt", "w") as f:
+                f.write(ConsoleRenderer(unicode=False, color=False, show_all=False,
+                                        time="percent_of_total").render(session))
+            with open(out + ".top.txt", "w") as f:
+                f.write(top_tables(session))
+            with open(out + ".done", "w") as f:
+                f.write(str(session.duration))
+        return messages
+
+processor.Consumer = ProfilingConsumer
+runpy.run_module("streams.cli", run_name="__main__", alter_sys=True)
+'''
+
+
+class Worker:
+    def __init__(self, proc: subprocess.Popen, port: int, log_path: Path, worker_id: str):
+        self.proc, self.port, self.log_path, self.worker_id = proc, port, log_path, worker_id
+
+    def health(self) -> dict | None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/v1/health",
+                                        timeout=2) as response:
+                return json.loads(response.read())
+        except (OSError, ValueError):
+            return None
+
+    def metrics(self) -> dict[str, float]:
+        """The worker's transaction and batch counters (Prometheus text)."""
+        wanted = {
+            'ledger_transactions_total{outcome="committed"}': "transactions",
+            "ledger_transaction_seconds_sum": "transaction_seconds",
+            "ledger_batch_commands_sum": "batched_commands",
+        }
+        out = {v: 0.0 for v in wanted.values()}
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics",
+                                        timeout=5) as response:
+                text = response.read().decode()
+        except OSError:
+            return out
+        for line in text.splitlines():
+            name, _, value = line.rpartition(" ")
+            if name in wanted:
+                out[wanted[name]] = float(value)
+        return out
+
+    def check_alive(self) -> None:
+        if self.proc.poll() is not None:
+            raise BenchError(f"worker {self.worker_id} exited with {self.proc.returncode}:\n"
+                             f"{tail(self.log_path)}")
+
+
+def start_workers(ctx, settings: Settings, count: int, run_dir: Path,
+                  profile_out: Path | None = None) -> list[Worker]:
+    workers = []
+    for i in range(1, count + 1):
+        worker_id = f"w{i}"
+        port = free_port()
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(REPO),
+            "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+            "LEDGER_TOPIC_PREFIX": settings.topic_prefix,
+            "LEDGER_PARTITIONS": str(settings.partitions),
+            "LEDGER_WORKER_ID": worker_id,
+            "LEDGER_DATA_DIR": str(run_dir / f"data-{worker_id}"),
+            "LEDGER_WEB_PORT": str(port),
+            "LEDGER_BATCH_SIZE_MAX": str(settings.batch_size_max),
+        }
+        argv = ["-m", "streams.cli", "worker", "--loglevel", "warning"]
+        if profile_out is not None and i == 1:
+            argv = ["-c", PROFILE_BOOTSTRAP, str(profile_out)] + argv[2:]
+        log_path = run_dir / f"worker-{worker_id}.log"
+        proc = ctx.procs.start(f"worker {worker_id}", [PYTHON] + argv, env, log_path)
+        workers.append(Worker(proc, port, log_path, worker_id))
+    return workers
+
+
+def metrics_of(workers: list[Worker]) -> dict[str, float]:
+    total = collections.Counter()
+    for w in workers:
+        total.update(w.metrics())
+    return total
+
+
+def metrics_delta(before: dict, after: dict) -> dict:
+    d = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
+    txns = d.get("transactions", 0.0)
+    return {
+        "transactions": int(txns),
+        "mean_batch_commands": round(d["batched_commands"] / txns, 1) if txns else None,
+        "mean_transaction_ms": round(1000 * d["transaction_seconds"] / txns, 1)
+        if txns else None,
+        # Sum over workers of time inside _process (consume wait excluded).
+        "busy_seconds_in_transactions": round(d["transaction_seconds"], 2),
+    }
+
+
+def wait_workers_ready(workers: list[Worker], partitions: int) -> float:
+    """Every worker caught up and the partitions split among them, twice in a
+    row 0.25 s apart (no rebalance under way). Returns the seconds it took."""
+    started = time.monotonic()
+    stable = 0
+    while True:
+        for w in workers:
+            w.check_alive()
+        bodies = [w.health() for w in workers]
+        owned = sorted(p for b in bodies if b for p in b.get("partitions", []))
+        if all(b and b.get("caught_up") for b in bodies) and owned == list(range(partitions)):
+            stable += 1
+            if stable >= 2:
+                return time.monotonic() - started
+        else:
+            stable = 0
+        if time.monotonic() - started > READY_TIMEOUT_S:
+            raise BenchError(f"workers not ready after {READY_TIMEOUT_S:.0f}s: {bodies}\n"
+                             f"{tail(workers[0].log_path)}")
+        time.sleep(0.25)
+
+
+# --------------------------------------------------------------------------
+# Scenarios
+# --------------------------------------------------------------------------
+
+
+class Context:
+    def __init__(self, args, bootstrap: str, tmp: Path):
+        self.args = args
+        self.bootstrap = bootstrap
+        self.tmp = tmp
+        self.run_id = uuid.uuid4().hex[:6]
+        self.procs = Processes()
+        self.loaders: list[Loader] = []
+        self.accounts = account_ids(args.accounts)
+        rng = random.Random(args.seed)
+        self.cd_opens = encode(opens(self.accounts, 10_000, "cd"))
+        self.cd_commands = credit_debits(args.commands, self.accounts, rng, "cd")
+        self.cd_encoded = encode(self.cd_commands)
+        self.cd_ids = {c.command_id for c in self.cd_commands}
+
+    def settings(self, name: str) -> Settings:
+        return Settings(bootstrap_servers=self.bootstrap,
+                        topic_prefix=f"bench-{self.run_id}-{name}",
+                        partitions=self.args.partitions,
+                        batch_size_max=self.args.batch_size)
+
+    def loader(self, prefix: str) -> Loader:
+        loader = Loader(self.bootstrap, f"{prefix}-loader")
+        self.loaders.append(loader)
+        return loader
+
+    def drop_loader(self, loader: Loader) -> None:
+        """Abort its transaction if still held, and let the producer go."""
+        loader.abort()
+        with contextlib.suppress(ValueError):
+            self.loaders.remove(loader)
+
+
+def run_ceiling(ctx: Context, producer_config: dict | None = None) -> dict:
+    args = ctx.args
+    prefix = f"bench-{ctx.run_id}-ceiling" + ("-tuned" if producer_config else "")
+    label = "ceiling" + (f" {producer_config}" if producer_config else "")
+    topic_in, topic_out = f"{prefix}.in", f"{prefix}.out"
+    create_topics(ctx.bootstrap, [topic_in, topic_out], args.partitions)
+    n = len(ctx.cd_encoded)
+    say(f"{label}: pre-loading {n:,} command records (held transaction)")
+    loader = ctx.loader(prefix)
+    try:
+        loader.load(topic_in, ctx.cd_encoded, hold=True)
+    except BaseException:
+        ctx.drop_loader(loader)
+        raise
+    watcher = LogWatcher(ctx.bootstrap, topic_out, args.partitions)
+    watcher.start()
+    lines: list[str] = []
+    ready = threading.Event()
+    log_path = ctx.tmp / f"{prefix}.log"
+    proc = ctx.procs.start("ceiling", [
+        PYTHON, str(REPO / "scripts" / "bench_ceiling.py"),
+        "--bootstrap", ctx.bootstrap, "--input", topic_in, "--output", topic_out,
+        "--group", f"{prefix}-group", "--transactional-id", f"{prefix}-copier",
+        "--batch-size", str(args.batch_size), "--partitions", str(args.partitions),
+        "--expect", str(n)],
+        {**os.environ, "PYTHONPATH": str(REPO),
+         "BENCH_CEILING_PRODUCER_CONFIG": json.dumps(producer_config or {})}, log_path,
+        stdout_pipe=True)
+
+    def read_stdout():
+        for line in proc.stdout:
+            line = line.decode().strip()
+            lines.append(line)
+            if line == "READY":
+                ready.set()
+
+    threading.Thread(target=read_stdout, daemon=True).start()
+    try:
+        t = time.monotonic()
+        while not ready.wait(0.25):
+            if proc.poll() is not None or time.monotonic() - t > READY_TIMEOUT_S:
+                raise BenchError(f"{label} loop did not start:\n{tail(log_path)}")
+        say(f"{label}: loop owns its partitions; releasing the backlog")
+        t0, commit_s = loader.release()
+
+        def alive():
+            if proc.poll() not in (None, 0):
+                raise BenchError(f"ceiling loop exited {proc.returncode}:\n{tail(log_path)}")
+
+        t_end = watcher.wait_for(lambda w: w.count >= n, "ceiling output", check=alive)
+        proc.wait(30)
+        own = json.loads(lines[-1])
+    finally:
+        ctx.procs.stop([proc])
+        watcher.close()
+        ctx.drop_loader(loader)
+    seconds = t_end - t0
+    own_seconds = own["last_commit"] - own["first_consumed"]
+    result = {
+        "records": n, "seconds": round(seconds, 3), "rate": round(n / seconds),
+        "release_commit_seconds": round(commit_s, 3),
+        "first_consumed_after_release_seconds": round(own["first_consumed"] - t0, 3),
+        "own_clock_seconds": round(own_seconds, 3),
+        "rate_own_clock": round(n / own_seconds),
+        "rate_first_consumed_to_last_visible": round(n / (t_end - own["first_consumed"])),
+        "transactions": own["transactions"],
+        "loop_seconds": own["seconds"],
+        "output_records": watcher.count,
+    }
+    if producer_config:
+        result["producer_config"] = producer_config
+    say(f"{label}: {n:,} records in {seconds:.2f}s = {result['rate']:,}/s "
+        f"(first consumed -> last visible: {result['rate_first_consumed_to_last_visible']:,}/s, "
+        f"{own['transactions']} transactions)")
+    return result
+
+
+def verify_credit_debits(raw: list[bytes], expected_ids: set[str]) -> dict:
+    seen = collections.Counter()
+    outcomes = collections.Counter()
+    for value in raw:
+        record, _digest = codec.decode_outcome(value)
+        seen[record.command_id] += 1
+        if record.command_id in expected_ids:
+            outcomes[record.type] += 1
+    missing = len(expected_ids - seen.keys())
+    duplicates = sum(1 for c in seen.values() if c > 1)
+    return {"exactly_once": missing == 0 and duplicates == 0, "missing": missing,
+            "duplicated": duplicates, "outcomes": dict(outcomes)}
+
+
+def verify_transfers(raw: list[bytes], expected_ids: set[str]) -> dict:
+    finals = collections.Counter()
+    debited = collections.Counter()
+    kinds = collections.Counter()
+    for value in raw:
+        record, _digest = codec.decode_outcome(value)
+        kinds[record.type] += 1
+        if isinstance(record, domain.CommandRejected):
+            if record.command_type == domain.Transfer.type:
+                finals[record.command_id] += 1
+        elif record.type in FINAL_TRANSFER_TYPES:
+            finals[record.transfer_id] += 1
+        elif isinstance(record, domain.TransferDebited):
+            debited[record.transfer_id] += 1
+    missing = len(expected_ids - finals.keys())
+    duplicates = sum(1 for c in finals.values() if c > 1) + \
+        sum(1 for c in debited.values() if c > 1)
+    return {"exactly_once": missing == 0 and duplicates == 0, "missing": missing,
+            "duplicated": duplicates, "records": dict(kinds)}
+
+
+def run_ledger(ctx: Context, workers_n: int, kind: str = "credit_debit",
+               profile_out: Path | None = None) -> dict:
+    args = ctx.args
+    name = f"{kind.replace('_', '')}-{workers_n}w" + ("-profiled" if profile_out else "")
+    settings = ctx.settings(name)
+    run_dir = ctx.tmp / name
+    run_dir.mkdir()
+    ensure_topics(settings)
+    if kind == "credit_debit":
+        open_records, work, ids = ctx.cd_opens, ctx.cd_encoded, ctx.cd_ids
+        n = len(work)
+    else:
+        rng = random.Random(args.seed + 1)
+        # Overdraft large enough that no transfer is refused at its source.
+        open_records = encode(opens(ctx.accounts, 10**12, "tr"))
+        commands = transfers(args.transfers, ctx.accounts, rng, "tr")
+        work, ids = encode(commands), {c.command_id for c in commands}
+        n = len(work)
+    label = f"ledger {kind} x{workers_n}" + (" (profiled)" if profile_out else "")
+    say(f"{label}: pre-loading {len(open_records):,} opens (committed) + {n:,} commands "
+        f"(held transaction) into {settings.topic_prefix}.commands")
+    loader = ctx.loader(settings.topic_prefix)
+    watcher = LogWatcher(ctx.bootstrap, settings.events_topic, args.partitions, keep=True,
+                         decode_types=(domain.CommandRejected.type,))
+    watcher.start()
+    workers: list[Worker] = []
+    try:
+        loader.load(settings.commands_topic, open_records, hold=False)
+        loader.load(settings.commands_topic, work, hold=True)
+        workers = start_workers(ctx, settings, workers_n, run_dir, profile_out)
+        say(f"{label}: started worker pids {[w.proc.pid for w in workers]}; waiting for "
+            f"/v1/health caught_up and all {args.partitions} partitions owned")
+        opens_n = len(open_records)
+
+        def alive():
+            for w in workers:
+                w.check_alive()
+
+        watcher.wait_for(lambda w: w.count >= opens_n, "the accounts' opens", check=alive,
+                         stall_s=READY_TIMEOUT_S)
+        ready_s = wait_workers_ready(workers, args.partitions)
+        before = watcher.count - opens_n
+        metrics_before = metrics_of(workers)
+        if profile_out is not None:
+            Path(str(profile_out) + ".armed").touch()
+        say(f"{label}: all ready; releasing {n:,} commands")
+        t0, commit_s = loader.release()
+        if kind == "credit_debit":
+            target = opens_n + n
+            t_end = watcher.wait_for(lambda w: w.count >= target, "outcomes", check=alive)
+        else:
+            t_end = watcher.wait_for(
+                lambda w: sum(w.by_type[t] for t in FINAL_TRANSFER_TYPES)
+                + w.rejected_transfers >= n, "final transfer records", check=alive)
+        worker_metrics = metrics_delta(metrics_before, metrics_of(workers))
+        if profile_out is not None:
+            deadline = time.monotonic() + 15
+            while not Path(str(profile_out) + ".done").exists() and \
+                    time.monotonic() < deadline:
+                time.sleep(0.2)
+    finally:
+        ctx.procs.stop([w.proc for w in workers])
+        watcher.close()
+        ctx.drop_loader(loader)
+    seconds = t_end - t0
+    check_started = time.monotonic()
+    if kind == "credit_debit":
+        check = verify_credit_debits(watcher.raw, ids)
+    else:
+        check = verify_transfers(watcher.raw, ids)
+    result = {
+        "scenario": kind, "workers": workers_n, "commands": n, "seconds": round(seconds, 3),
+        "rate": round(n / seconds), "workers_ready_seconds": round(ready_s, 2),
+        "release_commit_seconds": round(commit_s, 3),
+        "outcomes_before_release": before, "event_records": watcher.count - opens_n,
+        "worker_metrics": worker_metrics,
+        "check": check, "check_seconds": round(time.monotonic() - check_started, 2),
+        "topic_prefix": settings.topic_prefix,
+    }
+    say(f"{label}: {n:,} commands in {seconds:.2f}s = {result['rate']:,} commands/s; "
+        f"exactly-once check {'passed' if check['exactly_once'] else 'FAILED'} {check}")
+    if not check["exactly_once"]:
+        raise BenchError(f"{label}: exactly-once check failed: {check}")
+    return result
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    index = min(len(sorted_values) - 1, max(0, round(q / 100 * len(sorted_values) + 0.5) - 1))
+    return sorted_values[index]
+
+
+def run_latency(ctx: Context, rate: float) -> dict:
+    args = ctx.args
+    settings = ctx.settings("latency")
+    run_dir = ctx.tmp / "latency"
+    run_dir.mkdir()
+    ensure_topics(settings)
+    total = max(1, int(rate * args.latency_seconds))
+    rng = random.Random(args.seed + 2)
+    commands = credit_debits(total, ctx.accounts, rng, "lat")
+    work = encode(commands)
+    say(f"latency: {len(ctx.cd_opens):,} opens, then open loop at {rate:,.0f} commands/s "
+        f"for {args.latency_seconds:g}s ({total:,} commands), 1 worker")
+    loader = ctx.loader(settings.topic_prefix)
+    watcher = LogWatcher(ctx.bootstrap, settings.events_topic, args.partitions, latency=True)
+    watcher.start()
+    producer = Producer({
+        # The client's producer settings (streams/client.py).
+        "bootstrap.servers": ctx.bootstrap,
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": 2,
+        "partitioner": "murmur2_random",
+    })
+    workers: list[Worker] = []
+    try:
+        loader.load(settings.commands_topic, ctx.cd_opens, hold=False)
+        workers = start_workers(ctx, settings, 1, run_dir)
+        def alive():
+            workers[0].check_alive()
+
+        watcher.wait_for(lambda w: w.count >= len(ctx.cd_opens), "the accounts' opens",
+                         check=alive, stall_s=READY_TIMEOUT_S)
+        wait_workers_ready(workers, args.partitions)
+        metrics_before = metrics_of(workers)
+        say("latency: worker ready; sending")
+        sent = [0.0] * total
+        lag = [0.0] * total
+        interval = 1.0 / rate
+        start = time.monotonic() + 0.05
+        topic = settings.commands_topic
+        for i, (key, value) in enumerate(work):
+            scheduled = start + i * interval
+            now = time.monotonic()
+            if scheduled > now:
+                time.sleep(scheduled - now)
+            while True:
+                try:
+                    producer.produce(topic, value, key)
+                    break
+                except BufferError:
+                    producer.poll(0.001)
+            sent[i] = now = time.monotonic()
+            lag[i] = now - scheduled
+            producer.poll(0)
+        send_seconds = time.monotonic() - start
+        producer.flush(30)
+        ids = [c.command_id for c in commands]
+        try:
+            expected = len(ctx.cd_opens) + total  # every command_id once (opens too)
+            watcher.wait_for(lambda w: len(w.seen_at) >= expected, "latency outcomes",
+                             check=alive)
+        except BenchError as exc:
+            say(f"latency: {exc}")
+        worker_metrics = metrics_delta(metrics_before, metrics_of(workers))
+    finally:
+        ctx.procs.stop([w.proc for w in workers])
+        watcher.close()
+        ctx.drop_loader(loader)
+        del producer
+    latencies = sorted((watcher.seen_at[cid] - sent[i]) * 1000
+                       for i, cid in enumerate(ids) if cid in watcher.seen_at)
+    lags = sorted(x * 1000 for x in lag)
+    # Per second of sending: is latency steady (keeping up) or growing (overload)?
+    timeline = []
+    per_second = collections.defaultdict(list)
+    for i, cid in enumerate(ids):
+        if cid in watcher.seen_at:
+            per_second[int(sent[i] - start)].append((watcher.seen_at[cid] - sent[i]) * 1000)
+    for second in sorted(per_second):
+        values = sorted(per_second[second])
+        timeline.append({"second": second, "sent": len(values),
+                         "p50_ms": round(percentile(values, 50), 1),
+                         "max_ms": round(values[-1], 1)})
+    result = {
+        "workers": 1, "target_rate": round(rate), "commands": total,
+        "achieved_send_rate": round(total / send_seconds),
+        "seconds": args.latency_seconds, "outcomes_seen": len(latencies),
+        "p50_ms": round(percentile(latencies, 50), 1),
+        "p95_ms": round(percentile(latencies, 95), 1),
+        "p99_ms": round(percentile(latencies, 99), 1),
+        "max_ms": round(latencies[-1], 1) if latencies else None,
+        "send_lag_p99_ms": round(percentile(lags, 99), 2),
+        "send_lag_max_ms": round(lags[-1], 2),
+        "worker_metrics": worker_metrics,
+        "timeline": timeline,
+    }
+    say(f"latency: p50 {result['p50_ms']} ms, p95 {result['p95_ms']} ms, "
+        f"p99 {result['p99_ms']} ms ({len(latencies):,}/{total:,} outcomes; "
+        f"sender lag p99 {result['send_lag_p99_ms']} ms)")
+    return result
+
+
+# --------------------------------------------------------------------------
+# Main
+# --------------------------------------------------------------------------
+
+
+def code_version() -> dict:
+    """The commit measured, and whether the code under test (ledger/, schemas/,
+    streams/) differed from it."""
+    def git(*argv):
+        try:
+            return subprocess.run(["git", *argv], cwd=REPO, capture_output=True, text=True,
+                                  timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+    return {"commit": git("rev-parse", "--short", "HEAD") or None,
+            "dirty": bool(git("status", "--porcelain", "--", "ledger", "schemas", "streams"))}
+
+
+def _version(v) -> str:
+    return v[0] if isinstance(v, tuple) else str(v)
+
+
+def machine_info(kafka_version: str) -> dict:
+    cpu = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {
+        "nproc": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+        else os.cpu_count(),
+        "cpu": cpu,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "kafka": kafka_version,
+        "confluent_kafka": _version(confluent_kafka.version()),
+        "librdkafka": _version(confluent_kafka.libversion()),
+        "loadavg_at_start": list(os.getloadavg()),
+    }
+
+
+def print_table(results: dict, params: dict) -> None:
+    rows = [("scenario", "workers", "commands", "seconds", "per second")]
+    if "ceiling" in results:
+        c = results["ceiling"]
+        rows.append(("ceiling: plain transactional copy loop", "1", f"{c['records']:,}",
+                     f"{c['seconds']:.2f}", f"{c['rate']:,}"))
+    for r in results.get("ledger", []):
+        rows.append((f"ledger {r['scenario'].replace('_', '/')}", str(r["workers"]),
+                     f"{r['commands']:,}", f"{r['seconds']:.2f}", f"{r['rate']:,}"))
+    if "profiled" in results:
+        r = results["profiled"]
+        rows.append(("ledger credit/debit UNDER PROFILER", "1", f"{r['commands']:,}",
+                     f"{r['seconds']:.2f}", f"{r['rate']:,}"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    print()
+    for j, row in enumerate(rows):
+        print("  " + "  ".join(cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i])
+                               for i, cell in enumerate(row)))
+        if j == 0:
+            print("  " + "  ".join("-" * w for w in widths))
+    if "ratio" in results:
+        print(f"\n  ratio ledger/ceiling (1 worker, credit/debit): {results['ratio']:.3f}")
+    if "latency" in results:
+        lat = results["latency"]
+        print(f"  latency, open loop at {lat['target_rate']:,}/s for {lat['seconds']:g}s, "
+              f"1 worker: p50 {lat['p50_ms']} ms, p95 {lat['p95_ms']} ms, "
+              f"p99 {lat['p99_ms']} ms, max {lat['max_ms']} ms "
+              f"({lat['outcomes_seen']:,}/{lat['commands']:,} outcomes)")
+    print(f"  batch {params['batch_size']}, {params['partitions']} partitions, "
+          f"{params['accounts']:,} accounts\n")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="scripts/bench", description=__doc__.split("\n\n")[0],
+        epilog="Environment: KAFKA_BOOTSTRAP_SERVERS (use a running cluster), "
+               "BENCH_PROFILE=1 (same as --profile).")
+    parser.add_argument("--commands", type=int, default=30_000,
+                        help="credit/debit commands per backlog run (default 30000)")
+    parser.add_argument("--transfers", type=int, default=None,
+                        help="transfers in the transfer run (default commands/3)")
+    parser.add_argument("--accounts", type=int, default=1_000)
+    parser.add_argument("--partitions", type=int, default=6)
+    parser.add_argument("--batch-size", type=int, default=1_000,
+                        help="LEDGER_BATCH_SIZE_MAX, and the ceiling's consume batch")
+    parser.add_argument("--workers", default="1,2,3",
+                        help="worker counts for the credit/debit runs (default 1,2,3)")
+    parser.add_argument("--transfer-workers", type=int, default=1)
+    parser.add_argument("--latency-seconds", type=float, default=15.0)
+    parser.add_argument("--latency-load", type=float, default=0.5,
+                        help="open-loop rate as a fraction of the 1-worker rate (0.5)")
+    parser.add_argument("--skip-transfers", action="store_true")
+    parser.add_argument("--skip-latency", action="store_true")
+    parser.add_argument("--skip-ceiling", action="store_true")
+    parser.add_argument("--profile", action="store_true",
+                        default=os.environ.get("BENCH_PROFILE", "") not in ("", "0"),
+                        help="one more 1-worker run under pyinstrument (not comparable)")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results",
+                        help="directory for the JSON result (default bench/results)")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the temporary directory (logs, data) even on success")
+    args = parser.parse_args(argv)
+    args.worker_counts = [int(x) for x in args.workers.split(",") if x.strip()]
+    if args.transfers is None:
+        args.transfers = max(1, args.commands // 3)
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+
+    def on_term(_signum, _frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    started_at = dt.datetime.now(dt.timezone.utc)
+    tmp = Path(tempfile.mkdtemp(prefix="ledger-bench-"))
+    broker = None
+    ctx = None
+    results: dict = {}
+    errors: list[str] = []
+    failed = False
+    try:
+        bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+        if bootstrap:
+            kafka_version = "external cluster (version not probed)"
+            say(f"using KAFKA_BOOTSTRAP_SERVERS={bootstrap}")
+        else:
+            from streams import localkafka
+
+            localkafka.ensure_jars(progress=say)
+            say(f"starting a private Kafka {localkafka.KAFKA_VERSION} broker in {tmp}/kafka")
+            broker = localkafka.start_broker(tmp / "kafka")
+            bootstrap = broker.bootstrap
+            kafka_version = localkafka.KAFKA_VERSION
+            say(f"broker pid {broker.pid} at {bootstrap}")
+        machine = machine_info(kafka_version)
+        code = code_version()
+        say(f"{machine['nproc']} cores ({machine['cpu']}), load average "
+            f"{machine['loadavg_at_start'][0]:.2f}; broker, workers and load generator "
+            f"share them")
+        say(f"encoding {args.commands:,} credit/debit commands over {args.accounts:,} accounts")
+        ctx = Context(args, bootstrap, tmp)
+
+        def attempt(name, fn, *fn_args, **kw):
+            try:
+                return fn(*fn_args, **kw)
+            except BenchError as exc:
+                errors.append(f"{name}: {exc}")
+                say(f"{name} FAILED: {exc}")
+                return None
+
+        if not args.skip_ceiling:
+            r = attempt("ceiling", run_ceiling, ctx)
+            if r:
+                results["ceiling"] = r
+        results["ledger"] = []
+        for n in args.worker_counts:
+            r = attempt(f"ledger x{n}", run_ledger, ctx, n)
+            if r:
+                results["ledger"].append(r)
+        if not args.skip_transfers:
+            r = attempt("transfers", run_ledger, ctx, args.transfer_workers, "transfer")
+            if r:
+                results["ledger"].append(r)
+        base = [r for r in results["ledger"] if r["scenario"] == "credit_debit"]
+        one = next((r for r in base if r["workers"] == 1), base[0] if base else None)
+        if one and "ceiling" in results:
+            results["ratio"] = round(one["rate"] / results["ceiling"]["rate"], 4)
+        if not args.skip_latency:
+            if one is None:
+                errors.append("latency: no credit/debit rate to base the load on")
+            else:
+                r = attempt("latency", run_latency, ctx, one["rate"] * args.latency_load)
+                if r:
+                    r["load_fraction"] = args.latency_load
+                    r["of_rate"] = one["rate"]
+                    results["latency"] = r
+        if args.profile and importlib.util.find_spec("pyinstrument") is None:
+            errors.append("profile: pyinstrument is not installed")
+            say(f"--profile needs pyinstrument: {PYTHON} -m pip install pyinstrument")
+        elif args.profile:
+            profile_out = tmp / "profile"
+            r = attempt("profiled", run_ledger, ctx, 1, profile_out=profile_out)
+            if r:
+                results["profiled"] = r
+                for suffix in (".top.txt", ".txt"):
+                    src = Path(str(profile_out) + suffix)
+                    if src.exists():
+                        args.out.mkdir(parents=True, exist_ok=True)
+                        dest = args.out / (started_at.strftime("%Y%m%dT%H%M%SZ")
+                                           + "-profile" + suffix)
+                        shutil.copy(src, dest)
+                        r["profile" + suffix.replace(".", "_")] = str(dest)
+                top = Path(str(profile_out) + ".top.txt")
+                if top.exists():
+                    print(top.read_text())
+    except KeyboardInterrupt:
+        say("interrupted; stopping everything this run started")
+        errors.append("interrupted")
+        failed = True
+    except Exception as exc:  # noqa: BLE001 - report, clean up, exit non-zero
+        say(f"FAILED: {exc!r}")
+        errors.append(repr(exc))
+        failed = True
+        raise
+    finally:
+        if ctx is not None:
+            for loader in ctx.loaders:
+                loader.abort()
+            ctx.procs.stop_all()
+        if broker is None and ctx is not None:
+            with contextlib.suppress(Exception):
+                n = delete_topics(ctx.bootstrap, f"bench-{ctx.run_id}-")
+                say(f"deleted this run's {n} topics from {ctx.bootstrap}")
+        if broker is not None:
+            from streams import localkafka
+
+            say(f"stopping broker pid {broker.pid}")
+            localkafka.stop_broker(broker)
+        if not failed and ctx is not None:
+            params = {k: v for k, v in vars(args).items() if k not in ("out", "worker_counts")}
+            params["out"] = str(args.out)
+            machine["loadavg_at_end"] = list(os.getloadavg())
+            report = {"started_at": started_at.isoformat(timespec="seconds"),
+                      "code": code,
+                      "duration_seconds": round(time.monotonic() - T_START, 1),
+                      "machine": machine, "params": params, "results": results,
+                      "errors": errors}
+            args.out.mkdir(parents=True, exist_ok=True)
+            path = args.out / (started_at.strftime("%Y%m%dT%H%M%SZ") + ".json")
+            path.write_text(json.dumps(report, indent=2) + "\n")
+            print_table(results, params)
+            say(f"wrote {path}")
+        if errors or failed or args.keep:
+            say(f"logs and data kept in {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

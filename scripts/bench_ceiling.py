@@ -1,0 +1,136 @@
+"""The ceiling for scripts/bench: a plain transactional copy loop, no ledger logic.
+
+    python scripts/bench_ceiling.py --bootstrap HOST:PORT --input T --output T \
+        --group G --transactional-id ID --batch-size 1000 --expect N
+
+The same shape as the ledger's core (streams/processor.py) with everything
+ledger-specific taken out: one confluent-kafka consumer (read_committed,
+range assignment, no auto commit) and one transactional producer; per
+``consume(batch_size)`` one Kafka transaction that produces one record per
+input record (the input's key and bytes) to the output partition with the
+same number as the input's, then ``send_offsets_to_transaction`` with the
+consumer's group metadata and ``commit_transaction``. No decoding, no state,
+no RocksDB, no explicit flush (``commit_transaction`` flushes).
+
+It is run by scripts/bench as a subprocess, so it has an interpreter of its
+own like a worker. It prints ``READY`` once it owns all its partitions, then,
+after ``--expect`` records, one JSON line with its own timings
+(``time.monotonic()``: CLOCK_MONOTONIC, the same clock in every
+process on Linux) and exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bootstrap", required=True)
+    parser.add_argument("--input", required=True)
+    parser.add_argument("--output", required=True)
+    parser.add_argument("--group", required=True)
+    parser.add_argument("--transactional-id", required=True)
+    parser.add_argument("--batch-size", type=int, default=1000)
+    parser.add_argument("--partitions", type=int, required=True)
+    parser.add_argument("--expect", type=int, required=True)
+    args = parser.parse_args()
+
+    stop = False
+
+    def on_term(_signum, _frame):
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_term)
+
+    consumer = Consumer({
+        "bootstrap.servers": args.bootstrap,
+        "group.id": args.group,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "isolation.level": "read_committed",
+        "auto.offset.reset": "earliest",
+        "partition.assignment.strategy": "range",
+    })
+    producer = Producer({
+        "bootstrap.servers": args.bootstrap,
+        "transactional.id": args.transactional_id,
+        "transaction.timeout.ms": 60_000,
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": 5,  # as the ledger's producer
+        "retry.backoff.ms": 10,  # as the ledger's producer (streams/processor.py)
+        # Experiments only (scripts/bench never sets it): extra producer settings.
+        **json.loads(os.environ.get("BENCH_CEILING_PRODUCER_CONFIG", "{}")),
+    })
+    producer.init_transactions(30)
+
+    assigned: set[int] = set()
+
+    def on_assign(_consumer, partitions):
+        assigned.update(tp.partition for tp in partitions)
+        if len(assigned) == args.partitions:
+            print("READY", flush=True)
+
+    consumer.subscribe([args.input], on_assign=on_assign)
+    first_consumed = None
+    records = transactions = 0
+    # Where the loop's time goes, once the first record has arrived.
+    spent = {"consume": 0.0, "produce": 0.0, "send_offsets": 0.0, "commit": 0.0}
+    try:
+        while not stop and records < args.expect:
+            t = time.perf_counter()
+            messages = consumer.consume(args.batch_size, timeout=0.1)
+            if not messages:
+                continue
+            if first_consumed is None:
+                first_consumed = time.monotonic()
+            else:
+                spent["consume"] += time.perf_counter() - t
+            t = time.perf_counter()
+            producer.begin_transaction()
+            offsets: dict[int, int] = {}
+            for msg in messages:
+                if msg.error():
+                    if msg.error().code() != KafkaError._PARTITION_EOF:
+                        print(f"consume error: {msg.error()}", file=sys.stderr)
+                    continue
+                p = msg.partition()
+                while True:
+                    try:
+                        producer.produce(args.output, msg.value(), msg.key(), partition=p)
+                        break
+                    except BufferError:
+                        producer.poll(0.01)
+                offsets[p] = msg.offset() + 1
+                records += 1
+            spent["produce"] += time.perf_counter() - t
+            t = time.perf_counter()
+            producer.send_offsets_to_transaction(
+                [TopicPartition(args.input, p, o) for p, o in offsets.items()],
+                consumer.consumer_group_metadata(), 30)
+            spent["send_offsets"] += time.perf_counter() - t
+            t = time.perf_counter()
+            producer.commit_transaction(30)
+            spent["commit"] += time.perf_counter() - t
+            transactions += 1
+        last_commit = time.monotonic()
+    finally:
+        consumer.close()
+    print(json.dumps({"first_consumed": first_consumed, "last_commit": last_commit,
+                      "records": records, "transactions": transactions,
+                      "seconds": {k: round(v, 3) for k, v in spent.items()}}),
+          flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
