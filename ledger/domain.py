@@ -235,7 +235,11 @@ def command_hash(command: Command) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class AccountOpened:
+class _AccountEvent:
+    """The fields every event has: which account, its sequence, the command
+    that caused it, the money it moved and the balance after it, and when
+    the worker recorded it."""
+
     account_id: str
     sequence: int
     command_id: str
@@ -243,108 +247,61 @@ class AccountOpened:
     amount_minor: int
     balance_after_minor: int
     recorded_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class AccountOpened(_AccountEvent):
     overdraft_limit_minor: int
     type = "account_opened"
 
 
 @dataclass(frozen=True, slots=True)
-class Credited:
-    account_id: str
-    sequence: int
-    command_id: str
-    currency: str
-    amount_minor: int
-    balance_after_minor: int
-    recorded_at_ms: int
+class Credited(_AccountEvent):
     type = "credited"
 
 
 @dataclass(frozen=True, slots=True)
-class Debited:
-    account_id: str
-    sequence: int
-    command_id: str
-    currency: str
-    amount_minor: int
-    balance_after_minor: int
-    recorded_at_ms: int
+class Debited(_AccountEvent):
     type = "debited"
 
 
 @dataclass(frozen=True, slots=True)
-class AccountClosed:
-    account_id: str
-    sequence: int
-    command_id: str
-    currency: str
-    amount_minor: int
-    balance_after_minor: int
-    recorded_at_ms: int
+class AccountClosed(_AccountEvent):
     type = "account_closed"
 
 
 @dataclass(frozen=True, slots=True)
-class TransferDebited:
-    """Money left the source; it is pending until settled."""
-
-    account_id: str
-    sequence: int
-    command_id: str
-    currency: str
-    amount_minor: int
-    balance_after_minor: int
-    recorded_at_ms: int
+class _TransferEvent(_AccountEvent):
     transfer_id: str
     counterparty_account_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class TransferDebited(_TransferEvent):
+    """Money left the source; it is pending until settled."""
+
     metadata: tuple[tuple[str, str], ...] = ()
     type = "transfer_debited"
 
 
 @dataclass(frozen=True, slots=True)
-class TransferCredited:
+class TransferCredited(_TransferEvent):
     """Money reached the destination."""
 
-    account_id: str
-    sequence: int
-    command_id: str
-    currency: str
-    amount_minor: int
-    balance_after_minor: int
-    recorded_at_ms: int
-    transfer_id: str
-    counterparty_account_id: str
     type = "transfer_credited"
 
 
 @dataclass(frozen=True, slots=True)
-class TransferCompleted:
+class TransferCompleted(_TransferEvent):
     """The source learns the destination was credited; nothing is pending."""
 
-    account_id: str
-    sequence: int
-    command_id: str
-    currency: str
-    amount_minor: int
-    balance_after_minor: int
-    recorded_at_ms: int
-    transfer_id: str
-    counterparty_account_id: str
     type = "transfer_completed"
 
 
 @dataclass(frozen=True, slots=True)
-class TransferRefunded:
+class TransferRefunded(_TransferEvent):
     """The destination refused; the money is back at the source."""
 
-    account_id: str
-    sequence: int
-    command_id: str
-    currency: str
-    amount_minor: int
-    balance_after_minor: int
-    recorded_at_ms: int
-    transfer_id: str
-    counterparty_account_id: str
     reason: str
     type = "transfer_refunded"
 
