@@ -312,6 +312,7 @@ class LogWatcher(threading.Thread):
             "group.id": f"bench-watch-{uuid.uuid4().hex}",
             "enable.auto.commit": False,
             "isolation.level": "read_committed",
+            "fetch.wait.max.ms": 20,  # as the worker: see streams/processor.py
         })
         self._consumer.assign([TopicPartition(topic, p, confluent_kafka.OFFSET_BEGINNING)
                                for p in range(partitions)])

@@ -59,6 +59,7 @@ def main() -> int:
         "isolation.level": "read_committed",
         "auto.offset.reset": "earliest",
         "partition.assignment.strategy": "range",
+        "fetch.wait.max.ms": 20,  # as the ledger's consumer
     })
     producer = Producer({
         "bootstrap.servers": args.bootstrap,

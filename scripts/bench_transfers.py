@@ -50,6 +50,7 @@ class CompletionWatcher:
         self._consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers,
                                    "group.id": f"bench-{uuid.uuid4()}",
                                    "isolation.level": "read_committed",
+                                   "fetch.wait.max.ms": 20,
                                    "enable.auto.commit": False})
         topic = settings.events_topic
         self._consumer.assign([TopicPartition(topic, p, watermarks(self._consumer, topic, p)[1])

@@ -182,6 +182,7 @@ class OutcomeWatcher:
             "group.id": f"{settings.topic_prefix}-client-{uuid.uuid4()}",
             "enable.auto.commit": False,
             "isolation.level": "read_committed",
+            "fetch.wait.max.ms": 20,  # see streams/processor.py
         })
         topic = settings.events_topic
         meta = self._consumer.list_topics(topic, timeout=30).topics[topic]

@@ -215,6 +215,11 @@ class Processor:
             "isolation.level": "read_committed",
             "auto.offset.reset": "earliest",
             "partition.assignment.strategy": "range",
+            # With read_committed, records of a transaction still open do not
+            # answer a fetch, so the broker holds it for fetch.wait.max.ms
+            # (default 500 ms) before the commit marker is seen: each of a
+            # transfer's three steps waited that long (scripts/bench_transfers).
+            "fetch.wait.max.ms": 20,
         })
         self._producer = Producer({
             "bootstrap.servers": settings.bootstrap_servers,
