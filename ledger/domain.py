@@ -103,20 +103,22 @@ class OpenAccount:
 
 
 @dataclass(frozen=True, slots=True)
-class Credit:
+class _ExternalMoney:
+    """Money entering (credit) or leaving (debit) the ledger through one account."""
+
     command_id: str
     account_id: str
     amount_minor: int
     currency: str
+
+
+@dataclass(frozen=True, slots=True)
+class Credit(_ExternalMoney):
     type = "credit"
 
 
 @dataclass(frozen=True, slots=True)
-class Debit:
-    command_id: str
-    account_id: str
-    amount_minor: int
-    currency: str
+class Debit(_ExternalMoney):
     type = "debit"
 
 
@@ -489,6 +491,35 @@ def _check_live_account(state: AccountState | None, command) -> Rejection | None
     return None
 
 
+def _check_same_currency(state: AccountState, currency: str, what: str) -> Rejection | None:
+    if currency != state.currency:
+        return Rejection(RejectionReason.currency_mismatch,
+                         f"account is {state.currency}, {what} is {currency}")
+    return None
+
+
+def _check_funds(state: AccountState, amount: int) -> Rejection | None:
+    """Money may leave only down to -overdraft_limit (which also keeps the
+    balance far above the int64 floor)."""
+    if state.balance_minor - amount < -state.overdraft_limit_minor:
+        return Rejection(
+            RejectionReason.insufficient_funds,
+            f"balance {state.balance_minor} + overdraft "
+            f"{state.overdraft_limit_minor} < {amount}",
+        )
+    return None
+
+
+def _check_room(state: AccountState, amount: int) -> Rejection | None:
+    """Money may arrive only while balance + pending stays within int64:
+    money pending in outgoing transfers may come back as a refund, and a
+    refund is never refused."""
+    balance_after = state.balance_minor + amount
+    if balance_after + state.pending_out_minor > BALANCE_MAX_MINOR:
+        return Rejection(RejectionReason.balance_overflow, str(balance_after))
+    return None
+
+
 def decide(
     state: AccountState | None, command: Command, now_ms: int
 ) -> tuple[Event, ...] | Rejection:
@@ -538,29 +569,16 @@ def decide(
         )
         if rejection:
             return rejection
-        if command.currency != state.currency:
-            return Rejection(
-                RejectionReason.currency_mismatch,
-                f"account is {state.currency}, command is {command.currency}",
-            )
         if isinstance(command, Credit):
-            balance_after = state.balance_minor + command.amount_minor
-            # Money pending in outgoing transfers may come back as a refund:
-            # leave room for it, so a refund can never overflow.
-            if balance_after + state.pending_out_minor > BALANCE_MAX_MINOR:
-                return Rejection(RejectionReason.balance_overflow, str(balance_after))
-            event_type = Credited
+            rejection = (_check_same_currency(state, command.currency, "command")
+                         or _check_room(state, command.amount_minor))
+            balance_after, event_type = state.balance_minor + command.amount_minor, Credited
         else:
-            balance_after = state.balance_minor - command.amount_minor
-            if balance_after < -state.overdraft_limit_minor:
-                return Rejection(
-                    RejectionReason.insufficient_funds,
-                    f"balance {state.balance_minor} + overdraft "
-                    f"{state.overdraft_limit_minor} < {command.amount_minor}",
-                )
-            if balance_after < BALANCE_MIN_MINOR:  # pragma: no cover - limit caps it
-                return Rejection(RejectionReason.balance_overflow, str(balance_after))
-            event_type = Debited
+            rejection = (_check_same_currency(state, command.currency, "command")
+                         or _check_funds(state, command.amount_minor))
+            balance_after, event_type = state.balance_minor - command.amount_minor, Debited
+        if rejection:
+            return rejection
         return (
             event_type(
                 account_id=command.account_id,
@@ -615,21 +633,12 @@ def _decide_transfer(state, command: Transfer, now_ms: int, next_sequence: int):
         return rejection
     if command.from_account_id == command.to_account_id:
         return Rejection(RejectionReason.same_account, command.to_account_id)
-    rejection = _check_live_account(state, command)
+    rejection = (_check_live_account(state, command)
+                 or _check_same_currency(state, command.currency, "command")
+                 or _check_funds(state, command.amount_minor))
     if rejection:
         return rejection
-    if command.currency != state.currency:
-        return Rejection(
-            RejectionReason.currency_mismatch,
-            f"account is {state.currency}, command is {command.currency}",
-        )
     balance_after = state.balance_minor - command.amount_minor
-    if balance_after < -state.overdraft_limit_minor:
-        return Rejection(
-            RejectionReason.insufficient_funds,
-            f"balance {state.balance_minor} + overdraft "
-            f"{state.overdraft_limit_minor} < {command.amount_minor}",
-        )
     return (
         TransferDebited(
             account_id=command.from_account_id,
@@ -648,17 +657,12 @@ def _decide_transfer(state, command: Transfer, now_ms: int, next_sequence: int):
 
 def _decide_credit_leg(state, leg: TransferCreditLeg, now_ms: int, next_sequence: int):
     """The destination's side: accept the money, or refuse with a reason."""
-    rejection = _check_live_account(state, leg)
+    rejection = (_check_live_account(state, leg)
+                 or _check_same_currency(state, leg.currency, "transfer")
+                 or _check_room(state, leg.amount_minor))
     if rejection:
         return rejection
-    if leg.currency != state.currency:
-        return Rejection(
-            RejectionReason.currency_mismatch,
-            f"account is {state.currency}, transfer is {leg.currency}",
-        )
     balance_after = state.balance_minor + leg.amount_minor
-    if balance_after + state.pending_out_minor > BALANCE_MAX_MINOR:  # see Credit
-        return Rejection(RejectionReason.balance_overflow, str(balance_after))
     return (
         TransferCredited(
             account_id=leg.account_id,
