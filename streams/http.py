@@ -31,6 +31,7 @@ import aiohttp
 import faust
 from confluent_kafka import KafkaException, Producer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from rocksdict import DbClosedError
 
 from ledger import domain, requests
 from schemas import codec
@@ -157,7 +158,10 @@ def register_views(app: faust.App, settings: Settings, processor: Processor) -> 
         """Answer from the local store if we own ``partition``, else forward to its owner."""
         store = processor.store_for(partition)
         if store is not None:
-            return local(store)
+            try:
+                return local(store)
+            except DbClosedError:
+                pass  # revoked while we read: answer as a non-owner would
         if "forwarded" not in request.query:
             owner = await asyncio.get_running_loop().run_in_executor(
                 None, router.owner, partition)
@@ -176,7 +180,10 @@ def register_views(app: faust.App, settings: Settings, processor: Processor) -> 
         forwarded = "forwarded" in request.query
         for partition in processor.assigned:
             store = processor.store_for(partition)
-            found = local(store) if store is not None else None
+            try:
+                found = local(store) if store is not None else None
+            except DbClosedError:
+                found = None  # revoked while we read; its new owner is asked below
             if found is not None:
                 return web.json(found if forwarded else public(found))
         if not forwarded:

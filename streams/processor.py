@@ -195,6 +195,9 @@ class Processor:
         self.settings = settings
         self._stop = threading.Event()
         self._stores: dict[int, PartitionStore] = {}
+        # The stores the HTTP API may read: caught up with the log. A store is
+        # added only after its catch-up and removed before it is closed.
+        self._serving: dict[int, PartitionStore] = {}
         self._event_offsets: dict[int, int] = {}  # partition -> last delivered offset
         self.caught_up = threading.Event()
         self._data_dir = Path(settings.data_dir) / settings.events_topic
@@ -245,11 +248,12 @@ class Processor:
         self._stop.set()
 
     def store_for(self, partition: int) -> PartitionStore | None:
-        return self._stores.get(partition)
+        """The committed store of a partition we own and have caught up, if any."""
+        return self._serving.get(partition)
 
     @property
     def assigned(self) -> list[int]:
-        return sorted(self._stores)
+        return sorted(self._serving)
 
     def run(self) -> None:
         s = self.settings
@@ -427,11 +431,13 @@ class Processor:
         self._catch_up(numbers)
         metrics.RECOVERY_SECONDS.observe(time.perf_counter() - started)
         metrics.ASSIGNED_PARTITIONS.set(len(self._stores))
+        self._serving.update({p: self._stores[p] for p in numbers})
         self.caught_up.set()
 
     def _on_revoke(self, consumer, partitions) -> None:
         log.info("revoked partitions %s", [tp.partition for tp in partitions])
         for tp in partitions:
+            self._serving.pop(tp.partition, None)
             store = self._stores.pop(tp.partition, None)
             if store is not None:
                 store.close()
@@ -502,6 +508,7 @@ class Processor:
         try:
             self._consumer.close()
         finally:
+            self._serving.clear()
             for store in self._stores.values():
                 store.close()
             self._stores.clear()
