@@ -401,46 +401,30 @@ def evolve(state: AccountState | None, event: Event) -> AccountState:
             updated_at_ms=event.recorded_at_ms,
         )
     assert state is not None  # sequence check above guarantees an open came first
+    # What each kind of event changes besides balance, version and time.
     if isinstance(event, Credited):
-        return replace(
-            state,
-            balance_minor=event.balance_after_minor,
-            credits_minor=state.credits_minor + event.amount_minor,
-            version=event.sequence,
-            updated_at_ms=event.recorded_at_ms,
-        )
-    if isinstance(event, Debited):
-        return replace(
-            state,
-            balance_minor=event.balance_after_minor,
-            debits_minor=state.debits_minor + event.amount_minor,
-            version=event.sequence,
-            updated_at_ms=event.recorded_at_ms,
-        )
-    if isinstance(event, AccountClosed):
-        return replace(
-            state,
-            status=AccountStatus.closed,
-            version=event.sequence,
-            updated_at_ms=event.recorded_at_ms,
-        )
-    if isinstance(event, (TransferDebited, TransferCompleted, TransferRefunded)):
-        delta = event.amount_minor if isinstance(event, TransferDebited) else -event.amount_minor
-        return replace(
-            state,
-            balance_minor=event.balance_after_minor,
-            pending_out_minor=state.pending_out_minor + delta,
-            version=event.sequence,
-            updated_at_ms=event.recorded_at_ms,
-        )
-    if isinstance(event, TransferCredited):
-        return replace(
-            state,
-            balance_minor=event.balance_after_minor,
-            version=event.sequence,
-            updated_at_ms=event.recorded_at_ms,
-        )
-    raise TypeError(f"not an event: {event!r}")
+        extra = {"credits_minor": state.credits_minor + event.amount_minor}
+    elif isinstance(event, Debited):
+        extra = {"debits_minor": state.debits_minor + event.amount_minor}
+    elif isinstance(event, AccountClosed):
+        extra = {"status": AccountStatus.closed}
+    elif isinstance(event, TransferDebited):
+        extra = {"pending_out_minor": state.pending_out_minor + event.amount_minor}
+    elif isinstance(event, (TransferCompleted, TransferRefunded)):
+        extra = {"pending_out_minor": state.pending_out_minor - event.amount_minor}
+    elif isinstance(event, TransferCredited):
+        extra = {}
+    else:
+        raise TypeError(f"not an event: {event!r}")
+    # Every event carries the balance after it (unchanged for a close, which
+    # only happens at 0, and for a completed transfer).
+    return replace(
+        state,
+        balance_minor=event.balance_after_minor,
+        version=event.sequence,
+        updated_at_ms=event.recorded_at_ms,
+        **extra,
+    )
 
 
 def fold(events, state: AccountState | None = None) -> AccountState | None:
