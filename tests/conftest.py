@@ -23,6 +23,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 import uuid
@@ -144,6 +145,35 @@ def run_ledger(settings: Settings, *args: str, timeout_s: float = 300):
 @pytest.fixture
 def ledger_cli():
     return run_ledger
+
+
+def send_paced(settings: Settings, commands: list, rate_per_s: int) -> threading.Thread:
+    """Send ``commands`` in order from a background thread at about
+    ``rate_per_s`` (tenth-of-a-second chunks, each flushed), so a test can kill
+    workers while the load is still arriving. ``thread.flush_s`` holds the
+    time each chunk took; join the thread to wait for the last send."""
+    from streams.client import LedgerClient
+
+    def send():
+        with LedgerClient(settings, watch_outcomes=False) as client:
+            chunk = max(1, rate_per_s // 10)
+            for i in range(0, len(commands), chunk):
+                tick = time.monotonic()
+                for c in commands[i:i + chunk]:
+                    client.send_nowait(c)
+                client.flush()
+                thread.flush_s.append(time.monotonic() - tick)
+                time.sleep(max(0.0, 0.1 - (time.monotonic() - tick)))
+
+    thread = threading.Thread(target=send, name="paced-load")
+    thread.flush_s = []
+    thread.start()
+    return thread
+
+
+@pytest.fixture
+def paced_sender():
+    return send_paced
 
 
 class Workers:

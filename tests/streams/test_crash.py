@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import os
 import random
-import threading
 import time
 from collections import Counter, defaultdict
 
 import pytest
 
 from ledger import domain
-from streams.client import LedgerClient
 from streams.eventlog import read_log
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -94,7 +92,7 @@ def make_load(rng: random.Random) -> list:
     return commands
 
 
-def test_sigkill_during_load_loses_and_doubles_nothing(settings, workers):
+def test_sigkill_during_load_loses_and_doubles_nothing(settings, workers, paced_sender):
     seed = int(os.environ.get("LEDGER_CRASH_SEED", random.randrange(2**32)))
     print(f"crash test seed: {seed} (LEDGER_CRASH_SEED={seed} to replay)")
     rng = random.Random(seed)
@@ -106,26 +104,10 @@ def test_sigkill_during_load_loses_and_doubles_nothing(settings, workers):
     started = time.monotonic()
 
     worker = workers.start(settings)
-    sent_all = threading.Event()
-    flush_s = []
-
-    def send():
-        with LedgerClient(settings, watch_outcomes=False) as client:
-            chunk = SEND_RATE_PER_S // 10
-            for i in range(0, len(commands), chunk):
-                tick = time.monotonic()
-                for c in commands[i:i + chunk]:
-                    client.send_nowait(c)
-                client.flush()
-                flush_s.append(time.monotonic() - tick)
-                time.sleep(max(0.0, 0.1 - (time.monotonic() - tick)))
-        sent_all.set()
-
-    sender = threading.Thread(target=send, name="load")
-    sender.start()
+    sender = paced_sender(settings, commands, SEND_RATE_PER_S)
     kills = 0
     try:
-        while kills < KILLS or (not sent_all.is_set() and kills < KILLS + 3):
+        while kills < KILLS or (sender.is_alive() and kills < KILLS + 3):
             time.sleep(rng.uniform(0.5, 3.0))
             workers.kill(worker)
             kills += 1
@@ -136,7 +118,7 @@ def test_sigkill_during_load_loses_and_doubles_nothing(settings, workers):
         sender.join()
     worker.wait_ready()
     print(f"{kills} kills; load sent after {time.monotonic() - started:.1f}s; "
-          f"slowest chunk {max(flush_s):.2f}s, sum {sum(flush_s):.1f}s")
+          f"slowest chunk {max(sender.flush_s):.2f}s, sum {sum(sender.flush_s):.1f}s")
 
     # Wait until every command has an outcome in the committed log.
     deadline = time.monotonic() + 180

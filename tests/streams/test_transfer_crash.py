@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import random
-import threading
 import time
 from collections import Counter, defaultdict
 from dataclasses import replace
@@ -33,7 +32,7 @@ FUNDING = 10_000_000  # far above what any account can send in this test
 SEND_RATE_PER_S = 800
 
 
-def test_transfers_survive_kills_and_rebalance(settings, workers):
+def test_transfers_survive_kills_and_rebalance(settings, workers, paced_sender):
     seed = int(os.environ.get("LEDGER_CRASH_SEED", random.randrange(2**32)))
     print(f"transfer crash test seed: {seed} (LEDGER_CRASH_SEED={seed} to replay)")
     rng = random.Random(seed)
@@ -96,21 +95,7 @@ def test_transfers_survive_kills_and_rebalance(settings, workers):
         client.flush()
         client.wait_for(setup[-1].command_id, 60)
     started = time.monotonic()
-    done = threading.Event()
-
-    def send():
-        with LedgerClient(settings, watch_outcomes=False) as client:
-            chunk = SEND_RATE_PER_S // 10
-            for i in range(0, len(transfers), chunk):
-                tick = time.monotonic()
-                for t in transfers[i:i + chunk]:
-                    client.send_nowait(t)
-                client.flush()
-                time.sleep(max(0.0, 0.1 - (time.monotonic() - tick)))
-        done.set()
-
-    sender = threading.Thread(target=send, name="load")
-    sender.start()
+    sender = paced_sender(settings, transfers, SEND_RATE_PER_S)
     live = {"w1": w1, "w2": w2}
     try:
         for kill in range(3):
