@@ -37,6 +37,13 @@ class Settings:
     # worker's partitions move to a survivor.
     transaction_timeout_ms: int = 60_000
     session_timeout_ms: int = 10_000
+    # Ledger-wide snapshot files (``ledger snapshot``); keep them off the
+    # workers' disks, like a backup.
+    snapshot_root: Path = Path("snapshots")
+
+    @property
+    def snapshot_dir(self) -> Path:
+        return self.snapshot_root / self.events_topic
 
     @property
     def commands_topic(self) -> str:
@@ -86,4 +93,5 @@ class Settings:
             session_timeout_ms=int(
                 _env("LEDGER_SESSION_TIMEOUT_MS", str(d.session_timeout_ms))
             ),
+            snapshot_root=Path(_env("LEDGER_SNAPSHOT_DIR", str(d.snapshot_root))),
         )

@@ -24,8 +24,6 @@ import base64
 import functools
 import logging
 import time
-from dataclasses import asdict
-from datetime import datetime, timezone
 
 import aiohttp
 import faust
@@ -41,6 +39,7 @@ from streams.openapi import openapi_document
 from streams.partitioner import partition_for
 from streams.processor import Processor
 from streams.routing import Router
+from streams.shapes import account_json, event_json, rfc3339_ms
 from streams.store import history_key
 
 log = logging.getLogger("ledger.http")
@@ -49,41 +48,6 @@ WAIT_TIMEOUT_MS_DEFAULT = 5_000
 WAIT_TIMEOUT_MS_MAX = 60_000
 EVENTS_LIMIT_DEFAULT = 100
 EVENTS_LIMIT_MAX = 1_000
-
-
-def rfc3339_ms(epoch_ms: int) -> str:
-    return (datetime.fromtimestamp(epoch_ms / 1000, tz=timezone.utc)
-            .isoformat(timespec="milliseconds").replace("+00:00", "Z"))
-
-
-def account_json(state: domain.AccountState) -> dict:
-    return {
-        "account_id": state.account_id,
-        "currency": state.currency,
-        "balance": state.balance_minor,
-        "version": state.version,
-        "status": state.status.value,
-        "overdraft_limit": state.overdraft_limit_minor,
-        "pending_out": state.pending_out_minor,
-        "updated_at": rfc3339_ms(state.updated_at_ms),
-    }
-
-
-_WIRE_NAMES = {"amount_minor": "amount", "balance_after_minor": "balance_after",
-               "overdraft_limit_minor": "overdraft_limit"}
-
-
-def event_json(record) -> dict:
-    """An event with the API's field names (amount, balance_after, recorded_at)."""
-    out = {"type": record.type}
-    for name, value in asdict(record).items():
-        if name == "recorded_at_ms":
-            out["recorded_at"] = rfc3339_ms(value)
-        elif name == "metadata":
-            out["metadata"] = dict(value)
-        else:
-            out[_WIRE_NAMES.get(name, name)] = value
-    return out
 
 
 def _history(store, account_id: str, sequences) -> list[dict]:
@@ -105,9 +69,7 @@ def _decode_cursor(text: str) -> tuple[int, int]:
 
 def observe_snapshots(settings: Settings) -> None:
     """Age and size of the newest ledger-wide snapshot file (a directory listing)."""
-    from streams.replay import snapshot_dir
-
-    files = sorted(snapshot_dir(settings).glob("snapshot-*.json.gz"))
+    files = sorted(settings.snapshot_dir.glob("snapshot-*.json.gz"))
     if not files:
         metrics.SNAPSHOT_AGE_SECONDS.set(float("nan"))
         metrics.SNAPSHOT_BYTES.set(0)

@@ -39,15 +39,11 @@ from ledger import domain
 from streams import metrics
 from streams.config import Settings
 from streams.eventlog import read_log
+from streams.shapes import account_json
 from streams.store import decode_state, encode_state
 
 log = logging.getLogger("ledger.replay")
 SNAPSHOT_FORMAT = 1
-
-
-def snapshot_dir(settings: Settings) -> Path:
-    root = Path(os.environ.get("LEDGER_SNAPSHOT_DIR") or "snapshots")
-    return root / settings.events_topic
 
 
 @dataclass
@@ -105,7 +101,7 @@ def write_snapshot(settings: Settings, ledger: Ledger) -> Path:
     }
     # Pair assertion: what we write must read back as what we hold.
     data = gzip.compress(json.dumps(header, sort_keys=True).encode() + b"\n" + body, mtime=0)
-    folder = snapshot_dir(settings)
+    folder = settings.snapshot_dir
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"snapshot-{ledger.max_recorded_at_ms:013d}-{header['sha256'][:8]}.json.gz"
     tmp = path.with_suffix(".tmp")
@@ -143,7 +139,7 @@ def read_snapshot(path: Path, partitions: int) -> Ledger:
 
 def newest_snapshot(settings: Settings, at_or_before_ms: int | None) -> Ledger | None:
     """The newest valid snapshot whose events are all at or before the bound."""
-    folder = snapshot_dir(settings)
+    folder = settings.snapshot_dir
     if not folder.is_dir():
         return None
     for path in sorted(folder.glob("snapshot-*.json.gz"), reverse=True):
@@ -213,8 +209,6 @@ def rebuild(settings: Settings, as_of_ms: int | None = None, use_snapshots: bool
 
 
 def account_line(state: domain.AccountState) -> str:
-    from streams.http import account_json
-
     return json.dumps(account_json(state), sort_keys=True, separators=(",", ":"))
 
 

@@ -27,7 +27,7 @@ import pytest
 from ledger import domain
 from streams.client import LedgerClient
 from streams.eventlog import read_log
-from streams.http import account_json
+from streams.shapes import account_json
 from streams.partitioner import partition_for
 from streams.store import PartitionStore, account_key, encode_state
 

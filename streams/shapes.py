@@ -1,0 +1,47 @@
+"""The JSON shapes of the ledger's answers, written once.
+
+The HTTP API, ``ledger replay`` (its output file), the CLI and the tests all
+show accounts and events in these shapes, so they cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from datetime import datetime, timezone
+
+from ledger import domain
+
+
+def rfc3339_ms(epoch_ms: int) -> str:
+    return (datetime.fromtimestamp(epoch_ms / 1000, tz=timezone.utc)
+            .isoformat(timespec="milliseconds").replace("+00:00", "Z"))
+
+
+def account_json(state: domain.AccountState) -> dict:
+    return {
+        "account_id": state.account_id,
+        "currency": state.currency,
+        "balance": state.balance_minor,
+        "version": state.version,
+        "status": state.status.value,
+        "overdraft_limit": state.overdraft_limit_minor,
+        "pending_out": state.pending_out_minor,
+        "updated_at": rfc3339_ms(state.updated_at_ms),
+    }
+
+
+_WIRE_NAMES = {"amount_minor": "amount", "balance_after_minor": "balance_after",
+               "overdraft_limit_minor": "overdraft_limit"}
+
+
+def event_json(record) -> dict:
+    """An event with the API's field names (amount, balance_after, recorded_at)."""
+    out = {"type": record.type}
+    for name, value in asdict(record).items():
+        if name == "recorded_at_ms":
+            out["recorded_at"] = rfc3339_ms(value)
+        elif name == "metadata":
+            out["metadata"] = dict(value)
+        else:
+            out[_WIRE_NAMES.get(name, name)] = value
+    return out
