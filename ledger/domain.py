@@ -36,14 +36,24 @@ ACCOUNT_ID_LENGTH_MAX = 64
 COMMAND_ID_LENGTH_MAX = 128
 _CURRENCY_RE = re.compile(r"[A-Z]{3}")
 # Printable ASCII without spaces or '/': ids appear in URLs and RocksDB keys.
-# '#' is not in it: leg ids ("<transfer_id>#credit") use it, so no client
-# command_id can ever collide with a leg's.
+# '#' is not in it: leg ids ("<transfer_id>#credit:<source>") use it, so no
+# client command_id can ever collide with a leg's.
+#
+# The idempotency rule: a command is identified by (account_id, command_id),
+# account_id being the account it is addressed to (a transfer's source).
+# The same command_id sent again to the same account is the same command
+# (applied once; a different body is refused as command_id_reused); sent to
+# another account it is another command, wherever the accounts live.
 _ID_RE = re.compile(r"[A-Za-z0-9._:@-]+")
 COMMAND_ID_PATTERN = "[A-Za-z0-9._:@-]{1,128}"
 
 
 def valid_command_id(value) -> bool:
     return _valid_id(value, COMMAND_ID_LENGTH_MAX)
+
+
+def valid_account_id(value) -> bool:
+    return _valid_id(value, ACCOUNT_ID_LENGTH_MAX)
 
 
 class RejectionReason(str, enum.Enum):
@@ -158,7 +168,7 @@ class Transfer:
 class TransferCreditLeg:
     """Internal: credit the destination of a debited transfer (workers only)."""
 
-    command_id: str  # "<transfer_id>#credit"
+    command_id: str  # "<transfer_id>#credit:<from_account_id>": one per transfer
     account_id: str  # the destination
     transfer_id: str
     from_account_id: str
@@ -171,7 +181,7 @@ class TransferCreditLeg:
 class TransferSettleLeg:
     """Internal: tell the source how its transfer ended (workers only)."""
 
-    command_id: str  # "<transfer_id>#settle"
+    command_id: str  # "<transfer_id>#settle" (the source's own scope)
     account_id: str  # the source
     transfer_id: str
     to_account_id: str
@@ -183,8 +193,10 @@ class TransferSettleLeg:
 
 
 def credit_leg(transfer: Transfer) -> TransferCreditLeg:
+    # The destination's idempotency scope holds legs from every source, and
+    # two sources may choose the same transfer id: the source names the leg.
     return TransferCreditLeg(
-        command_id=f"{transfer.command_id}#credit",
+        command_id=f"{transfer.command_id}#credit:{transfer.from_account_id}",
         account_id=transfer.to_account_id,
         transfer_id=transfer.command_id,
         from_account_id=transfer.from_account_id,
@@ -314,6 +326,19 @@ EVENT_TYPES: dict[str, type] = {
     e.type: e for e in (AccountOpened, Credited, Debited, AccountClosed, TransferDebited,
                         TransferCredited, TransferCompleted, TransferRefunded)
 }
+
+
+def transfer_of(record) -> tuple[str, str] | None:
+    """(source account, transfer id) of a transfer's event or of a refused
+    transfer's record; None for anything else. Transfer ids are scoped per
+    source account, so this pair names one transfer."""
+    if isinstance(record, TransferCredited):
+        return record.counterparty_account_id, record.transfer_id
+    if isinstance(record, _TransferEvent):
+        return record.account_id, record.transfer_id
+    if isinstance(record, CommandRejected) and record.command_type == Transfer.type:
+        return record.account_id, record.command_id
+    return None
 
 
 @dataclass(frozen=True, slots=True)

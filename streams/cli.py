@@ -38,6 +38,10 @@ def _settings_with_local_broker(start: bool) -> Settings:
         return settings
     from streams import localkafka
 
+    if settings.leg_key_file is None and settings.leg_auth:
+        # The local development broker gets a development leg key beside it;
+        # any other cluster needs LEDGER_LEG_KEY_FILE set on purpose.
+        settings = settings.with_(leg_key_file=_dev_leg_key(localkafka.default_cache_dir()))
     run_dir = localkafka.default_cache_dir() / "broker"
     broker = localkafka.status(run_dir)
     if broker is None and start:
@@ -46,6 +50,25 @@ def _settings_with_local_broker(start: bool) -> Settings:
     if broker is not None:
         settings = settings.with_(bootstrap_servers=broker.bootstrap)
     return settings
+
+
+def _dev_leg_key(cache_dir: Path) -> Path:
+    from streams import legauth
+
+    path = cache_dir / "leg.key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(legauth.new_key() + "\n")
+    return path
+
+
+def cmd_keygen(args) -> int:
+    from streams import legauth
+
+    print(legauth.new_key())
+    return 0
 
 
 def cmd_topics(args) -> int:
@@ -62,7 +85,14 @@ def cmd_worker(args) -> int:
     from streams.app import run_worker
     from streams.topics import ensure_topics
 
+    from streams.legauth import LegKeyError
+
     settings = _settings_with_local_broker(start=False)
+    try:
+        settings.leg_auth_keys()
+    except LegKeyError as exc:
+        print(f"ledger worker: {exc}", file=sys.stderr)
+        return 2
     ensure_topics(settings)
     sys.argv = [sys.argv[0], "worker"]  # faust.Worker parses argv itself
     run_worker(settings, loglevel=args.loglevel)
@@ -135,7 +165,10 @@ def cmd_verify(args) -> int:
 
     settings = _settings_with_local_broker(start=False)
     data_dir = None if args.no_store else Path(args.data_dir or settings.data_dir)
-    return replay.verify(settings, data_dir)
+    if args.pending_max_s < 0:
+        print("ledger verify: --pending-max-s must not be negative", file=sys.stderr)
+        return 2
+    return replay.verify(settings, data_dir, pending_max_s=args.pending_max_s)
 
 
 def cmd_snapshot(args) -> int:
@@ -186,9 +219,7 @@ def cmd_demo(args) -> int:
     settings = settings.with_(data_dir=data_dir, worker_id="demo-1")
     print(f"kafka: {settings.bootstrap_servers}; topics: {settings.topic_prefix}.*")
     ensure_topics(settings)
-    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
-           "LEDGER_TOPIC_PREFIX": settings.topic_prefix, "LEDGER_DATA_DIR": str(data_dir),
-           "LEDGER_WORKER_ID": settings.worker_id, "LEDGER_WEB_PORT": str(settings.web_port)}
+    env = {**os.environ, **settings.to_env()}
     log_path = data_dir / "worker.log"
     with open(log_path, "w") as log_file:
         worker = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], env=env,
@@ -240,6 +271,9 @@ def main(argv=None) -> int:
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_kafka)
 
+    p = sub.add_parser("keygen", help="print a new secret for LEDGER_LEG_KEY_FILE")
+    p.set_defaults(func=cmd_keygen)
+
     p = sub.add_parser("topics", help="create the ledger topics")
     p.set_defaults(func=cmd_topics)
 
@@ -273,6 +307,10 @@ def main(argv=None) -> int:
     p = sub.add_parser("verify", help="check the log's invariants and the live RocksDB state")
     p.add_argument("--data-dir", help="worker data dir to compare (default LEDGER_DATA_DIR)")
     p.add_argument("--no-store", action="store_true", help="check the log only")
+    p.add_argument("--pending-max-s", type=float, default=300.0,
+                   help="report a transfer debited this many seconds before the log's "
+                        "newest event and still neither completed nor refunded "
+                        "(default 300)")
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("snapshot", help="write a ledger-wide snapshot (LEDGER_SNAPSHOT_DIR)")

@@ -101,12 +101,15 @@ class LedgerClient:
         if not wait:
             return command.command_id
         self.flush(timeout_s)
-        return self.wait_for_transfer(command.command_id, timeout_s)
+        return self.wait_for_transfer(from_account_id, command.command_id, timeout_s)
 
-    def wait_for_transfer(self, transfer_id: str, timeout_s: float = 30.0) -> "TransferStatus":
+    def wait_for_transfer(self, from_account_id: str, transfer_id: str,
+                          timeout_s: float = 30.0) -> "TransferStatus":
+        """Wait until the transfer ``transfer_id`` from ``from_account_id``
+        (transfer ids are scoped per source account) is completed or failed."""
         if self._watcher is None:
             raise LedgerClientError("client was created with watch_outcomes=False")
-        return self._watcher.wait_for_transfer(transfer_id, timeout_s)
+        return self._watcher.wait_for_transfer(from_account_id, transfer_id, timeout_s)
 
     def close_account(self, account_id: str, *, command_id: str | None = None,
                       wait: bool = False):
@@ -119,7 +122,7 @@ class LedgerClient:
         if not wait:
             return command.command_id
         self.flush(timeout_s)
-        return self.wait_for(command.command_id, timeout_s)
+        return self.wait_for(command.account_id, command.command_id, timeout_s)
 
     def send_nowait(self, command: domain.Command) -> None:
         """Queue a command without flushing (for bulk loads); call flush() after."""
@@ -138,10 +141,12 @@ class LedgerClient:
         if self._producer.flush(timeout_s) > 0:
             raise DeliveryFailed(f"commands not delivered within {timeout_s}s")
 
-    def wait_for(self, command_id: str, timeout_s: float = 30.0) -> Outcome:
+    def wait_for(self, account_id: str, command_id: str, timeout_s: float = 30.0) -> Outcome:
+        """The outcome of command ``command_id`` sent to ``account_id`` (command
+        ids are scoped per account; a transfer's is its source)."""
         if self._watcher is None:
             raise LedgerClientError("client was created with watch_outcomes=False")
-        return self._watcher.wait_for(command_id, timeout_s)
+        return self._watcher.wait_for(account_id, command_id, timeout_s)
 
     def close(self) -> None:
         self._producer.flush(30)
@@ -173,8 +178,9 @@ class OutcomeWatcher:
 
     def __init__(self, settings: Settings):
         self.settings = settings
-        self._outcomes: dict[str, Outcome] = {}
-        self._transfers: dict[str, TransferStatus] = {}
+        # Keyed by (account_id, command_id) and (source account, transfer_id).
+        self._outcomes: dict[tuple[str, str], Outcome] = {}
+        self._transfers: dict[tuple[str, str], TransferStatus] = {}
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._consumer = Consumer({
@@ -204,8 +210,6 @@ class OutcomeWatcher:
             with self._cond:
                 for msg in messages:
                     if msg.error():
-                        if msg.error().code() != KafkaError._PARTITION_EOF:
-                            pass
                         continue
                     try:
                         record, _digest = codec.decode_outcome(msg.value())
@@ -215,47 +219,47 @@ class OutcomeWatcher:
                 self._cond.notify_all()
 
     def _remember(self, record) -> None:
+        transfer = domain.transfer_of(record)
         if isinstance(record, domain.CommandRejected):
-            if record.command_id not in self._outcomes:
-                self._outcomes[record.command_id] = Outcome(
-                    record.command_id, "rejected", record.reason, [])
-                if record.command_type == domain.Transfer.type:
-                    self._transfers[record.command_id] = TransferStatus(
+            key = (record.account_id, record.command_id)
+            if key not in self._outcomes:
+                self._outcomes[key] = Outcome(record.command_id, "rejected", record.reason, [])
+                if transfer is not None:
+                    self._transfers[transfer] = TransferStatus(
                         record.command_id, "failed", record.reason, [])
             return
-        transfer_id = getattr(record, "transfer_id", None)
-        if transfer_id is not None:
+        if transfer is not None:
             status = self._transfers.setdefault(
-                transfer_id, TransferStatus(transfer_id, "pending", None, []))
+                transfer, TransferStatus(transfer[1], "pending", None, []))
             status.events.append(record)
             if isinstance(record, domain.TransferCompleted):
                 status.status = "completed"
             elif isinstance(record, domain.TransferRefunded):
                 status.status, status.reason = "failed", record.reason
         outcome = self._outcomes.setdefault(
-            record.command_id, Outcome(record.command_id, "applied", None, []))
+            (record.account_id, record.command_id),
+            Outcome(record.command_id, "applied", None, []))
         outcome.events.append(record)
 
-    def wait_for(self, command_id: str, timeout_s: float) -> Outcome:
+    def _wait(self, table: dict, key, done, timeout_s: float, what: str):
         deadline = time.monotonic() + timeout_s
         with self._cond:
-            while command_id not in self._outcomes:
+            while key not in table or not done(table[key]):
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise OutcomeTimeout(f"no outcome for {command_id} within {timeout_s}s")
+                    raise OutcomeTimeout(f"{what} {key[1]} of {key[0]}: nothing within "
+                                         f"{timeout_s}s")
                 self._cond.wait(left)
-            return self._outcomes[command_id]
+            return table[key]
 
-    def wait_for_transfer(self, transfer_id: str, timeout_s: float) -> TransferStatus:
-        deadline = time.monotonic() + timeout_s
-        with self._cond:
-            while (transfer_id not in self._transfers
-                   or self._transfers[transfer_id].status == "pending"):
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise OutcomeTimeout(f"transfer {transfer_id} not settled in {timeout_s}s")
-                self._cond.wait(left)
-            return self._transfers[transfer_id]
+    def wait_for(self, account_id: str, command_id: str, timeout_s: float) -> Outcome:
+        return self._wait(self._outcomes, (account_id, command_id), lambda _o: True,
+                          timeout_s, "no outcome for command")
+
+    def wait_for_transfer(self, from_account_id: str, transfer_id: str,
+                          timeout_s: float) -> TransferStatus:
+        return self._wait(self._transfers, (from_account_id, transfer_id),
+                          lambda t: t.status != "pending", timeout_s, "transfer not settled:")
 
     def close(self) -> None:
         self._stop.set()

@@ -40,6 +40,11 @@ class Settings:
     # Ledger-wide snapshot files (``ledger snapshot``); keep them off the
     # workers' disks, like a backup.
     snapshot_root: Path = Path("snapshots")
+    # The secret that authenticates transfer legs between workers
+    # (streams/legauth.py). Required by workers unless leg_auth is off.
+    leg_key_file: Path | None = None
+    # Off only to show, on a throwaway ledger, what verify catches without it.
+    leg_auth: bool = True
 
     @property
     def snapshot_dir(self) -> Path:
@@ -94,4 +99,39 @@ class Settings:
                 _env("LEDGER_SESSION_TIMEOUT_MS", str(d.session_timeout_ms))
             ),
             snapshot_root=Path(_env("LEDGER_SNAPSHOT_DIR", str(d.snapshot_root))),
+            leg_key_file=Path(os.environ["LEDGER_LEG_KEY_FILE"])
+            if os.environ.get("LEDGER_LEG_KEY_FILE") else None,
+            leg_auth=_env("LEDGER_LEG_AUTH", "1") != "0",
         )
+
+    def to_env(self) -> dict[str, str]:
+        """The environment variables that give a subprocess these settings."""
+        env = {
+            "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap_servers,
+            "LEDGER_TOPIC_PREFIX": self.topic_prefix,
+            "LEDGER_PARTITIONS": str(self.partitions),
+            "LEDGER_WORKER_ID": self.worker_id,
+            "LEDGER_DATA_DIR": str(self.data_dir),
+            "LEDGER_WEB_HOST": self.web_host,
+            "LEDGER_WEB_PORT": str(self.web_port),
+            "LEDGER_BATCH_SIZE_MAX": str(self.batch_size_max),
+            "LEDGER_TRANSACTION_TIMEOUT_MS": str(self.transaction_timeout_ms),
+            "LEDGER_SESSION_TIMEOUT_MS": str(self.session_timeout_ms),
+            "LEDGER_SNAPSHOT_DIR": str(self.snapshot_root),
+            "LEDGER_LEG_AUTH": "1" if self.leg_auth else "0",
+        }
+        if self.leg_key_file is not None:
+            env["LEDGER_LEG_KEY_FILE"] = str(self.leg_key_file)
+        return env
+
+    def leg_auth_keys(self):
+        """The leg keys (streams/legauth.py), None when authentication is off."""
+        from streams import legauth
+
+        if not self.leg_auth:
+            return None
+        if self.leg_key_file is None:
+            raise legauth.LegKeyError(
+                "LEDGER_LEG_KEY_FILE is not set: workers need a shared secret to "
+                "authenticate transfer legs (create one with `ledger keygen > FILE`)")
+        return legauth.load_keys(self.leg_key_file)

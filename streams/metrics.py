@@ -38,6 +38,9 @@ RECOVERY_SECONDS = Histogram(
 RECOVERED_EVENTS = Counter(
     "ledger_recovered_records_total", "Log records read while catching up"
 )
+CORE_REBUILDS = Counter(
+    "ledger_core_rebuilds_total",
+    "Times the transactional core dropped its Kafka clients after a fatal error and made new ones")
 ASSIGNED_PARTITIONS = Gauge("ledger_assigned_partitions", "Partitions this worker owns")
 SNAPSHOT_FALLBACKS = Counter(
     "ledger_snapshot_fallbacks_total",

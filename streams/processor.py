@@ -30,6 +30,7 @@ idempotent by per-account sequence and by command_id.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -41,15 +42,14 @@ from ledger import domain
 from schemas import codec
 from streams import metrics, routing
 from streams.config import Settings
+from streams.legauth import LegAuth
 from streams.partitioner import partition_for
 from streams.topics import watermarks
-from streams.store import Batch, PartitionStore
+from streams.store import Batch, Outcome, PartitionStore, TransferEntry
 
 log = logging.getLogger("ledger.processor")
 
-COMMAND_ID_LENGTH_MAX = domain.COMMAND_ID_LENGTH_MAX
 CATCH_UP_FLUSH_RECORDS = 20_000  # bound the overlay while replaying the log
-KAFKA_TIMEOUT_S = 30.0
 
 
 # --------------------------------------------------------------------------
@@ -66,14 +66,19 @@ def handle_command(batch: Batch, command, now_ms: int) -> tuple[list[bytes], lis
     outcome, and the legs that outcome sent, stand.
     """
     digest = domain.command_hash(command)
-    prior = batch.outcome(command.command_id)
+    prior = batch.outcome(command.account_id, command.command_id)
     if prior is not None:
-        if prior["h"] == digest:
+        if prior.command_hash == digest:
             metrics.command_counter(command.type, "duplicate").inc()
             return [], []
+        if isinstance(command, (domain.TransferCreditLeg, domain.TransferSettleLeg)):
+            # Leg ids name the transfer and its source, and a worker makes the
+            # same leg every time: another body under a leg id was not made by
+            # a worker's transfer. Park it; no settle is owed for it.
+            raise LegConflict(f"leg id {command.command_id!r} already used by another leg")
         rejection = domain.Rejection(
             domain.RejectionReason.command_id_reused,
-            f"command_id already used by another {prior['s']} command",
+            f"command_id already used by another {prior.status} command on this account",
         )
         metrics.command_counter(command.type, "rejected").inc()
         metrics.rejection_counter(rejection.reason.value).inc()
@@ -85,6 +90,8 @@ def handle_command(batch: Batch, command, now_ms: int) -> tuple[list[bytes], lis
         records = [domain.rejected(command, result, now_ms)]
         outcome = "rejected"
         metrics.rejection_counter(result.reason.value).inc()
+        # A refused credit leg always sends its settle back: no transfer is
+        # left pending at its source.
         legs = ([domain.settle_leg(command, completed=False, reason=result.reason.value)]
                 if isinstance(command, domain.TransferCreditLeg) else [])
     else:
@@ -102,6 +109,10 @@ def handle_command(batch: Batch, command, now_ms: int) -> tuple[list[bytes], lis
         fold_record(batch, record, digest, raw, transfer=command)
     metrics.command_counter(command.type, outcome).inc()
     return [raw for _record, raw in encoded], encoded_legs
+
+
+class LegConflict(ValueError):
+    """A leg whose id was used by another leg: not a worker's (dead-lettered)."""
 
 
 def apply_logged(batch: Batch, raw: bytes) -> None:
@@ -122,18 +133,15 @@ def fold_record(batch: Batch, record, digest: str, raw: bytes, transfer=None) ->
     if isinstance(record, domain.CommandRejected):
         if record.reason == domain.RejectionReason.command_id_reused.value:
             return
-        if batch.outcome(record.command_id) is None:
-            batch.put_outcome(record.command_id, digest, record.account_id,
-                              "rejected", record.reason, None)
+        if batch.outcome(record.account_id, record.command_id) is None:
+            batch.put_outcome(Outcome(record.command_id, record.account_id, digest,
+                                      "rejected", record.reason, None))
             if record.command_type == domain.Transfer.type:
                 t = transfer if isinstance(transfer, domain.Transfer) else None
-                batch.put_transfer(record.command_id, {
-                    "status": "failed", "reason": record.reason,
-                    "from_account_id": record.account_id,
-                    "to_account_id": t.to_account_id if t else None,
-                    "amount": t.amount_minor if t else None,
-                    "currency": t.currency if t else None,
-                    "sequences": []})
+                batch.put_transfer(TransferEntry(
+                    record.command_id, record.account_id,
+                    t.to_account_id if t else None, t.amount_minor if t else None,
+                    t.currency if t else None, "failed", record.reason, ()))
         return
     state = batch.account(record.account_id)
     if state is not None and record.sequence <= state.version:
@@ -141,24 +149,21 @@ def fold_record(batch: Batch, record, digest: str, raw: bytes, transfer=None) ->
     state = domain.evolve(state, record)
     batch.put_account(state)
     batch.put_history(record, raw, state)
-    prior = batch.outcome(record.command_id)
-    first = prior["q"][0] if prior and prior["s"] == "applied" else record.sequence
-    batch.put_outcome(record.command_id, digest, record.account_id, "applied",
-                      None, (first, record.sequence))
+    prior = batch.outcome(record.account_id, record.command_id)
+    first = prior.sequences[0] if prior and prior.status == "applied" else record.sequence
+    batch.put_outcome(Outcome(record.command_id, record.account_id, digest, "applied",
+                              None, (first, record.sequence)))
     if isinstance(record, domain.TransferDebited):
-        batch.put_transfer(record.transfer_id, {
-            "status": "pending", "reason": None, "from_account_id": record.account_id,
-            "to_account_id": record.counterparty_account_id,
-            "amount": record.amount_minor, "currency": record.currency,
-            "sequences": [record.sequence]})
+        batch.put_transfer(TransferEntry(
+            record.transfer_id, record.account_id, record.counterparty_account_id,
+            record.amount_minor, record.currency, "pending", None, (record.sequence,)))
     elif isinstance(record, (domain.TransferCompleted, domain.TransferRefunded)):
-        entry = dict(batch.transfer(record.transfer_id))
-        entry["sequences"] = entry["sequences"] + [record.sequence]
-        if isinstance(record, domain.TransferCompleted):
-            entry["status"] = "completed"
-        else:
-            entry["status"], entry["reason"] = "failed", record.reason
-        batch.put_transfer(record.transfer_id, entry)
+        entry = batch.transfer(record.account_id, record.transfer_id)
+        completed = isinstance(record, domain.TransferCompleted)
+        batch.put_transfer(dataclasses.replace(
+            entry, sequences=entry.sequences + (record.sequence,),
+            status="completed" if completed else "failed",
+            reason=None if completed else record.reason))
 
 
 def routing_problem(key: bytes | None, command, partition: int,
@@ -167,7 +172,7 @@ def routing_problem(key: bytes | None, command, partition: int,
     if isinstance(command, (domain.TransferCreditLeg, domain.TransferSettleLeg)):
         pass  # legs are made by workers; their ids contain '#' on purpose
     elif not domain.valid_command_id(command.command_id):
-        # '#' is reserved for leg ids ("<transfer>#credit"), so no client
+        # '#' is reserved for leg ids ("<transfer>#credit:<source>"), so no client
         # command can take a leg's place in the idempotency index.
         return f"command_id must match {domain.COMMAND_ID_PATTERN}"
     if len(command.account_id) > domain.ACCOUNT_ID_LENGTH_MAX:
@@ -188,8 +193,36 @@ def routing_problem(key: bytes | None, command, partition: int,
 # --------------------------------------------------------------------------
 
 
+class Rebuild(Exception):
+    """The Kafka clients cannot go on (fatal error, fenced, a transaction that
+    neither commits nor aborts): drop them and the stores, make new ones."""
+
+
+class Stopping(Exception):
+    """stop() was called while a Kafka call was being retried."""
+
+
+# How the worker is doing, for /v1/health. Only "consuming" is healthy.
+STARTING, CATCHING_UP, CONSUMING = "starting", "catching_up", "consuming"
+BROKER_UNREACHABLE, REBUILDING = "broker_unreachable", "fenced_rebuilding"
+STORE_FAILED, STOPPING = "store_failed", "stopping"
+
+KAFKA_CALL_S = 2.0  # one bounded call; retried until its deadline, stop-aware
+REBUILD_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
+
+
 class Processor:
-    """Runs the consume-decide-produce-commit loop on the calling thread."""
+    """Runs the consume-decide-produce-commit loop on the calling thread.
+
+    Faults (broker restart, network partition, fenced static member, a
+    producer's fatal error) are a normal day: a fatal client error rebuilds
+    the core in-process (new consumer and producer, ``init_transactions``,
+    catch-up from the log), which needs no supervisor and keeps the HTTP
+    server up meanwhile; retriable errors are retried within the transaction
+    timeout. Only a store that cannot be written (disk full) stops the
+    worker, for its supervisor to restart it. ``health()`` says "consuming"
+    only while commands are being applied.
+    """
 
     def __init__(self, settings: Settings):
         self.settings = settings
@@ -201,15 +234,27 @@ class Processor:
         self._event_offsets: dict[int, int] = {}  # partition -> last delivered offset
         self.caught_up = threading.Event()
         self._data_dir = Path(settings.data_dir) / settings.events_topic
+        self._legs = LegAuth(settings.leg_auth_keys())
+        self._state = STARTING
+        self._broker_down = False
+        self._fatal: KafkaError | None = None
+        self._consumer: Consumer | None = None
+        self._producer: Producer | None = None
+
+    def _connect(self) -> None:
+        s = self.settings
+        self._fatal = None
         self._consumer = Consumer({
-            "bootstrap.servers": settings.bootstrap_servers,
-            "group.id": settings.group_id,
+            "bootstrap.servers": s.bootstrap_servers,
+            "group.id": s.group_id,
             # Tells other workers where this one serves HTTP (streams.routing).
-            "client.id": routing.client_id(settings),
+            "client.id": routing.client_id(s),
             # Static membership: a worker restarted under the same id gets its
-            # partitions back without a rebalance of everyone else.
-            "group.instance.id": settings.worker_id,
-            "session.timeout.ms": settings.session_timeout_ms,
+            # partitions back without a rebalance of everyone else. After a
+            # broker restart the broker may fence it ("static consumer fenced"):
+            # a fatal error, handled by rebuilding the clients (run()).
+            "group.instance.id": s.worker_id,
+            "session.timeout.ms": s.session_timeout_ms,
             # Offsets are committed only inside our transactions.
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
@@ -223,11 +268,12 @@ class Processor:
             # (default 500 ms) before the commit marker is seen: each of a
             # transfer's three steps waited that long (scripts/bench_transfers).
             "fetch.wait.max.ms": 20,
+            "error_cb": self._on_error,
         })
         self._producer = Producer({
-            "bootstrap.servers": settings.bootstrap_servers,
-            "transactional.id": settings.transactional_id,
-            "transaction.timeout.ms": settings.transaction_timeout_ms,
+            "bootstrap.servers": s.bootstrap_servers,
+            "transactional.id": s.transactional_id,
+            "transaction.timeout.ms": s.transaction_timeout_ms,
             "enable.idempotence": True,  # implied by transactional.id; spelled out
             "acks": "all",
             "linger.ms": 5,
@@ -240,12 +286,22 @@ class Processor:
             # Events carry an explicit partition; the DLQ uses the key.
             "partitioner": "murmur2_random",
             "on_delivery": self._on_delivery,
+            "error_cb": self._on_error,
         })
+        log.info("worker %s: initialising transactions as %s", s.worker_id, s.transactional_id)
+        # Fences an older incarnation of this worker and aborts its open transaction.
+        self._retry(self._producer.init_transactions, deadline_s=None)
+        # Range assignment gives partition N of both topics to the same worker
+        # (they have equal partition counts): the store of partition N sees
+        # every command and leg of its accounts.
+        self._consumer.subscribe([s.commands_topic, s.legs_topic], on_assign=self._on_assign,
+                                 on_revoke=self._on_revoke, on_lost=self._on_revoke)
 
     # -- public ------------------------------------------------------------
 
     def stop(self) -> None:
         self._stop.set()
+        self._state = STOPPING
 
     def store_for(self, partition: int) -> PartitionStore | None:
         """The committed store of a partition we own and have caught up, if any."""
@@ -255,27 +311,94 @@ class Processor:
     def assigned(self) -> list[int]:
         return sorted(self._serving)
 
+    def health(self) -> tuple[bool, str]:
+        """(True, "consuming") only while commands are being applied."""
+        state = self._state
+        if state == CONSUMING and self._broker_down:
+            state = BROKER_UNREACHABLE
+        return state == CONSUMING, state
+
     def run(self) -> None:
-        s = self.settings
-        log.info("worker %s: initialising transactions as %s", s.worker_id, s.transactional_id)
-        # Fences an older incarnation of this worker and aborts its open transaction.
-        self._producer.init_transactions(KAFKA_TIMEOUT_S)
-        # Range assignment gives partition N of both topics to the same worker
-        # (they have equal partition counts): the store of partition N sees
-        # every command and leg of its accounts.
-        self._consumer.subscribe([s.commands_topic, s.legs_topic], on_assign=self._on_assign,
-                                 on_revoke=self._on_revoke, on_lost=self._on_revoke)
-        lag_measured_at = 0.0
+        backoff = 0
         try:
             while not self._stop.is_set():
-                messages = self._next_batch()
-                if messages:
-                    self._process(messages)
-                if time.monotonic() - lag_measured_at > 1.0:
-                    lag_measured_at = time.monotonic()
-                    self._measure_lag()
+                try:
+                    self._connect()
+                    self._loop()
+                except Rebuild as exc:
+                    self._state = REBUILDING
+                    metrics.CORE_REBUILDS.inc()
+                    delay = REBUILD_BACKOFF_S[min(backoff, len(REBUILD_BACKOFF_S) - 1)]
+                    backoff += 1
+                    log.error("Kafka clients unusable (%s); rebuilding them in %.1fs", exc, delay)
+                    self._close()
+                    self._stop.wait(delay)
+                except Stopping:
+                    break
         finally:
             self._close()
+
+    def _loop(self) -> None:
+        lag_measured_at = 0.0
+        while not self._stop.is_set():
+            if self._fatal is not None:
+                raise Rebuild(f"fatal client error: {self._fatal}")
+            messages = self._next_batch()
+            if messages:
+                self._process(messages)
+            if time.monotonic() - lag_measured_at > 1.0:
+                lag_measured_at = time.monotonic()
+                self._measure_lag()
+                if self._broker_down:
+                    self._probe_broker()
+
+    # -- errors --------------------------------------------------------------
+
+    def _on_error(self, err: KafkaError) -> None:
+        """librdkafka's error callback (both clients): the broker's reachability
+        and fatal errors, which no later call will clear."""
+        if err.fatal() or err.code() == KafkaError._FATAL:
+            log.error("fatal Kafka error: %s", err)
+            self._fatal = err
+        elif err.code() == KafkaError._ALL_BROKERS_DOWN:
+            if not self._broker_down:
+                log.warning("broker unreachable: %s", err)
+            self._broker_down = True
+
+    def _probe_broker(self) -> None:
+        """Clear the broker-down flag once the broker answers a metadata request."""
+        try:
+            self._consumer.list_topics(self.settings.commands_topic, timeout=1.0)
+        except KafkaException:
+            return
+        log.info("broker reachable again")
+        self._broker_down = False
+
+    def _retry(self, call, *args, deadline_s: float | None):
+        """``call(*args, timeout)`` until it returns, retrying retriable errors.
+
+        A fatal error, or a deadline passed (``deadline_s`` from now; None:
+        until stopped), means the clients must be rebuilt. Abortable errors
+        are raised to the caller as they are.
+        """
+        deadline = None if deadline_s is None else time.monotonic() + deadline_s
+        while True:
+            if self._stop.is_set():
+                raise Stopping()
+            try:
+                return call(*args, KAFKA_CALL_S)
+            except KafkaException as exc:
+                error = exc.args[0]
+                if error.fatal() or self._fatal is not None:
+                    raise Rebuild(f"{call.__name__}: {error}") from None
+                if error.txn_requires_abort():
+                    raise
+                if not error.retriable() and error.code() != KafkaError._TIMED_OUT:
+                    raise Rebuild(f"{call.__name__}: {error}") from None
+                if deadline is not None and time.monotonic() > deadline:
+                    raise Rebuild(f"{call.__name__} still failing: {error}") from None
+                if error.code() in (KafkaError._TIMED_OUT, KafkaError._TRANSPORT):
+                    self._broker_down = True
 
     def _next_batch(self) -> list:
         """Whatever is already fetched, up to batch_size_max, without waiting
@@ -283,11 +406,14 @@ class Processor:
         timeout, which cost each step of a transfer 100 ms at low load. Under
         load the fetched queue is deep, so batches stay large by themselves."""
         n = self.settings.batch_size_max
-        messages = self._consumer.consume(n, timeout=0)
-        if not messages:
-            messages = self._consumer.consume(1, timeout=0.1)  # idle: wait a little
-            if messages and n > 1:
-                messages += self._consumer.consume(n - 1, timeout=0)
+        try:
+            messages = self._consumer.consume(n, timeout=0)
+            if not messages:
+                messages = self._consumer.consume(1, timeout=0.1)  # idle: wait a little
+                if messages and n > 1:
+                    messages += self._consumer.consume(n - 1, timeout=0)
+        except KafkaException as exc:  # fatal consumer errors are raised here
+            raise Rebuild(f"consume: {exc.args[0]}") from None
         return messages
 
     def _measure_lag(self) -> None:
@@ -296,7 +422,11 @@ class Processor:
         assigned = [TopicPartition(t, p) for p in self._stores
                     for t in (s.commands_topic, s.legs_topic)]
         lag: dict[int, int] = {}
-        for tp in self._consumer.position(assigned) if assigned else []:
+        try:
+            positions = self._consumer.position(assigned) if assigned else []
+        except KafkaException:
+            positions = []
+        for tp in positions:
             try:
                 _low, high = self._consumer.get_watermark_offsets(tp, cached=True)
             except KafkaException:
@@ -315,12 +445,21 @@ class Processor:
         first_offsets: dict[tuple[str, int], int] = {}
         next_offsets: dict[tuple[str, int], int] = {}
         self._event_offsets.clear()
-        self._producer.begin_transaction()
+        # A transaction that has not committed within the broker's transaction
+        # timeout will be aborted by it: give up on it then and rebuild.
+        txn_deadline_s = self.settings.transaction_timeout_ms / 1000
+        try:
+            self._producer.begin_transaction()
+        except KafkaException as exc:
+            raise Rebuild(f"begin_transaction: {exc.args[0]}") from None
         try:
             for msg in messages:
-                if msg.error():
-                    if msg.error().code() != KafkaError._PARTITION_EOF:
-                        log.warning("consume error: %s", msg.error())
+                error = msg.error()
+                if error:
+                    if error.fatal():
+                        raise Rebuild(f"consumer: {error}")
+                    if error.code() != KafkaError._PARTITION_EOF:
+                        log.warning("consume error: %s", error)
                     continue
                 p, offset = msg.partition(), msg.offset()
                 first_offsets.setdefault((msg.topic(), p), offset)
@@ -329,33 +468,60 @@ class Processor:
                 if batch is None:
                     batch = batches[p] = Batch(self._stores[p])
                 self._handle(msg, p, batch, now_ms)
-            self._producer.flush(KAFKA_TIMEOUT_S)  # delivery reports give event offsets
-            self._producer.send_offsets_to_transaction(
-                [TopicPartition(t, p, o) for (t, p), o in next_offsets.items()],
-                self._consumer.consumer_group_metadata(),
-                KAFKA_TIMEOUT_S,
-            )
-            self._commit()
-        except KafkaException as exc:
+            self._flush(txn_deadline_s)  # delivery reports give event offsets
+            if next_offsets:
+                self._retry(
+                    self._producer.send_offsets_to_transaction,
+                    [TopicPartition(t, p, o) for (t, p), o in next_offsets.items()],
+                    self._consumer.consumer_group_metadata(),
+                    deadline_s=txn_deadline_s)
+            self._retry(self._producer.commit_transaction, deadline_s=txn_deadline_s)
+        except KafkaException as exc:  # abortable
             self._abort(exc, first_offsets)
             return
+        self._producer.poll(0)  # any delivery report not served yet
+        self._broker_down = False
+        self._state = CONSUMING
         for p, batch in batches.items():
             last = self._event_offsets.get(p)
-            self._stores[p].apply(batch, None if last is None else last + 1)
+            try:
+                self._stores[p].apply(batch, None if last is None else last + 1)
+            except Exception:
+                # Committed to Kafka but not to disk (disk full, I/O error):
+                # the store is now behind the log, which catch-up repairs on
+                # the next start. Stop; the supervisor restarts the worker.
+                self._state = STORE_FAILED
+                raise
         metrics.TRANSACTIONS.labels("committed").inc()
         metrics.TRANSACTION_SECONDS.observe(time.perf_counter() - started)
         metrics.BATCH_SIZE.observe(len(messages))
 
+    def _flush(self, deadline_s: float) -> None:
+        deadline = time.monotonic() + deadline_s
+        while self._producer.flush(KAFKA_CALL_S) > 0:
+            if self._stop.is_set():
+                raise Stopping()
+            if self._fatal is not None:
+                raise Rebuild(f"fatal client error: {self._fatal}")
+            if time.monotonic() > deadline:
+                raise Rebuild("events not delivered within the transaction timeout")
+            self._broker_down = True
+
     def _handle(self, msg, partition: int, batch: Batch, now_ms: int) -> None:
         try:
             if msg.topic() == self.settings.legs_topic:
-                command, _issued_at_ms = codec.decode_leg(msg.value())
+                problem = self._legs.problem(msg.key(), msg.value(), msg.headers())
+                if problem is None:
+                    command, _issued_at_ms = codec.decode_leg(msg.value())
             else:
+                problem = None
                 command, _issued_at_ms = codec.decode_command(msg.value())
-            problem = routing_problem(msg.key(), command, partition, self.settings.partitions)
+            if problem is None:
+                problem = routing_problem(msg.key(), command, partition,
+                                          self.settings.partitions)
             if problem is None:
                 records, legs = handle_command(batch, command, now_ms)
-        except codec.CodecError as exc:
+        except (codec.CodecError, LegConflict) as exc:
             problem = str(exc)
         except Exception as exc:  # a bug must park one record, not stall a partition
             log.exception("unexpected error on %s[%d]@%d", msg.topic(), partition, msg.offset())
@@ -370,7 +536,8 @@ class Processor:
             # Same transaction: the leg exists if and only if this outcome does.
             leg_key = leg.account_id.encode()
             self._producer.produce(self.settings.legs_topic, raw, leg_key,
-                                   partition=partition_for(leg_key, self.settings.partitions))
+                                   partition=partition_for(leg_key, self.settings.partitions),
+                                   headers=self._legs.headers(leg_key, raw))
         metrics.EVENTS.inc(len(records))
 
     def _dead_letter(self, msg, problem: str) -> None:
@@ -396,25 +563,14 @@ class Processor:
             if msg.offset() > self._event_offsets.get(p, -1):
                 self._event_offsets[p] = msg.offset()
 
-    def _commit(self) -> None:
-        while True:
-            try:
-                self._producer.commit_transaction(KAFKA_TIMEOUT_S)
-                return
-            except KafkaException as exc:
-                if exc.args[0].retriable():
-                    continue  # the commit may be in flight; asking again is safe
-                raise
-
     def _abort(self, exc: KafkaException, first_offsets: dict) -> None:
-        error = exc.args[0]
         metrics.TRANSACTIONS.labels("aborted").inc()
-        if not error.txn_requires_abort():
-            # Fenced or fatal: another instance owns our transactional.id.
-            log.error("fatal transaction error, stopping: %s", error)
-            raise exc
-        log.warning("aborting transaction: %s", error)
-        self._producer.abort_transaction(KAFKA_TIMEOUT_S)
+        log.warning("aborting transaction: %s", exc.args[0])
+        try:
+            self._retry(self._producer.abort_transaction,
+                        deadline_s=self.settings.transaction_timeout_ms / 1000)
+        except KafkaException as again:
+            raise Rebuild(f"abort_transaction: {again.args[0]}") from None
         # Nothing of the batch reached the log or the store; read it again.
         for (topic, p), offset in first_offsets.items():
             self._consumer.seek(TopicPartition(topic, p, offset))
@@ -424,6 +580,7 @@ class Processor:
     def _on_assign(self, consumer, partitions) -> None:
         numbers = [tp.partition for tp in partitions]
         log.info("assigned partitions %s", numbers)
+        self._state = CATCHING_UP
         for p in numbers:
             if p not in self._stores:
                 self._stores[p] = PartitionStore(self._data_dir / f"p{p}")
@@ -432,6 +589,7 @@ class Processor:
         metrics.RECOVERY_SECONDS.observe(time.perf_counter() - started)
         metrics.ASSIGNED_PARTITIONS.set(len(self._stores))
         self._serving.update({p: self._stores[p] for p in numbers})
+        self._state = CONSUMING
         self.caught_up.set()
 
     def _on_revoke(self, consumer, partitions) -> None:
@@ -479,6 +637,8 @@ class Processor:
             next_offsets = {p: self._stores[p].events_offset for p in targets}
             pending = 0
             while targets:
+                if self._stop.is_set():
+                    raise Stopping()
                 messages = reader.consume(5000, timeout=0.2)
                 done = set()
                 for msg in messages:
@@ -505,10 +665,28 @@ class Processor:
             reader.close()
 
     def _close(self) -> None:
-        try:
-            self._consumer.close()
-        finally:
-            self._serving.clear()
-            for store in self._stores.values():
-                store.close()
-            self._stores.clear()
+        """Drop the clients (bounded: a consumer can hang leaving a group whose
+        broker is gone) and close every store."""
+        self._serving.clear()
+        consumer, producer = self._consumer, self._producer
+        self._consumer = self._producer = None
+        if consumer is not None:
+            closer = threading.Thread(target=_quietly, args=(consumer.close,),
+                                      name="consumer-close", daemon=True)
+            closer.start()
+            closer.join(5.0)
+            if closer.is_alive():
+                log.warning("consumer did not close within 5 s; abandoned")
+        if producer is not None:
+            producer.purge()  # queued records of an unfinished transaction
+        for store in self._stores.values():
+            store.close()
+        self._stores.clear()
+        metrics.ASSIGNED_PARTITIONS.set(0)
+
+
+def _quietly(call) -> None:
+    try:
+        call()
+    except Exception as exc:  # closing a broken client: nothing left to do
+        log.info("while closing: %r", exc)

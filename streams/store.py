@@ -4,8 +4,9 @@ One RocksDB directory per partition of the ledger topics, under the worker's
 data dir: ``<data_dir>/<events topic>/p<N>``. It holds
 
     b"a" account_id                      -> account state (JSON)
-    b"c" command_id                      -> outcome of that command (JSON):
-                                            the idempotency index, kept forever
+    b"c" account_id 0x00 command_id      -> outcome of that command (JSON):
+                                            the idempotency index, kept forever;
+                                            command ids are scoped per account
     b"e" account_id 0x00 sequence(u64be) -> the event's log bytes (Avro):
                                             per-account history, byte order is
                                             sequence order
@@ -15,10 +16,17 @@ data dir: ``<data_dir>/<events topic>/p<N>``. It holds
     b"s" account_id 0x00 sequence(u64be) -> snapshot of the state right after
                                             that event (checksummed), every
                                             SNAPSHOT_EVERY events
-    b"t" transfer_id                     -> transfer status (JSON), on the
+    b"t" from_account_id 0x00 transfer_id -> transfer status (JSON), on the
                                             source account's partition
     b"m" b"events_offset"                -> u64be: next event-log offset to
                                             read when catching up
+    b"m" b"format"                       -> u32be: STORE_FORMAT of the layout
+
+Nothing outside this module knows a key or a stored field: readers use the
+typed read API (:meth:`PartitionStore.outcome`, :meth:`~PartitionStore.transfer`,
+:meth:`~PartitionStore.events`, :meth:`~PartitionStore.state_at`). A store of
+another format (or none) is wiped at open and rebuilt from the log, with a
+log line saying so: it is a cache of the log, never misread.
 
 Rule: nothing is written here before the Kafka transaction that holds the
 same change has committed. A batch stages its changes in a :class:`Batch`
@@ -34,24 +42,26 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import struct
 import zlib
 from pathlib import Path
 
+from dataclasses import dataclass
+
 from rocksdict import AccessType, Options, Rdict, WriteBatch
 
 from ledger import domain
+from schemas import codec
+from streams import metrics
 
-
-def codec_decode(raw: bytes):
-    from schemas import codec
-
-    return codec.decode_outcome(raw)[0]
-
+# The layout above. Bump it with any change of keys or values: a store of
+# another format is rebuilt from the log at open.
+STORE_FORMAT = 2
+_FORMAT_KEY = b"mformat"
 _EVENTS_OFFSET_KEY = b"mevents_offset"
 _U64 = struct.Struct(">Q")
 _U32 = struct.Struct(">I")
+_U64_MAX = 2**64 - 1
 # An account state is snapshotted after every this many of its events, so an
 # as-of query folds at most SNAPSHOT_EVERY - 1 events after one seek.
 # LEDGER_SNAPSHOT_EVERY changes it; stores rebuilt with another value differ
@@ -93,12 +103,12 @@ def account_key(account_id: str) -> bytes:
     return b"a" + account_id.encode()
 
 
-def command_key(command_id: str) -> bytes:
-    return b"c" + command_id.encode()
+def command_key(account_id: str, command_id: str) -> bytes:
+    return _account_prefix(b"c", account_id) + command_id.encode()
 
 
-def transfer_key(transfer_id: str) -> bytes:
-    return b"t" + transfer_id.encode()
+def transfer_key(from_account_id: str, transfer_id: str) -> bytes:
+    return _account_prefix(b"t", from_account_id) + transfer_id.encode()
 
 
 def history_key(account_id: str, sequence: int) -> bytes:
@@ -126,13 +136,51 @@ def decode_state(raw: bytes) -> domain.AccountState:
     )
 
 
-def outcome_entry(command_hash: str, account_id: str, status: str,
-                  reason: str | None, sequences: tuple[int, int] | None) -> bytes:
-    return json.dumps(
-        {"h": command_hash, "a": account_id, "s": status, "r": reason,
-         "q": list(sequences) if sequences else None},
-        separators=(",", ":"),
-    ).encode()
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What became of one command: the idempotency index's entry."""
+
+    command_id: str
+    account_id: str
+    command_hash: str
+    status: str  # "applied" | "rejected"
+    reason: str | None
+    sequences: tuple[int, int] | None  # first and last event of an applied command
+
+    def encode(self) -> bytes:
+        return json.dumps([self.command_hash, self.status, self.reason,
+                           list(self.sequences) if self.sequences else None],
+                          separators=(",", ":")).encode()
+
+    @classmethod
+    def decode(cls, account_id: str, command_id: str, raw: bytes) -> "Outcome":
+        h, status, reason, q = json.loads(raw)
+        return cls(command_id, account_id, h, status, reason, tuple(q) if q else None)
+
+
+@dataclass(frozen=True, slots=True)
+class TransferEntry:
+    """A transfer as its source partition knows it."""
+
+    transfer_id: str
+    from_account_id: str
+    to_account_id: str | None
+    amount_minor: int | None
+    currency: str | None
+    status: str  # "pending" | "completed" | "failed"
+    reason: str | None
+    sequences: tuple[int, ...]  # its events at the source
+
+    def encode(self) -> bytes:
+        return json.dumps([self.to_account_id, self.amount_minor, self.currency,
+                           self.status, self.reason, list(self.sequences)],
+                          separators=(",", ":")).encode()
+
+    @classmethod
+    def decode(cls, from_account_id: str, transfer_id: str, raw: bytes) -> "TransferEntry":
+        to, amount, currency, status, reason, seqs = json.loads(raw)
+        return cls(transfer_id, from_account_id, to, amount, currency, status, reason,
+                   tuple(seqs))
 
 
 class PartitionStore:
@@ -141,11 +189,30 @@ class PartitionStore:
         options = Options(raw_mode=True)
         if read_only:
             # RocksDB read-only mode takes no lock: safe beside a running worker.
+            # It is also a point-in-time view: what was written when it opened.
             self._db = Rdict(str(path), options, access_type=AccessType.read_only())
             return
         path.mkdir(parents=True, exist_ok=True)
         options.create_if_missing(True)
         self._db = Rdict(str(path), options)
+        found = self._db.get(_FORMAT_KEY)
+        if found != _U32.pack(STORE_FORMAT):
+            empty = self._is_empty()
+            if not empty:
+                log.warning("store %s has format %s, not %d: rebuilding it from the log",
+                            path, "none" if found is None else _U32.unpack(found)[0],
+                            STORE_FORMAT)
+                self._db.close()
+                Rdict.destroy(str(path))
+                self._db = Rdict(str(path), options)
+            self._db.put(_FORMAT_KEY, _U32.pack(STORE_FORMAT))
+
+    def _is_empty(self) -> bool:
+        it = self._db.iter()
+        it.seek_to_first()
+        empty = not it.valid()
+        del it
+        return empty
 
     def close(self) -> None:
         self._db.close()
@@ -159,13 +226,31 @@ class PartitionStore:
         raw = self._db.get(account_key(account_id))
         return None if raw is None else decode_state(raw)
 
-    def outcome(self, command_id: str) -> dict | None:
-        raw = self._db.get(command_key(command_id))
-        return None if raw is None else json.loads(raw)
+    def outcome(self, account_id: str, command_id: str) -> Outcome | None:
+        raw = self._db.get(command_key(account_id, command_id))
+        return None if raw is None else Outcome.decode(account_id, command_id, raw)
 
-    def transfer(self, transfer_id: str) -> dict | None:
-        raw = self._db.get(transfer_key(transfer_id))
-        return None if raw is None else json.loads(raw)
+    def transfer(self, from_account_id: str, transfer_id: str) -> TransferEntry | None:
+        raw = self._db.get(transfer_key(from_account_id, transfer_id))
+        return None if raw is None else TransferEntry.decode(from_account_id, transfer_id, raw)
+
+    def events(self, account_id: str, sequences) -> list:
+        """The account's events with these sequence numbers (those that exist), decoded."""
+        out = []
+        for sequence in sequences:
+            raw = self._db.get(history_key(account_id, sequence))
+            if raw is not None:
+                out.append(codec.decode_outcome(raw)[0])
+        return out
+
+    def state_at(self, account_id: str, *, as_of_ms: int | None = None,
+                 version: int | None = None) -> domain.AccountState | None:
+        """The account right after its last event recorded at or before
+        ``as_of_ms``, or right after event ``version`` (the last one, if the
+        account has fewer); None if there is no such event."""
+        if as_of_ms is not None:
+            version = self.version_at(account_id, as_of_ms)
+        return self.state_at_version(account_id, version or 0)
 
     @property
     def events_offset(self) -> int:
@@ -203,7 +288,7 @@ class PartitionStore:
         if t_ms < 0:
             return 0
         prefix = _account_prefix(b"r", account_id)
-        key = self._last_at_or_before(prefix, prefix + _U64.pack(min(t_ms, 2**64 - 1))
+        key = self._last_at_or_before(prefix, prefix + _U64.pack(min(t_ms, _U64_MAX))
                                       + b"\xff" * 8)
         return 0 if key is None else _U64.unpack(key[-8:])[0]
 
@@ -227,8 +312,6 @@ class PartitionStore:
             except SnapshotCorrupt:
                 seq = _U64.unpack(key[-8:])[0]
                 log.warning("corrupt snapshot of %s at %d; using an older one", account_id, seq)
-                from streams import metrics
-
                 metrics.SNAPSHOT_FALLBACKS.inc()
                 if seq <= 1:
                     break
@@ -238,7 +321,7 @@ class PartitionStore:
             raw = self._db.get(history_key(account_id, sequence))
             if raw is None:
                 break  # version is past the account's last event
-            state = domain.evolve(state, codec_decode(raw))
+            state = domain.evolve(state, codec.decode_outcome(raw)[0])
         return state
 
     # -- writes ------------------------------------------------------------
@@ -251,10 +334,6 @@ class PartitionStore:
         if events_offset is not None:
             wb.put(_EVENTS_OFFSET_KEY, _U64.pack(events_offset))
         self._db.write(wb)
-
-
-def wipe(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
 
 
 class Batch:
@@ -276,35 +355,33 @@ class Batch:
             state = self._states[account_id] = self.store.account(account_id)
             return state
 
-    def outcome(self, command_id: str) -> dict | None:
+    def outcome(self, account_id: str, command_id: str) -> Outcome | None:
+        key = (account_id, command_id)
         try:
-            return self._outcomes[command_id]
+            return self._outcomes[key]
         except KeyError:
-            entry = self._outcomes[command_id] = self.store.outcome(command_id)
+            entry = self._outcomes[key] = self.store.outcome(account_id, command_id)
             return entry
 
-    def transfer(self, transfer_id: str) -> dict | None:
+    def transfer(self, from_account_id: str, transfer_id: str) -> TransferEntry | None:
+        key = (from_account_id, transfer_id)
         try:
-            return self._transfers[transfer_id]
+            return self._transfers[key]
         except KeyError:
-            entry = self._transfers[transfer_id] = self.store.transfer(transfer_id)
+            entry = self._transfers[key] = self.store.transfer(from_account_id, transfer_id)
             return entry
 
-    def put_transfer(self, transfer_id: str, entry: dict) -> None:
-        self._transfers[transfer_id] = entry
-        self.writes[transfer_key(transfer_id)] = json.dumps(
-            entry, separators=(",", ":")).encode()
+    def put_transfer(self, entry: TransferEntry) -> None:
+        self._transfers[(entry.from_account_id, entry.transfer_id)] = entry
+        self.writes[transfer_key(entry.from_account_id, entry.transfer_id)] = entry.encode()
 
     def put_account(self, state: domain.AccountState) -> None:
         self._states[state.account_id] = state
         self.writes[account_key(state.account_id)] = encode_state(state)
 
-    def put_outcome(self, command_id: str, command_hash: str, account_id: str,
-                    status: str, reason: str | None,
-                    sequences: tuple[int, int] | None) -> None:
-        raw = outcome_entry(command_hash, account_id, status, reason, sequences)
-        self._outcomes[command_id] = json.loads(raw)
-        self.writes[command_key(command_id)] = raw
+    def put_outcome(self, outcome: Outcome) -> None:
+        self._outcomes[(outcome.account_id, outcome.command_id)] = outcome
+        self.writes[command_key(outcome.account_id, outcome.command_id)] = outcome.encode()
 
     def put_history(self, event, record: bytes, state: domain.AccountState) -> None:
         """Index one event by sequence and by time; snapshot ``state`` (the
@@ -315,6 +392,3 @@ class Batch:
             # Derived from committed events only, and the same bytes every
             # time it is rebuilt: writing it again is harmless.
             self.writes[snapshot_key(event.account_id, event.sequence)] = encode_snapshot(state)
-
-    def __len__(self) -> int:
-        return len(self.writes)

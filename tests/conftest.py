@@ -60,8 +60,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.fixture(scope="session")
+def leg_key_file(tmp_path_factory) -> Path:
+    """The secret every test worker shares to authenticate transfer legs."""
+    from streams import legauth
+
+    path = tmp_path_factory.mktemp("legkey") / "leg.key"
+    path.write_text(legauth.new_key() + "\n")
+    return path
+
+
 @pytest.fixture
-def settings(kafka_bootstrap, tmp_path) -> Settings:
+def settings(kafka_bootstrap, tmp_path, leg_key_file) -> Settings:
     from streams.topics import ensure_topics
 
     s = Settings(
@@ -74,6 +84,8 @@ def settings(kafka_bootstrap, tmp_path) -> Settings:
         batch_size_max=500,
         transaction_timeout_ms=10_000,
         session_timeout_ms=6_000,
+        snapshot_root=tmp_path / "snapshots",
+        leg_key_file=leg_key_file,
     )
     ensure_topics(s)
     return s
@@ -120,20 +132,7 @@ class Worker:
 
 def worker_env(settings: Settings) -> dict:
     """The environment that gives a subprocess exactly these settings."""
-    return {
-        **os.environ,
-        "PYTHONPATH": str(REPO),
-        "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
-        "LEDGER_TOPIC_PREFIX": settings.topic_prefix,
-        "LEDGER_PARTITIONS": str(settings.partitions),
-        "LEDGER_WORKER_ID": settings.worker_id,
-        "LEDGER_DATA_DIR": str(settings.data_dir),
-        "LEDGER_WEB_PORT": str(settings.web_port),
-        "LEDGER_BATCH_SIZE_MAX": str(settings.batch_size_max),
-        "LEDGER_TRANSACTION_TIMEOUT_MS": str(settings.transaction_timeout_ms),
-        "LEDGER_SESSION_TIMEOUT_MS": str(settings.session_timeout_ms),
-        "LEDGER_SNAPSHOT_DIR": str(settings.data_dir.parent / "snapshots"),
-    }
+    return {**os.environ, "PYTHONPATH": str(REPO), **settings.to_env()}
 
 
 def run_ledger(settings: Settings, *args: str, timeout_s: float = 300):

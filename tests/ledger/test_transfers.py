@@ -135,7 +135,7 @@ def test_legs_are_built_from_the_transfer():
     t = transfer(250, "USD", transfer_id="t-9")
     leg = credit_leg(t)
     assert leg == TransferCreditLeg(
-        command_id="t-9#credit", account_id=DST, transfer_id="t-9",
+        command_id=f"t-9#credit:{SRC}", account_id=DST, transfer_id="t-9",
         from_account_id=SRC, amount_minor=250, currency="USD",
     )
     assert settle_leg(leg, completed=True) == TransferSettleLeg(
@@ -365,27 +365,27 @@ def test_transfer_to_an_unknown_or_closed_destination_is_accepted_at_the_source(
 CREDIT_ACCEPTED = [
     pytest.param(
         dest(50, version=2), leg_of(100),
-        TransferCredited(DST, 3, "t-1#credit", "EUR", 100, 150, NOW, "t-1", SRC),
+        TransferCredited(DST, 3, f"t-1#credit:{SRC}", "EUR", 100, 150, NOW, "t-1", SRC),
         id="credited",
     ),
     pytest.param(
         dest(-500, overdraft=500), leg_of(100),
-        TransferCredited(DST, 2, "t-1#credit", "EUR", 100, -400, NOW, "t-1", SRC),
+        TransferCredited(DST, 2, f"t-1#credit:{SRC}", "EUR", 100, -400, NOW, "t-1", SRC),
         id="credited-while-overdrawn",
     ),
     pytest.param(
         dest(BALANCE_MAX_MINOR - 100), leg_of(100),
-        TransferCredited(DST, 2, "t-1#credit", "EUR", 100, BALANCE_MAX_MINOR, NOW, "t-1", SRC),
+        TransferCredited(DST, 2, f"t-1#credit:{SRC}", "EUR", 100, BALANCE_MAX_MINOR, NOW, "t-1", SRC),
         id="credited-to-exactly-max-balance",
     ),
     pytest.param(
         dest(0, pending=70, currency="USD"), leg_of(5, "USD"),
-        TransferCredited(DST, 2, "t-1#credit", "USD", 5, 5, NOW, "t-1", SRC),
+        TransferCredited(DST, 2, f"t-1#credit:{SRC}", "USD", 5, 5, NOW, "t-1", SRC),
         id="destination-own-pending-untouched",
     ),
     pytest.param(
         dest(0, updated_at_ms=NOW + 9), leg_of(1),
-        TransferCredited(DST, 2, "t-1#credit", "EUR", 1, 1, NOW + 9, "t-1", SRC),
+        TransferCredited(DST, 2, f"t-1#credit:{SRC}", "EUR", 1, 1, NOW + 9, "t-1", SRC),
         id="clock-behind-account-time",
     ),
 ]

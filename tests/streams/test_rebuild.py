@@ -30,14 +30,18 @@ def test_wiped_data_dir_is_rebuilt_byte_for_byte(settings, workers):
     """3,000 commands, stop, dump RocksDB, wipe it, restart: the same bytes come back."""
     rng = random.Random(7)
     worker = workers.start(settings)
+    commands = [domain.OpenAccount(f"o{i}", f"acct-{i}", "EUR", 1000) for i in range(50)]
+    for n in range(3000):
+        kind = domain.Credit if rng.random() < 0.6 else domain.Debit
+        commands.append(kind(f"c{n}", f"acct-{rng.randrange(60)}", rng.randrange(1, 5000), "EUR"))
     with LedgerClient(settings) as client:
-        for i in range(50):
-            client.send_nowait(domain.OpenAccount(f"o{i}", f"acct-{i}", "EUR", 1000))
-        for n in range(3000):
-            kind = domain.Credit if rng.random() < 0.6 else domain.Debit
-            client.send_nowait(kind(f"c{n}", f"acct-{rng.randrange(60)}",
-                                    rng.randrange(1, 5000), "EUR"))
+        for command in commands:
+            client.send_nowait(command)
         last = client.credit("acct-0", 1, "EUR", command_id="last", wait=True)
+        # Every partition's store must hold every outcome before it is dumped:
+        # waiting for acct-0's alone left other partitions behind (a flake).
+        for command in commands:
+            client.wait_for(command.account_id, command.command_id, 60)
     assert "applied" == last.status
     workers.stop(worker)
     before = dump(settings)

@@ -70,19 +70,20 @@ def make_history(settings, rng, bursts: int, first: int):
                 roll, a = rng.random(), rng.choice(ACCOUNTS)
                 cid = f"b{burst}-{n}"
                 if roll < 0.45:
-                    last = client.credit(a, rng.randrange(1, 1000), "EUR", command_id=cid)
+                    client.credit(a, rng.randrange(1, 1000), "EUR", command_id=cid)
                 elif roll < 0.8:
-                    last = client.debit(a, rng.randrange(1, 1000), "EUR", command_id=cid)
+                    client.debit(a, rng.randrange(1, 1000), "EUR", command_id=cid)
                 else:
-                    last = client.transfer(a, rng.choice(ACCOUNTS), rng.randrange(1, 500),
-                                           "EUR", transfer_id=cid)
-                    transfers.append(cid)
+                    client.transfer(a, rng.choice(ACCOUNTS), rng.randrange(1, 500),
+                                    "EUR", transfer_id=cid)
+                    transfers.append((a, cid))
+                last = (a, cid)
             client.flush()
             time.sleep(rng.uniform(0.01, 0.15))
-        client.wait_for(last, 60)
-        for tid in transfers:
+        client.wait_for(*last, 60)
+        for source, tid in transfers:
             try:
-                client.wait_for_transfer(tid, 60)
+                client.wait_for_transfer(source, tid, 60)
             except Exception:  # rejected at the source: settled as failed already
                 pass
     return transfers

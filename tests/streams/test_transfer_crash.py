@@ -93,7 +93,7 @@ def test_transfers_survive_kills_and_rebalance(settings, workers, paced_sender):
         for c in setup:
             client.send_nowait(c)
         client.flush()
-        client.wait_for(setup[-1].command_id, 60)
+        client.wait_for(setup[-1].account_id, setup[-1].command_id, 60)
     started = time.monotonic()
     sender = paced_sender(settings, transfers, SEND_RATE_PER_S)
     live = {"w1": w1, "w2": w2}
