@@ -53,7 +53,8 @@ def valid_command_id(value) -> bool:
 
 
 def valid_account_id(value) -> bool:
-    return _valid_id(value, ACCOUNT_ID_LENGTH_MAX)
+    # "." and ".." would be path segments in /v1/accounts/{id}: never an account.
+    return _valid_id(value, ACCOUNT_ID_LENGTH_MAX) and value not in (".", "..")
 
 
 class RejectionReason(str, enum.Enum):
@@ -537,7 +538,7 @@ def decide(
     Returns the events to append (never empty) or a :class:`Rejection`.
     ``state`` is None for an account that has never been opened.
     """
-    if not _valid_id(command.account_id, ACCOUNT_ID_LENGTH_MAX):
+    if not valid_account_id(command.account_id):
         return Rejection(RejectionReason.invalid_account_id, _show(command.account_id))
     if state is not None and state.updated_at_ms > now_ms:
         # Time never runs backwards inside an account; the caller's clock did.
@@ -635,7 +636,7 @@ def decide(
 
 
 def _decide_transfer(state, command: Transfer, now_ms: int, next_sequence: int):
-    if not _valid_id(command.to_account_id, ACCOUNT_ID_LENGTH_MAX):
+    if not valid_account_id(command.to_account_id):
         return Rejection(RejectionReason.invalid_account_id, _show(command.to_account_id))
     rejection = _check_currency(command.currency) or _check_amount(command.amount_minor)
     if rejection:

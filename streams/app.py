@@ -8,13 +8,15 @@ loop that runs on a thread of its own, started and stopped by
 :class:`CoreService` with the app; DESIGN.md explains why Faust's own
 ``exactly_once`` tables are not used for it.
 
-The HTTP API is in :mod:`streams.http`.
+The HTTP API is in :mod:`streams.api`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 import threading
 
 import faust
@@ -22,9 +24,27 @@ from mode import Service
 
 from streams.config import Settings
 from streams.processor import Processor
-from streams.http import register_views
+from streams.api import register_views
 
 log = logging.getLogger("ledger.app")
+
+# SIGTERM stops a worker within this long in every state (a broker that is
+# gone can hold Faust's own Kafka clients in their close for much longer).
+# Exiting hard is as safe as kill -9, which the ledger is built for.
+STOP_DEADLINE_S = 8.0
+EXIT_CORE_FAILED = 70  # EX_SOFTWARE: the supervisor restarts the worker
+
+
+def exit_within(seconds: float, code: int, why: str) -> None:
+    """Make sure the process is gone ``seconds`` from now, whatever hangs."""
+    def expire():
+        log.error("%s: still running after %.0f s; exiting now", why, seconds)
+        logging.shutdown()
+        os._exit(code)
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
 
 
 def create_app(settings: Settings) -> faust.App:
@@ -65,14 +85,17 @@ def create_app(settings: Settings) -> faust.App:
             try:
                 processor.run()
             except BaseException:
+                # Only what a rebuild cannot mend gets here (a store that cannot
+                # be written: disk full). A supervisor restarts us; the store
+                # is caught up from the log.
                 log.exception("transactional core failed; stopping the worker")
-                # A supervisor (or the test) restarts us; state is rebuilt from the log.
+                exit_within(STOP_DEADLINE_S, EXIT_CORE_FAILED, "core failed")
                 loop.call_soon_threadsafe(lambda: asyncio.ensure_future(app.crash(
                     RuntimeError("ledger core failed"))))
 
         async def on_stop(self) -> None:
             processor.stop()
-            await asyncio.get_running_loop().run_in_executor(None, self._thread.join, 30)
+            await asyncio.get_running_loop().run_in_executor(None, self._thread.join, 5)
 
     app.service(CoreService)
 
@@ -80,7 +103,17 @@ def create_app(settings: Settings) -> faust.App:
     return app
 
 
+class LedgerWorker(faust.Worker):
+    """Faust's worker, with a deadline on stopping: SIGTERM or SIGINT ends the
+    process within STOP_DEADLINE_S even if a Kafka client hangs in close."""
+
+    def _schedule_shutdown(self, signum: signal.Signals) -> None:
+        if not self._signal_stop_time:
+            exit_within(STOP_DEADLINE_S, 128 + signum.value, f"stop on {signum.name}")
+        super()._schedule_shutdown(signum)
+
+
 def run_worker(settings: Settings, loglevel: str = "info") -> None:
     app = create_app(settings)
     # The web port and host are app settings (create_app); Worker takes neither.
-    faust.Worker(app, loglevel=loglevel).execute_from_commandline()
+    LedgerWorker(app, loglevel=loglevel).execute_from_commandline()

@@ -143,7 +143,7 @@ def cmd_events(args) -> int:
 
 
 def cmd_replay(args) -> int:
-    from ledger.requests import InvalidRequest, parse_instant
+    from streams.api.requests import InvalidRequest, parse_instant
     from streams import replay
 
     settings = _settings_with_local_broker(start=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 import urllib.error
@@ -16,10 +17,11 @@ from streams.topics import watermarks
 pytestmark = pytest.mark.kafka
 
 
-def call(worker, method: str, path: str, body=None, raw: bytes | None = None):
+def call(worker, method: str, path: str, body=None, raw: bytes | None = None,
+         content_type: str = "application/json"):
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
     request = urllib.request.Request(worker.url + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
+                                     headers={"Content-Type": content_type})
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, json.loads(response.read())
@@ -68,7 +70,7 @@ def test_commands_over_http_with_outcomes_and_idempotency(worker):
                                  "metadata": {"order": "17"}})
     assert (200, "applied") == (status, body["status"])
     for _ in range(100):
-        status, transfer = call(worker, "GET", "/v1/transfers/t-1")
+        status, transfer = call(worker, "GET", "/v1/transfers/t-1?account_id=a")
         if transfer.get("status") == "completed":
             break
         time.sleep(0.05)
@@ -79,10 +81,26 @@ def test_commands_over_http_with_outcomes_and_idempotency(worker):
     assert {"order": "17"} == transfer["events"][0]["metadata"]
     assert (200, 300) == pick(call(worker, "GET", "/v1/accounts/a"), "balance")
     assert (200, 200) == pick(call(worker, "GET", "/v1/accounts/b"), "balance")
-    status, outcome = call(worker, "GET", "/v1/commands/c-1")
+    status, outcome = call(worker, "GET", "/v1/commands/c-1?account_id=a")
     assert (200, "applied", 1) == (status, outcome["status"], len(outcome["events"]))
-    assert 404 == call(worker, "GET", "/v1/commands/never-sent")[0]
-    assert 404 == call(worker, "GET", "/v1/transfers/never-sent")[0]
+    assert "command_hash" not in outcome  # only for other workers
+    assert (404, "unknown_command") == pick(
+        call(worker, "GET", "/v1/commands/never-sent?account_id=a"), "error")
+    assert (404, "unknown_transfer") == pick(
+        call(worker, "GET", "/v1/transfers/never-sent?account_id=a"), "error")
+    # Ids are scoped per account: c-1 was sent to a, not to b; t-1 is from a, not b.
+    assert (404, "unknown_command") == pick(
+        call(worker, "GET", "/v1/commands/c-1?account_id=b"), "error")
+    assert (404, "unknown_transfer") == pick(
+        call(worker, "GET", "/v1/transfers/t-1?account_id=b"), "error")
+    # d-1 was rejected: an outcome, with no events.
+    status, rejected = call(worker, "GET", "/v1/commands/d-1?account_id=b")
+    assert (200, "rejected", "insufficient_funds", []) == (
+        status, rejected["status"], rejected["reason"], rejected["events"])
+    for path in ("/v1/commands/c-1", "/v1/transfers/t-1"):
+        status, answer = call(worker, "GET", path)
+        assert (400, "invalid_request", "account_id", "missing") == (
+            status, answer["error"], answer["field"], answer["reason"])
     # 202 without wait
     status, body = post(worker, {"command_id": "c-2", "type": "credit", "account_id": "a",
                                  "amount": 1, "currency": "EUR"}, wait=False)
@@ -142,6 +160,17 @@ def test_http_edge_errors(worker):
                                   "field")
     assert (400, "cursor") == pick(call(worker, "GET", "/v1/accounts/a/events?cursor=%%%"),
                                    "field")
+    status, answer = call(worker, "GET", "/v1/accounts/a?as_of=-62135596800001")
+    assert (400, "as_of", "out_of_range") == (status, answer["field"], answer["reason"])
+    status, answer = call(worker, "GET", "/v1/accounts/a%2Fb")
+    assert (400, "account_id", "malformed") == (status, answer["field"], answer["reason"])
+    # Not JSON: 415 before the body is read.
+    status, answer = call(worker, "POST", "/v1/commands", raw=b"{}", content_type="text/plain")
+    assert (415, "unsupported_media_type") == (status, answer["error"])
+    status, health = call(worker, "GET", "/v1/health")
+    assert (200, "ok", "consuming", True) == (
+        status, health["status"], health["reason"], health["caught_up"])
+    assert list(range(6)) == health["partitions"]
     status, doc = call(worker, "GET", "/v1/openapi.json")
     assert (200, "3.0.3") == (status, doc["openapi"])
 
@@ -179,3 +208,12 @@ def test_as_of_queries_and_event_pages(worker):
             break
     assert [40, 40, 40, 31] == [len(p) for p in pages]
     assert list(range(1, 152)) == [e["sequence"] for p in pages for e in p]
+    # Bounds: the largest version is a 404, a cursor's end is clamped to the last event.
+    assert (404, "unknown_version") == pick(
+        call(worker, "GET", f"/v1/accounts/h?version={2**63 - 1}"), "error")
+    forged = base64.urlsafe_b64encode(f"150:{2**63 - 1}".encode()).decode()
+    status, page = call(worker, "GET", f"/v1/accounts/h/events?cursor={forged}")
+    assert (200, [150, 151], None) == (
+        status, [e["sequence"] for e in page["events"]], page["next_cursor"])
+    status, page = call(worker, "GET", "/v1/accounts/h/events?from=0&to=253402300799999&limit=5")
+    assert (200, [1, 2, 3, 4, 5]) == (status, [e["sequence"] for e in page["events"]])

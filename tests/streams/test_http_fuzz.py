@@ -2,9 +2,11 @@
 nothing reaches Kafka for a request that was refused.
 
 Bodies come from hypothesis: arbitrary JSON, near-valid commands with one
-field replaced by an arbitrary value, and raw bytes. Every answer must be 202
-(published) or 400/413 (refused); afterwards the commands topic holds exactly
-the 202s, the dead-letter topic holds nothing, and the worker is healthy.
+field replaced by an arbitrary value, and raw bytes, mostly sent as
+application/json and sometimes as another content type or none. Every answer
+must be 202 (published) or 400/413/415 (refused; 415 exactly when the content
+type is not JSON); afterwards the commands topic holds exactly the 202s, the
+dead-letter topic holds nothing, and the worker is healthy.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import pytest
 from confluent_kafka import Consumer
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
+from streams.api.requests import is_json_media_type
 from streams.topics import watermarks
 
 pytestmark = pytest.mark.kafka
@@ -47,11 +50,20 @@ bodies = st.one_of(json_values.map(lambda v: json.dumps(v).encode()),
                    renamed.map(lambda v: json.dumps(v).encode()),
                    mutated.map(lambda v: json.dumps(v).encode()),
                    st.binary(max_size=200))
+content_types = st.one_of(
+    st.just("application/json"),
+    st.sampled_from(["application/json; charset=utf-8", "APPLICATION/JSON", None,
+                     "text/plain", "application/x-www-form-urlencoded",
+                     "multipart/form-data; boundary=x", "application/jsonl", "json", ""]))
 
 
-def post(worker, raw: bytes) -> int:
-    request = urllib.request.Request(worker.url + "/v1/commands", data=raw, method="POST",
-                                     headers={"Content-Type": "application/json"})
+def post(worker, raw: bytes, content_type: str | None = "application/json") -> int:
+    request = urllib.request.Request(worker.url + "/v1/commands", data=raw, method="POST")
+    if content_type is not None:
+        request.add_header("Content-Type", content_type)
+    else:
+        # urllib would add application/x-www-form-urlencoded on its own.
+        request.add_unredirected_header("Content-Type", "")
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status
@@ -67,11 +79,14 @@ def test_fuzzed_commands_never_500_and_refusals_publish_nothing(settings, worker
     @hsettings(max_examples=400, deadline=None,
                suppress_health_check=[HealthCheck.function_scoped_fixture,
                                       HealthCheck.too_slow])
-    @given(raw=bodies)
-    def fuzz(raw):
-        status = post(worker, raw)
+    @given(raw=bodies, content_type=content_types)
+    def fuzz(raw, content_type):
+        status = post(worker, raw, content_type)
         seen["statuses"].add(status)
-        assert status in (202, 400, 413), (status, raw)
+        if is_json_media_type(content_type):
+            assert status in (202, 400, 413), (status, raw)
+        else:
+            assert status == 415, (status, content_type, raw)
         seen["accepted"] += status == 202
 
     fuzz()
@@ -85,5 +100,5 @@ def test_fuzzed_commands_never_500_and_refusals_publish_nothing(settings, worker
     finally:
         probe.close()
     print(f"statuses seen: {sorted(seen['statuses'])}; accepted {seen['accepted']}")
-    assert {202, 400} <= seen["statuses"]
+    assert {202, 400, 415} <= seen["statuses"]
     assert (seen["accepted"], 0) == (published, parked)

@@ -1,10 +1,11 @@
-"""streams.openapi: the OpenAPI 3.0.3 document served at /v1/openapi.json.
+"""streams.api.openapi: the OpenAPI 3.0.3 document served at /v1/openapi.json.
 
 Checks that it is valid OpenAPI 3.0 (with openapi-spec-validator when it is
 installed, else a structural check), that money is integer/int64 everywhere,
-and that the request body schema agrees with ledger.requests: every command
-parse_command accepts validates against it, and the 400s a schema can express
-are refused by it too.
+and that the request body schema agrees with streams.api.requests: every
+command parse_command accepts validates against it, and the 400s a schema can
+express are refused by it too. (tests/streams/test_http_table.py validates live
+answers of two workers against the documented responses.)
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ledger import domain
-from ledger.requests import InvalidRequest, command_to_json, parse_command
-from streams.openapi import openapi_document
+from streams.api import requests as req
+from streams.api.openapi import openapi_document
+from streams.api.requests import InvalidRequest, command_to_json, parse_command
 
 try:
     from openapi_spec_validator import OpenAPIV30SpecValidator, validate as validate_spec
@@ -165,20 +167,55 @@ def test_query_parameters(doc):
     account = params("/v1/accounts/{account_id}", "get")
     assert {"account_id", "as_of", "version"} == set(account)
     assert account["version"]["schema"]["minimum"] == 1
+    assert [0, req.INSTANT_MS_MAX] == [
+        s.get("minimum") for s in account["as_of"]["schema"]["anyOf"] if "minimum" in s] + [
+        s.get("maximum") for s in account["as_of"]["schema"]["anyOf"] if "maximum" in s]
     events = params("/v1/accounts/{account_id}/events", "get")
     assert {"account_id", "from", "to", "limit", "cursor"} == set(events)
     assert (events["limit"]["schema"]["minimum"], events["limit"]["schema"]["maximum"]) == (1, 1000)
+    # Lookups by command or transfer id name the account: required.
+    for path in ("/v1/commands/{command_id}", "/v1/transfers/{transfer_id}"):
+        lookup = params(path, "get")
+        assert lookup["account_id"]["in"] == "query" and lookup["account_id"]["required"]
+    for name, parameters in (("account", account), ("events", events)):
+        assert parameters["account_id"]["required"], name
+
+
+def test_limits_agree_with_the_views():
+    """The document repeats a few numbers of the views (which import Faust)."""
+    from streams.api import accounts, commands, openapi
+
+    assert (openapi.EVENTS_LIMIT_DEFAULT, openapi.EVENTS_LIMIT_MAX) == (
+        accounts.EVENTS_LIMIT_DEFAULT, accounts.EVENTS_LIMIT_MAX)
+    assert (openapi.WAIT_TIMEOUT_MS_DEFAULT, openapi.WAIT_TIMEOUT_MS_MAX) == (
+        commands.WAIT_TIMEOUT_MS_DEFAULT, commands.WAIT_TIMEOUT_MS_MAX)
+
+
+def test_account_id_pattern_is_the_servers_rule():
+    import re
+
+    pattern = re.compile(openapi_document()["components"]["schemas"]["Account"]
+                         ["properties"]["account_id"]["pattern"])
+    for value in ("a", "...", "a.b", ".", "..", "a/b", "a b", "", "x" * 64):
+        assert bool(pattern.search(value)) == req.valid_account_id(value) or len(value) > 64, \
+            value
 
 
 def test_responses(doc):
     def codes(path, method):
         return set(doc["paths"][path][method]["responses"])
 
-    assert {"200", "202", "400", "413", "503", "504"} <= codes("/v1/commands", "post")
-    assert {"200", "404"} <= codes("/v1/commands/{command_id}", "get")
-    assert {"200", "404"} <= codes("/v1/transfers/{transfer_id}", "get")
-    assert {"200", "400", "404", "503"} <= codes("/v1/accounts/{account_id}", "get")
-    assert {"200", "404"} <= codes("/v1/accounts/{account_id}/events", "get")
+    assert {"200", "202", "400", "413", "415", "503", "504"} <= codes("/v1/commands", "post")
+    for path in ("/v1/commands/{command_id}", "/v1/transfers/{transfer_id}",
+                 "/v1/accounts/{account_id}", "/v1/accounts/{account_id}/events"):
+        assert {"200", "400", "404", "503"} <= codes(path, "get"), path
+        unavailable = doc["paths"][path]["get"]["responses"]["503"]
+        assert "Retry-After" in unavailable["headers"], path
+    assert {"200", "503"} <= codes("/v1/health", "get")
+    health = doc["components"]["schemas"]["Health"]
+    assert {"status", "worker_id", "partitions", "reason", "caught_up"} == set(
+        health["required"])
+    assert ["ok", "unavailable"] == health["properties"]["status"]["enum"]
     metrics = doc["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
     assert set(metrics) == {"text/plain"}
     invalid = doc["components"]["schemas"]["InvalidRequest"]
@@ -202,7 +239,8 @@ def command_validator(doc):
 
 
 MAX = 2**63 - 1
-account_ids = st.from_regex(r"[A-Za-z0-9._:@-]{1,64}", fullmatch=True)
+account_ids = st.from_regex(r"[A-Za-z0-9._:@-]{1,64}", fullmatch=True).filter(
+    lambda a: a not in (".", ".."))  # dot segments are not account ids
 command_ids = st.from_regex(r"[A-Za-z0-9._:@-]{1,128}", fullmatch=True)
 currencies = st.from_regex(r"[A-Z]{3}", fullmatch=True)
 amounts = st.integers(1, MAX)
@@ -246,6 +284,8 @@ BASE = {"command_id": "c", "type": "transfer", "from_account_id": "a", "to_accou
     {"from_account_id": ""},
     {"from_account_id": "a" * 65},
     {"from_account_id": "a/b"},
+    {"from_account_id": ".."},
+    {"to_account_id": "."},
     {"command_id": "c" * 129},
     {"command_id": "a b"},
     {"type": "withdraw"},

@@ -181,6 +181,7 @@ def test_transfers_survive_kills_and_rebalance(settings, workers, paced_sender):
         status, body = live["w1"].get(f"/v1/accounts/{account_id}")
         assert (200, balances[account_id]) == (status, body["balance"]), account_id
     for tid in rng.sample(sorted(expected), 20):
-        status, body = live["w2"].get(f"/v1/transfers/{tid}")
+        source = expected[tid][0].from_account_id
+        status, body = live["w2"].get(f"/v1/transfers/{tid}?account_id={source}")
         assert (200,) + expected[tid][1] == (status, body["status"], body["reason"]), tid
     print(f"transfer crash test wall time {time.monotonic() - started:.1f}s")

@@ -1,9 +1,12 @@
-"""The JSON body of ``POST /v1/commands``, validated into a domain command.
+"""What a client sends over HTTP, validated: command bodies, path ids, query parameters.
 
-Pure (stdlib only): no web framework, no Kafka. The HTTP view reads the body,
-calls :func:`parse_command_json` (or ``json.loads`` itself and then
-:func:`parse_command`), and answers 400 with ``InvalidRequest.to_json()`` when
-it raises.
+An HTTP adapter, not domain code (it lives beside the views, not in
+``ledger/``), but pure all the same: stdlib and ``ledger.domain`` only, no web
+framework, no Kafka. The views call :func:`parse_command_json` on a body and
+the ``parse_*`` functions on path ids and query parameters, and answer 400
+with ``InvalidRequest.to_json()`` when one raises. Every parser bounds what it
+returns, so nothing downstream (a store seek, a date format) can fail on a
+value that passed here.
 
 Wire form of each command (``command_to_json`` writes exactly this; money is
 an integer count of minor units, never a float)::
@@ -36,7 +39,8 @@ always gets the same answer):
    ``overdraft_limit``, ``metadata`` (each type takes a subsequence, see
    :data:`TYPE_FIELDS`).
 
-   - ids: missing, wrong_type, empty, too_long, malformed
+   - ids: missing, wrong_type, empty, too_long, malformed (an account id may
+     not be ``.`` or ``..`` either: it is a URL path segment)
    - ``amount``: missing, wrong_type (bool, string, null, ...),
      not_an_integer (any float, even ``1.0`` or ``1e3``), must_be_positive,
      too_large (> 2**63-1)
@@ -53,6 +57,7 @@ always gets the same answer):
 
 from __future__ import annotations
 
+import base64
 import json
 import numbers
 import re
@@ -80,6 +85,18 @@ __all__ = [
     "METADATA_VALUE_LENGTH_MAX",
     "REQUEST_BODY_BYTES_MAX",
     "REASONS",
+    "INSTANT_MS_MIN",
+    "INSTANT_MS_MAX",
+    "SEQUENCE_MAX",
+    "parse_instant",
+    "parse_positive_int",
+    "parse_account_id",
+    "parse_command_id",
+    "parse_cursor",
+    "encode_cursor",
+    "parse_flag",
+    "is_json_media_type",
+    "valid_account_id",
 ]
 
 METADATA_ENTRIES_MAX = 16
@@ -92,6 +109,14 @@ REQUEST_BODY_BYTES_MAX = 64 * 1024
 # The same character rules as the domain (one definition, no drift).
 _ID_RE: re.Pattern = domain._ID_RE
 _CURRENCY_RE: re.Pattern = domain._CURRENCY_RE
+# Path segments a URL resolver would remove ("/a/./b" is "/a/b"). An account
+# id is a path segment of every account route, so these two are refused.
+_DOT_SEGMENTS = frozenset((".", ".."))
+
+
+def valid_account_id(value: object) -> bool:
+    """The domain's account id rule, minus the dot segments ``.`` and ``..``."""
+    return domain.valid_account_id(value) and value not in _DOT_SEGMENTS
 
 COMMAND_TYPE_NAMES = ("open_account", "credit", "debit", "transfer", "close_account")
 
@@ -139,6 +164,7 @@ REASONS = (
     "empty_key",
     "key_too_long",
     "duplicate_field",
+    "out_of_range",
 )
 
 _TOP_FIELDS = frozenset(("command_id", "type", *FIELD_ORDER))
@@ -185,7 +211,7 @@ def parse_command(body: object) -> Command:
         raise InvalidRequest("body", "wrong_type",
                              f"the body must be a JSON object, not {_json_type(body)}")
 
-    command_id = _id_field(body, "command_id", COMMAND_ID_LENGTH_MAX)
+    command_id = _id_field(body, "command_id", account=False)
 
     if "type" not in body:
         raise InvalidRequest("type", "missing", "type is required")
@@ -209,7 +235,7 @@ def parse_command(body: object) -> Command:
                              f"unknown field {_show(key)}")
 
     if type_name == "open_account":
-        account_id = _id_field(body, "account_id", ACCOUNT_ID_LENGTH_MAX)
+        account_id = _id_field(body, "account_id", account=True)
         currency = _currency_field(body)
         limit = 0
         if "overdraft_limit" in body:
@@ -217,15 +243,15 @@ def parse_command(body: object) -> Command:
         return domain.OpenAccount(command_id, account_id, currency, limit)
 
     if type_name in ("credit", "debit"):
-        account_id = _id_field(body, "account_id", ACCOUNT_ID_LENGTH_MAX)
+        account_id = _id_field(body, "account_id", account=True)
         amount = _integer_field(body, "amount", minimum=1)
         currency = _currency_field(body)
         cls = domain.Credit if type_name == "credit" else domain.Debit
         return cls(command_id, account_id, amount, currency)
 
     if type_name == "transfer":
-        from_id = _id_field(body, "from_account_id", ACCOUNT_ID_LENGTH_MAX)
-        to_id = _id_field(body, "to_account_id", ACCOUNT_ID_LENGTH_MAX)
+        from_id = _id_field(body, "from_account_id", account=True)
+        to_id = _id_field(body, "to_account_id", account=True)
         amount = _integer_field(body, "amount", minimum=1)
         currency = _currency_field(body)
         metadata: tuple[tuple[str, str], ...] = ()
@@ -234,7 +260,7 @@ def parse_command(body: object) -> Command:
         return domain.Transfer(command_id, from_id, to_id, amount, currency, metadata)
 
     # close_account
-    account_id = _id_field(body, "account_id", ACCOUNT_ID_LENGTH_MAX)
+    account_id = _id_field(body, "account_id", account=True)
     return domain.CloseAccount(command_id, account_id)
 
 
@@ -309,10 +335,16 @@ def command_to_json(command: Command) -> dict:
 # --------------------------------------------------------------------------
 
 
-def _id_field(body: dict, name: str, length_max: int) -> str:
+def _id_field(body: dict, name: str, *, account: bool) -> str:
     if name not in body:
         raise InvalidRequest(name, "missing", f"{name} is required")
-    value = body[name]
+    return _check_id(name, body[name], account=account)
+
+
+def _check_id(name: str, value: object, *, account: bool) -> str:
+    """An id (account or command) by the domain's rule; one check for bodies,
+    paths and query parameters, so every place refuses the same ids."""
+    length_max = ACCOUNT_ID_LENGTH_MAX if account else COMMAND_ID_LENGTH_MAX
     if not isinstance(value, str):
         raise InvalidRequest(name, "wrong_type",
                              f"{name} must be a string, not {_json_type(value)}")
@@ -324,6 +356,8 @@ def _id_field(body: dict, name: str, length_max: int) -> str:
     if _ID_RE.fullmatch(value) is None:
         raise InvalidRequest(name, "malformed",
                              f"{name} {_show(value)} may only contain A-Z a-z 0-9 . _ : @ -")
+    if account and not valid_account_id(value):
+        raise InvalidRequest(name, "malformed", f"{name} {_show(value)} is not an account id")
     return value
 
 
@@ -468,8 +502,15 @@ def _no_duplicates(pairs: list[tuple[str, object]]) -> dict:
 
 
 # --------------------------------------------------------------------------
-# Query parameters
+# Path ids and query parameters
 # --------------------------------------------------------------------------
+
+# Instants a query may name: 1970-01-01T00:00:00.000Z to 9999-12-31T23:59:59.999Z
+# (what RFC 3339 can write and the event log can have recorded).
+INSTANT_MS_MIN = 0
+INSTANT_MS_MAX = 253_402_300_799_999
+# Event sequences are Avro longs.
+SEQUENCE_MAX = 2**63 - 1
 
 _EPOCH_MS_RE = re.compile(r"-?[0-9]{1,16}")
 # RFC 3339 date-time: a date, 'T' (or 't' / ' '), a time with optional
@@ -479,6 +520,23 @@ _EPOCH_MS_RE = re.compile(r"-?[0-9]{1,16}")
 _RFC3339_RE = re.compile(
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?"
     r"([Zz]|[+-][0-9]{2}:[0-9]{2})")
+_DECIMAL_RE = re.compile(r"[0-9]{1,19}")
+_CURSOR_TEXT_RE = re.compile(r"[A-Za-z0-9_-]{1,64}={0,2}")
+_CURSOR_RE = re.compile(r"([0-9]{1,19}):([0-9]{1,19})")
+
+
+def parse_account_id(field: str, value: object) -> str:
+    """An account id from a URL path or query (already percent-decoded)."""
+    if value is None:
+        raise InvalidRequest(field, "missing", f"{field} is required")
+    return _check_id(field, value, account=True)
+
+
+def parse_command_id(field: str, value: object) -> str:
+    """A command (or transfer) id from a URL path or query (percent-decoded)."""
+    if value is None:
+        raise InvalidRequest(field, "missing", f"{field} is required")
+    return _check_id(field, value, account=False)
 
 
 def parse_instant(field: str, text: str) -> int:
@@ -486,14 +544,16 @@ def parse_instant(field: str, text: str) -> int:
 
     ``2026-11-26T10:00:00Z``, ``2026-11-26T11:00:00.250+01:00`` and
     ``1795687200000`` are accepted. Fractions below a millisecond are cut
-    (floor), so an instant names the millisecond it falls in.
+    (floor), so an instant names the millisecond it falls in. The result lies
+    in [INSTANT_MS_MIN, INSTANT_MS_MAX] (years 1970 to 9999), else
+    ``out_of_range``.
     """
     from datetime import datetime, timezone
 
     if not isinstance(text, str) or len(text) > 64:
         raise InvalidRequest(field, "malformed", f"{field} must be RFC 3339 or epoch ms")
     if _EPOCH_MS_RE.fullmatch(text):
-        return int(text)
+        return _in_range(field, int(text))
     if not _RFC3339_RE.fullmatch(text):
         raise InvalidRequest(field, "malformed",
                              f"{field} must be RFC 3339 (2026-11-26T10:00:00Z) or epoch ms")
@@ -510,11 +570,20 @@ def parse_instant(field: str, text: str) -> int:
         raise InvalidRequest(field, "malformed", f"{field} is not a valid date-time") from None
     delta = moment - datetime(1970, 1, 1, tzinfo=timezone.utc)
     ms = (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
-    return ms + int((fraction + "000")[:3]) if fraction else ms
+    return _in_range(field, ms + int((fraction + "000")[:3]) if fraction else ms)
+
+
+def _in_range(field: str, ms: int) -> int:
+    if not INSTANT_MS_MIN <= ms <= INSTANT_MS_MAX:
+        raise InvalidRequest(field, "out_of_range",
+                             f"{field} must lie between 1970-01-01T00:00:00Z and "
+                             "9999-12-31T23:59:59.999Z")
+    return ms
 
 
 def parse_positive_int(field: str, text: str, maximum: int = domain.AMOUNT_MAX_MINOR) -> int:
-    if not isinstance(text, str) or not re.fullmatch(r"[0-9]{1,19}", text):
+    """A decimal integer in [1, maximum] (maximum at most 2^63-1)."""
+    if not isinstance(text, str) or not _DECIMAL_RE.fullmatch(text):
         raise InvalidRequest(field, "not_an_integer", f"{field} must be a positive integer")
     value = int(text)
     if value < 1:
@@ -522,3 +591,48 @@ def parse_positive_int(field: str, text: str, maximum: int = domain.AMOUNT_MAX_M
     if value > maximum:
         raise InvalidRequest(field, "too_large", f"{field} must be <= {maximum}")
     return value
+
+
+def parse_flag(field: str, text: str | None) -> bool:
+    """``0`` or ``1`` (absent is 0)."""
+    if text is None or text == "0":
+        return False
+    if text == "1":
+        return True
+    raise InvalidRequest(field, "malformed", f"{field} must be 0 or 1")
+
+
+def encode_cursor(first: int, last: int) -> str:
+    """The opaque ``next_cursor``: the next page runs from ``first`` up to ``last``."""
+    return base64.urlsafe_b64encode(f"{first}:{last}".encode()).decode()
+
+
+def parse_cursor(field: str, text: str) -> tuple[int, int]:
+    """(first, last) from a cursor :func:`encode_cursor` made.
+
+    Both are sequences in [1, SEQUENCE_MAX] and ``first <= last + 1``;
+    anything else is ``malformed``.
+    """
+    malformed = InvalidRequest(field, "malformed", f"{field} is not one we gave")
+    if not isinstance(text, str) or not _CURSOR_TEXT_RE.fullmatch(text):
+        raise malformed
+    try:
+        decoded = base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_",
+                                   validate=True).decode("ascii")
+    except (ValueError, UnicodeError):  # binascii.Error is a ValueError
+        raise malformed from None
+    match = _CURSOR_RE.fullmatch(decoded)
+    if match is None:
+        raise malformed
+    first, last = int(match[1]), int(match[2])
+    if not (1 <= first <= SEQUENCE_MAX and 1 <= last <= SEQUENCE_MAX and first <= last + 1):
+        raise malformed
+    return first, last
+
+
+def is_json_media_type(content_type: str | None) -> bool:
+    """True for ``application/json``, with or without parameters (``; charset=utf-8``)."""
+    if not content_type:
+        return False
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    return media_type == "application/json"

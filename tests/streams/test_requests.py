@@ -1,4 +1,5 @@
-"""ledger.requests: the JSON body of POST /v1/commands into a domain command.
+"""streams.api.requests: the JSON body of POST /v1/commands into a domain command,
+and the path ids and query parameters of every route.
 
 Table-driven 400 cases (field and reason asserted), the happy path of each
 type, the order in which problems are reported, strict JSON decoding, and
@@ -18,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ledger import domain
-from ledger.requests import (
+from streams.api.requests import (
     FIELD_ORDER,
     REASONS,
     REQUIRED_FIELDS,
@@ -188,6 +189,10 @@ CASES = [
     ("account_id newline", body(CREDIT, account_id="alice\n"), "account_id", "malformed"),
     ("account_id unicode", body(CREDIT, account_id="ålice"), "account_id", "malformed"),
     ("account_id percent", body(CREDIT, account_id="a%2Fb"), "account_id", "malformed"),
+    ("account_id dot", body(OPEN, account_id="."), "account_id", "malformed"),
+    ("account_id dot dot", body(CREDIT, account_id=".."), "account_id", "malformed"),
+    ("to_account_id dot dot", body(TRANSFER, to_account_id=".."), "to_account_id",
+     "malformed"),
     ("from_account_id missing", body(TRANSFER, from_account_id=DELETE),
      "from_account_id", "missing"),
     ("from_account_id malformed", body(TRANSFER, from_account_id="a b"),
@@ -302,7 +307,8 @@ def test_case_names_are_unique():
 
 
 def test_every_reason_is_exercised():
-    used = {c[3] for c in CASES} | {"duplicate_field"}  # the last comes from decoding
+    # duplicate_field comes from decoding, out_of_range from query parameters only.
+    used = {c[3] for c in CASES} | {"duplicate_field", "out_of_range"}
     assert used == set(REASONS)
 
 
@@ -409,7 +415,8 @@ def test_command_to_json_refuses_internal_legs():
 # Hypothesis
 # --------------------------------------------------------------------------
 
-account_ids = st.from_regex(r"[A-Za-z0-9._:@-]{1,64}", fullmatch=True)
+account_ids = st.from_regex(r"[A-Za-z0-9._:@-]{1,64}", fullmatch=True).filter(
+    lambda a: a not in (".", ".."))  # dot segments are not account ids
 command_ids = st.from_regex(r"[A-Za-z0-9._:@-]{1,128}", fullmatch=True)
 currencies = st.from_regex(r"[A-Z]{3}", fullmatch=True)
 amounts = st.integers(1, MAX) | st.sampled_from([1, MAX])
@@ -514,14 +521,167 @@ def test_fuzz_raw_bytes(raw):
 
 
 def test_requests_module_imports_only_stdlib_and_domain():
+    """An HTTP adapter, but pure: importing it loads no web framework, Kafka or store."""
     script = (
-        "import sys, json; import ledger.requests; "
-        "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))"
+        "import sys, json; import streams.api.requests; "
+        "print(json.dumps(sorted(m for m in sys.modules if '.' not in m "
+        "or m.startswith(('streams.', 'ledger.')))))"
     )
     proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     loaded = set(json.loads(proc.stdout.strip().splitlines()[-1]))
     third_party = {"faust", "mode", "aiohttp", "confluent_kafka", "aiokafka", "rocksdict",
-                   "fastavro", "prometheus_client", "streams", "schemas"}
+                   "fastavro", "prometheus_client", "schemas", "yarl"}
     assert loaded & third_party == set()
+    # Of this project: the domain, and the module itself with its packages.
+    ours = {m for m in loaded if m.split(".")[0] in ("streams", "ledger")}
+    assert ours == {"streams", "streams.api", "streams.api.requests", "ledger",
+                    "ledger.domain"}
+
+
+# --------------------------------------------------------------------------
+# Path ids and query parameters: bounded, never anything but InvalidRequest
+# --------------------------------------------------------------------------
+
+from streams.api import requests as req  # noqa: E402
+
+
+def refused(parse, *args) -> tuple[str, str]:
+    with pytest.raises(InvalidRequest) as caught:
+        parse(*args)
+    return caught.value.field, caught.value.reason
+
+
+@pytest.mark.parametrize("text, ms", [
+    ("0", 0),
+    ("1795687200000", 1_795_687_200_000),
+    ("253402300799999", 253_402_300_799_999),
+    ("1970-01-01T00:00:00Z", 0),
+    ("2026-11-26T10:00:00Z", 1_795_687_200_000),
+    ("2026-11-26T11:00:00.2509+01:00", 1_795_687_200_250),
+    ("9999-12-31T23:59:59.999999Z", 253_402_300_799_999),
+    ("1970-01-01t01:00:00+01:00", 0),
+])
+def test_instants_in_range(text, ms):
+    assert ms == req.parse_instant("as_of", text)
+
+
+@pytest.mark.parametrize("text, reason", [
+    ("-1", "out_of_range"),
+    ("-62135596800001", "out_of_range"),          # before year 1: once a 500
+    ("253402300800000", "out_of_range"),          # year 10000
+    ("9999999999999999", "out_of_range"),
+    ("1969-12-31T23:59:59.999Z", "out_of_range"),
+    ("0001-01-01T00:00:00Z", "out_of_range"),
+    ("9999-12-31T23:59:59-01:00", "out_of_range"),  # year 10000 in UTC
+    ("0000-01-01T00:00:00Z", "malformed"),
+    ("99999999999999999", "malformed"),           # 17 digits
+    ("2026-02-30T00:00:00Z", "malformed"),
+    ("2026-11-26T10:00:00", "malformed"),         # no zone
+    ("yesterday", "malformed"),
+    ("", "malformed"),
+    ("1" * 65, "malformed"),
+])
+def test_instants_out_of_range_or_malformed(text, reason):
+    assert ("as_of", reason) == refused(req.parse_instant, "as_of", text)
+
+
+def b64(text: str) -> str:
+    import base64
+
+    return base64.urlsafe_b64encode(text.encode()).decode()
+
+
+@pytest.mark.parametrize("first, last", [(1, 1), (2, 1), (41, 151), (1, 2**63 - 1),
+                                         (2**63 - 1, 2**63 - 1)])
+def test_cursors_round_trip(first, last):
+    cursor = req.encode_cursor(first, last)
+    assert (first, last) == req.parse_cursor("cursor", cursor)
+    assert (first, last) == req.parse_cursor("cursor", cursor.rstrip("="))
+
+
+@pytest.mark.parametrize("text", [
+    b64("-1:3"), b64("1:99999999999999999999999"), b64(f"1:{2**63}"), b64(f"{2**64}:1"),
+    b64("0:5"), b64("3:1"), b64("1:0"), b64("1:2:3"), b64(" 1:2"), b64("+1:2"), b64("1_0:20"),
+    b64("1:２"), b64("a:b"), b64(""), "%%%", "", "MTo", "MTox=a", "M" * 200, "MTox===",
+    "MT!x", "\u00e9",
+])
+def test_cursors_we_did_not_give_are_malformed(text):
+    assert ("cursor", "malformed") == refused(req.parse_cursor, "cursor", text)
+
+
+@pytest.mark.parametrize("value, reason", [
+    (None, "missing"), ("", "empty"), ("a" * 65, "too_long"), ("a/b", "malformed"),
+    ("../../v1/health", "malformed"), ("..", "malformed"), (".", "malformed"),
+    ("a b", "malformed"), ("a%2Fb", "malformed"), ("%ff", "malformed"), ("a\x00", "malformed"),
+    ("ålice", "malformed"),
+])
+def test_path_account_ids(value, reason):
+    assert ("account_id", reason) == refused(req.parse_account_id, "account_id", value)
+
+
+def test_path_ids_follow_the_domain_rule():
+    assert "a.b:c@d-e_f" == req.parse_account_id("account_id", "a.b:c@d-e_f")
+    assert "..." == req.parse_account_id("account_id", "...")
+    assert "x" * 64 == req.parse_account_id("account_id", "x" * 64)
+    # Command ids: the domain's rule as it is (dots are fine, 128 long).
+    assert ".." == req.parse_command_id("command_id", "..")
+    assert "c" * 128 == req.parse_command_id("command_id", "c" * 128)
+    assert ("command_id", "too_long") == refused(req.parse_command_id, "command_id", "c" * 129)
+    assert ("transfer_id", "malformed") == refused(req.parse_command_id, "transfer_id", "t#1")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=80))
+def test_path_ids_agree_with_the_domain(value):
+    try:
+        req.parse_account_id("account_id", value)
+        assert domain.valid_account_id(value) and value not in (".", "..")
+    except InvalidRequest:
+        assert not domain.valid_account_id(value) or value in (".", "..")
+    try:
+        req.parse_command_id("command_id", value)
+        assert domain.valid_command_id(value)
+    except InvalidRequest:
+        assert not domain.valid_command_id(value)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=80))
+def test_query_parsers_raise_only_invalid_request(text):
+    for parse in (lambda: req.parse_instant("as_of", text),
+                  lambda: req.parse_cursor("cursor", text),
+                  lambda: req.parse_positive_int("limit", text, 1000),
+                  lambda: req.parse_flag("wait", text)):
+        try:
+            parse()
+        except InvalidRequest as error:
+            assert error.reason in REASONS
+
+
+@pytest.mark.parametrize("header, ok", [
+    ("application/json", True), ("application/json; charset=utf-8", True),
+    ("Application/JSON;charset=UTF-8", True), (" application/json ", True),
+    (None, False), ("", False), ("text/plain", False),
+    ("application/x-www-form-urlencoded", False), ("multipart/form-data; boundary=x", False),
+    ("application/json-patch+json", False), ("application/jsonx", False),
+])
+def test_json_media_type(header, ok):
+    assert ok == req.is_json_media_type(header)
+
+
+def test_positive_ints_and_flags():
+    assert 1000 == req.parse_positive_int("limit", "1000", 1000)
+    assert ("limit", "too_large") == refused(req.parse_positive_int, "limit", "1001", 1000)
+    assert ("version", "too_large") == refused(req.parse_positive_int, "version",
+                                               str(2**63))
+    assert ("version", "not_an_integer") == refused(req.parse_positive_int, "version",
+                                                    "9" * 20)
+    assert ("version", "must_be_positive") == refused(req.parse_positive_int, "version", "0")
+    for text in ("-1", "+1", "1.0", " 1", "1_0", "١"):
+        assert ("version", "not_an_integer") == refused(req.parse_positive_int, "version",
+                                                        text)
+    assert (False, False, True) == (req.parse_flag("wait", None), req.parse_flag("wait", "0"),
+                                    req.parse_flag("wait", "1"))
+    assert ("wait", "malformed") == refused(req.parse_flag, "wait", "yes")

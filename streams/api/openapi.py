@@ -1,7 +1,7 @@
 """The OpenAPI 3.0.3 description of a worker's HTTP API (served at /v1/openapi.json).
 
 :func:`openapi_document` builds it from the same limits that
-:mod:`ledger.requests` enforces, so a generator (schemathesis) working from
+:mod:`streams.api.requests` enforces, so a generator (schemathesis) working from
 the request body schema produces bodies ``parse_command`` accepts, and the
 documented 400s when it strays (metadata key lengths cannot be expressed in
 OpenAPI 3.0 and are checked only by the server).
@@ -17,12 +17,14 @@ from __future__ import annotations
 import copy
 
 from ledger import domain
-from ledger import requests as req
+from streams.api import requests as req
 
 OPENAPI_VERSION = "3.0.3"
 API_VERSION = "1.0.0"
 
 # POST /v1/commands?wait=1&timeout_ms=...: how long the view may wait for the outcome.
+# (The same numbers as streams.api.commands and streams.api.accounts, which
+# import the web framework; tests/streams/test_openapi.py checks they agree.)
 WAIT_TIMEOUT_MS_DEFAULT = 5_000
 WAIT_TIMEOUT_MS_MAX = 60_000
 # GET /v1/accounts/{account_id}/events?limit=...
@@ -33,6 +35,8 @@ INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
 
 ID_PATTERN = "^[A-Za-z0-9._:@-]+$"
+# An account id is also a URL path segment: "." and ".." are not ids.
+ACCOUNT_ID_PATTERN = "^(?!\\.\\.?$)[A-Za-z0-9._:@-]+$"
 CURRENCY_PATTERN = "^[A-Z]{3}$"
 
 EVENT_TYPE_NAMES = tuple(domain.EVENT_TYPES)
@@ -48,7 +52,7 @@ def _account_id(description: str = "Account id.") -> dict:
         "type": "string",
         "minLength": 1,
         "maxLength": domain.ACCOUNT_ID_LENGTH_MAX,
-        "pattern": ID_PATTERN,
+        "pattern": ACCOUNT_ID_PATTERN,
         "description": description,
         "example": "alice",
     }
@@ -143,7 +147,7 @@ _FIELD_SCHEMAS = {
 
 
 def _command_schema(type_name: str) -> dict:
-    """One command type's body, built from ledger.requests.TYPE_FIELDS."""
+    """One command type's body, built from streams.api.requests.TYPE_FIELDS."""
     fields = req.TYPE_FIELDS[type_name]
     properties = {"command_id": _command_id(), "type": _type_const(type_name)}
     for name in fields:
@@ -239,11 +243,14 @@ def _schemas() -> dict:
             "reason": {"type": "string", "nullable": True,
                        "description": "Why it failed; null unless failed."},
             "from_account_id": _account_id(),
-            "to_account_id": _account_id(),
+            "to_account_id": {**_account_id(), "nullable": True,
+                              "description": "Null only for a transfer refused before "
+                                             "it was decoded."},
             "amount": {"type": "integer", "format": "int64", "minimum": 1,
-                       "maximum": INT64_MAX},
-            "currency": _currency(),
-            "events": {"type": "array", "items": _ref("Event")},
+                       "maximum": INT64_MAX, "nullable": True},
+            "currency": {**_currency(), "nullable": True},
+            "events": {"type": "array", "items": _ref("Event"),
+                       "description": "Its events at the source account."},
         },
     }
     schemas["Account"] = {
@@ -279,11 +286,18 @@ def _schemas() -> dict:
     }
     schemas["Health"] = {
         "type": "object",
-        "required": ["worker_id", "partitions", "caught_up"],
+        "required": ["status", "worker_id", "partitions", "reason", "caught_up"],
         "properties": {
+            "status": {"type": "string", "enum": ["ok", "unavailable"]},
             "worker_id": {"type": "string"},
-            "partitions": {"type": "array", "items": {"type": "integer", "minimum": 0}},
-            "caught_up": {"type": "boolean"},
+            "partitions": {"type": "array", "items": {"type": "integer", "minimum": 0},
+                           "description": "Partitions this worker owns and serves."},
+            "reason": {"type": "string",
+                       "description": "consuming when ok; else why not, e.g. starting, "
+                                      "catching_up, fenced_rebuilding, broker_unreachable, "
+                                      "store_failed, stopping."},
+            "caught_up": {"type": "boolean",
+                          "description": "Same as status == ok (kept for older clients)."},
         },
     }
     schemas["InvalidRequest"] = {
@@ -304,10 +318,16 @@ def _schemas() -> dict:
         "required": ["error"],
         "properties": {
             "error": {"type": "string",
-                      "description": "unknown_account, unknown_command, unknown_transfer, "
-                                     "partition_not_owned, kafka_unavailable, "
-                                     "outcome_timeout, body_too_large, ..."},
+                      "description": "unknown_account, unknown_version, unknown_command, "
+                                     "unknown_transfer, body_too_large, "
+                                     "unsupported_media_type, partition_unavailable, "
+                                     "kafka_unavailable, outcome_timeout."},
             "detail": {"type": "string"},
+            "partition": {"type": "integer", "minimum": 0,
+                          "description": "partition_unavailable: the partition with no "
+                                         "reachable owner."},
+            "command_id": {"type": "string",
+                           "description": "kafka_unavailable, outcome_timeout: the command."},
         },
         "additionalProperties": True,
     }
@@ -332,12 +352,30 @@ def _path_param(name: str, schema: dict, description: str) -> dict:
             "description": description}
 
 
-def _query_param(name: str, schema: dict, description: str) -> dict:
-    return {"name": name, "in": "query", "required": False, "schema": schema,
+def _query_param(name: str, schema: dict, description: str, required: bool = False) -> dict:
+    return {"name": name, "in": "query", "required": required, "schema": schema,
             "description": description}
 
 
-_NOT_OWNED = "Another worker owns the partition of this id (error partition_not_owned)."
+def _unavailable() -> dict:
+    response = _error("No worker can answer for the partition of this account right now "
+                      "(error partition_unavailable, with partition): its owner is "
+                      "unknown, unreachable or still catching up. Retry.")
+    response["headers"] = {"Retry-After": {"schema": {"type": "integer", "minimum": 1},
+                                           "description": "Seconds to wait: 1."}}
+    return response
+
+
+def _as_of_param(description: str) -> dict:
+    return _query_param("as_of", {"anyOf": [
+        {"type": "string", "format": "date-time"},
+        {"type": "integer", "format": "int64", "minimum": req.INSTANT_MS_MIN,
+         "maximum": req.INSTANT_MS_MAX},
+    ]}, description)
+
+
+_INSTANT_RANGE = ("RFC 3339 (2026-11-26T10:00:00Z) or epoch ms, from 1970-01-01 to "
+                  "9999-12-31 (else 400 out_of_range)")
 
 
 def _paths() -> dict:
@@ -373,25 +411,35 @@ def _paths() -> dict:
                         "content": {"application/json": {"schema": _ref("Error")},
                                     "text/plain": {"schema": {"type": "string"}}},
                     },
-                    "503": _error("Kafka did not accept the command (error kafka_unavailable); "
-                                  "it was not sent. Safe to retry with the same command_id."),
+                    "415": _error("The Content-Type is not application/json (error "
+                                  "unsupported_media_type). Nothing was published."),
+                    "503": _error("Kafka did not confirm the command (error "
+                                  "kafka_unavailable, with command_id). It may have been "
+                                  "published: retry with the same command_id."),
                     "504": _error("wait=1 and no outcome within timeout_ms (error "
                                   "outcome_timeout, with command_id). The command was "
                                   "sent and may still be applied; ask GET "
-                                  "/v1/commands/{command_id}."),
+                                  "/v1/commands/{command_id}?account_id=..."),
                 },
             }
         },
         "/v1/commands/{command_id}": {
             "get": {
                 "operationId": "getCommandOutcome",
-                "summary": "The outcome of a command.",
-                "parameters": [_path_param("command_id", _command_id(), "Command id.")],
+                "summary": "The outcome of a command sent to an account.",
+                "parameters": [
+                    _path_param("command_id", _command_id(), "Command id."),
+                    _query_param("account_id", _account_id(
+                        "The account the command was addressed to (a transfer's "
+                        "from_account_id): command ids are unique per account."),
+                        "The command's account.", required=True),
+                ],
                 "responses": {
                     "200": _json(_ref("Outcome"), "The command's outcome."),
-                    "400": _invalid("The command id is malformed."),
-                    "404": _error("No outcome (yet) for this command id (error unknown_command)."),
-                    "503": _error(_NOT_OWNED),
+                    "400": _invalid("The command id or account_id is missing or malformed."),
+                    "404": _error("The owner has no outcome (yet) for this command id on this "
+                                  "account (error unknown_command)."),
+                    "503": _unavailable(),
                 },
             }
         },
@@ -399,13 +447,19 @@ def _paths() -> dict:
             "get": {
                 "operationId": "getTransfer",
                 "summary": "Where a transfer is: pending, completed or failed.",
-                "parameters": [_path_param("transfer_id", _command_id(
-                    "The transfer's command_id."), "Transfer id (its command_id).")],
+                "parameters": [
+                    _path_param("transfer_id", _command_id("The transfer's command_id."),
+                                "Transfer id (its command_id)."),
+                    _query_param("account_id", _account_id(
+                        "The transfer's source (from_account_id)."),
+                        "The transfer's source account.", required=True),
+                ],
                 "responses": {
                     "200": _json(_ref("TransferStatus"), "The transfer."),
-                    "400": _invalid("The transfer id is malformed."),
-                    "404": _error("No such transfer (error unknown_transfer)."),
-                    "503": _error(_NOT_OWNED),
+                    "400": _invalid("The transfer id or account_id is missing or malformed."),
+                    "404": _error("The owner knows no such transfer from this account "
+                                  "(error unknown_transfer)."),
+                    "503": _unavailable(),
                 },
             }
         },
@@ -415,13 +469,10 @@ def _paths() -> dict:
                 "summary": "An account's committed state, now or in the past.",
                 "parameters": [
                     account_param,
-                    _query_param("as_of", {"anyOf": [
-                        {"type": "string", "format": "date-time"},
-                        {"type": "integer", "format": "int64", "minimum": 0},
-                    ]}, "State as of this time: RFC 3339 or epoch milliseconds. "
-                        "Not together with version."),
+                    _as_of_param("State as of this instant: " + _INSTANT_RANGE
+                             + ". Not together with version."),
                     _query_param("version", {"type": "integer", "format": "int64",
-                                             "minimum": 1},
+                                             "minimum": 1, "maximum": INT64_MAX},
                                  "State after this event sequence. Not together with as_of."),
                 ],
                 "responses": {
@@ -430,7 +481,7 @@ def _paths() -> dict:
                     "404": _error("No such account (unknown_account), none yet at that "
                                   "time (unknown_account), or no such version "
                                   "(unknown_version)."),
-                    "503": _error(_NOT_OWNED),
+                    "503": _unavailable(),
                 },
             }
         },
@@ -441,31 +492,37 @@ def _paths() -> dict:
                 "parameters": [
                     account_param,
                     _query_param("from", {"type": "string", "maxLength": 64},
-                                 "Events recorded at or after this instant: RFC 3339 "
-                                 "(2026-11-26T10:00:00Z) or epoch ms. Default: the first."),
+                                 "Events recorded at or after this instant: "
+                                 + _INSTANT_RANGE + ". Default: the first."),
                     _query_param("to", {"type": "string", "maxLength": 64},
-                                 "Events recorded at or before this instant: RFC 3339 "
-                                 "or epoch ms. Default: the latest."),
+                                 "Events recorded at or before this instant: "
+                                 + _INSTANT_RANGE + ". Default: the latest."),
                     _query_param("limit", {"type": "integer", "minimum": 1,
                                            "maximum": EVENTS_LIMIT_MAX,
                                            "default": EVENTS_LIMIT_DEFAULT},
                                  "Events per page."),
-                    _query_param("cursor", {"type": "string", "maxLength": 512},
-                                 "next_cursor of the previous page (opaque)."),
+                    _query_param("cursor", {"type": "string", "maxLength": 66},
+                                 "next_cursor of the previous page (opaque; a cursor "
+                                 "we did not give is 400 malformed). Wins over from/to."),
                 ],
                 "responses": {
                     "200": _json(_ref("EventPage"), "A page of events."),
                     "400": _invalid("Malformed account id, from, to, limit or cursor."),
                     "404": _error("No such account (error unknown_account)."),
-                    "503": _error(_NOT_OWNED),
+                    "503": _unavailable(),
                 },
             }
         },
         "/v1/health": {
             "get": {
                 "operationId": "health",
-                "summary": "This worker: id, owned partitions, caught up or not.",
-                "responses": {"200": _json(_ref("Health"), "Worker status.")},
+                "summary": "This worker: applying commands or not, and why.",
+                "responses": {
+                    "200": _json(_ref("Health"), "Healthy: applying commands "
+                                                 "(status ok, reason consuming)."),
+                    "503": _json(_ref("Health"), "Not applying commands (status "
+                                                 "unavailable, with the reason)."),
+                },
             }
         },
         "/v1/openapi.json": {

@@ -1,0 +1,122 @@
+"""What the views of one worker share: settings, the processor, and three
+clients made on first use and closed when the app stops.
+
+* an aiohttp session for lookups forwarded to other workers,
+* the :class:`streams.routing.Router` (who owns which partition),
+* a Kafka producer for ``POST /v1/commands``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+
+import aiohttp
+from confluent_kafka import KafkaException, Producer
+
+from schemas import codec
+from streams.api import forwarding
+from streams.config import Settings
+from streams.partitioner import partition_for
+from streams.routing import Router
+
+log = logging.getLogger("ledger.http")
+
+PUBLISH_TIMEOUT_S = 10.0
+
+
+class PublishFailed(Exception):
+    """A command was handed to the producer but its delivery is not confirmed."""
+
+
+class Shared:
+    def __init__(self, settings: Settings, processor):
+        self.settings = settings
+        self.processor = processor
+        self._session: aiohttp.ClientSession | None = None
+        self._router: Router | None = None
+        self._producer: Producer | None = None
+        self._lock = threading.Lock()  # router and producer are made on executor threads
+
+    # -- partitions ------------------------------------------------------------
+
+    def partition_of(self, account_id: str) -> int:
+        return partition_for(account_id.encode(), self.settings.partitions)
+
+    def store_for(self, partition: int):
+        """The local committed store of ``partition`` if this worker serves it, else None."""
+        return self.processor.store_for(partition)
+
+    async def owner(self, partition: int) -> tuple[str, str] | None:
+        """(worker_id, "host:port") of the partition's owner; None if unknown
+        or the group cannot be described right now."""
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                None, self._owner, partition)
+        except Exception:  # KafkaException, a timeout, a malformed member: no owner known
+            log.warning("cannot tell who owns partition %d", partition, exc_info=True)
+            return None
+
+    def _owner(self, partition: int) -> tuple[str, str] | None:
+        with self._lock:
+            if self._router is None:
+                self._router = Router(self.settings)
+            router = self._router
+        return router.owner(partition)
+
+    async def forward(self, address: str, target: forwarding.Target,
+                      timeout_s: float = forwarding.FORWARD_TIMEOUT_S):
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession()
+        return await forwarding.forward(self._session, address, target, timeout_s)
+
+    # -- publishing ------------------------------------------------------------
+
+    def publish(self, command) -> None:
+        """Produce one command and wait for its delivery (blocking: run it in
+        an executor). Raises PublishFailed, KafkaException or BufferError when
+        the delivery is not confirmed; the command may still land."""
+        with self._lock:
+            if self._producer is None:
+                self._producer = Producer({
+                    "bootstrap.servers": self.settings.bootstrap_servers,
+                    "enable.idempotence": True,
+                    "acks": "all",
+                    "linger.ms": 1,
+                    "partitioner": "murmur2_random",  # the ledger's partitioner, see topics.py
+                })
+            producer = self._producer
+        done = threading.Event()
+        errors: list = []
+
+        def on_delivery(err, _msg):
+            if err is not None:
+                errors.append(err)
+            done.set()
+
+        producer.produce(self.settings.commands_topic,
+                         codec.encode_command(command, int(time.time() * 1000)),
+                         command.account_id.encode(), on_delivery=on_delivery)
+        deadline = time.monotonic() + PUBLISH_TIMEOUT_S
+        while not done.is_set() and time.monotonic() < deadline:
+            producer.poll(0.05)  # serves delivery callbacks, ours or another thread's
+        if not done.is_set():
+            raise PublishFailed(f"delivery not confirmed within {PUBLISH_TIMEOUT_S:.0f} s")
+        if errors:
+            raise PublishFailed(str(errors[0]))
+
+    # -- lifecycle -------------------------------------------------------------
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        with self._lock:
+            producer, self._producer, self._router = self._producer, None, None
+        if producer is not None:
+            await asyncio.get_running_loop().run_in_executor(None, producer.flush, 5)
+
+
+PUBLISH_ERRORS = (PublishFailed, KafkaException, BufferError)
