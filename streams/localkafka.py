@@ -1,4 +1,4 @@
-"""Install and run a real single-node Apache Kafka broker without Docker.
+"""Install and run a real Apache Kafka broker (or a three-node cluster) without Docker.
 
 Why this exists: the ledger's guarantees (exactly-once transactions, consumer
 group fencing, per-topic retention) are only worth testing against a real
@@ -9,32 +9,90 @@ so we fetch the broker jars with ``mvn`` (once, into a cache directory) and run
 can use ``docker-compose.yml`` at the repo root instead; both set up the same
 single-node broker.
 
-The broker runs in KRaft mode (no ZooKeeper: Kafka 4 removed it) with one node
-acting as both broker and controller.  The storage is formatted with
+Three shapes, all KRaft (no ZooKeeper: Kafka 4 removed it), every process a
+combined broker + controller, every one started and stopped by its own pid:
+
+**A single node** (the default).  The storage is formatted with
 ``--standalone``, which makes this node the sole voter of a dynamic quorum, so
 the quorum is named through ``controller.quorum.bootstrap.servers`` (the static
-``controller.quorum.voters`` conflicts with ``--standalone``).
+``controller.quorum.voters`` conflicts with ``--standalone``).  A single node
+also needs the internal topics' replication settings lowered, otherwise
+consumer groups and transactions never become available: Kafka's defaults
+(replication factor 3, min ISR 2 for ``__transaction_state``) cannot be met by
+one broker.  See ``_server_properties`` for the full list and why each setting
+is there.
 
-A single node also needs the internal topics' replication settings lowered,
-otherwise consumer groups and transactions never become available: Kafka's
-defaults (replication factor 3, min ISR 2 for ``__transaction_state``) cannot be
-met by one broker.  See ``_server_properties`` for the full list and why each
-setting is there.
+**A three-node cluster** (``--brokers 3``, ``start_cluster``): three processes
+forming a three-voter quorum, named statically by ``controller.quorum.voters``
+(kraft.version 0; every node is formatted without ``--standalone`` /
+``--initial-controllers``, which is what the static form requires).  Internal
+topics and new topics get replication factor 3 and min.insync.replicas 2, so
+one node can die and producers with ``acks=all`` still get their acks.  Node
+``i`` (1, 2, 3) lives in ``<run dir>/node-<i>/`` (config, data, log, pid file);
+with ``--port P`` its client port is ``P + 2(i-1)`` and its controller port
+``P + 2(i-1) + 1`` (9092/9093, 9094/9095, 9096/9097 by default); the Python
+API picks free ports.  Each node runs with ``-Xmx512m``.  Measured on the
+2-core, 24 GiB machine (other people's brokers running too): resident memory
+310-335 MB per node right after start, 350-380 MB after 20,000 transactional
+writes (about 1.1 GB for the three); starting takes 14-19 s (the three
+storage formats run in parallel), restarting one node 9 s, stopping all 6 s.
+With a node killed, ``acks=all`` writes to a partition it led wait about
+10 s, until the controller fences it (``broker.session.timeout.ms``, 9 s).
 
-Usage from a shell::
+**A secured single node** (``--secure``, ``start_broker(secure=True)``): the
+client listener speaks SASL_SSL (SCRAM-SHA-512 over TLS 1.2/1.3); the
+CONTROLLER listener stays PLAINTEXT on loopback.  Inter-broker traffic (the
+transaction coordinator writing commit markers to itself) uses the same
+SASL_SSL listener as principal ``ledger-broker``, the only super user, so
+there is no unauthenticated listener that serves data.  ``User:ANONYMOUS``
+is a super user too, because that is who the broker is on the PLAINTEXT
+controller listener, and the controller authorizes broker registration and
+forwarded requests (CLUSTER_ACTION); ACLs cannot grant it, since there are
+none before the broker has registered.  So any local process that can reach
+the loopback controller port is trusted: fine on a development machine; a
+shared host would want SSL with client certificates on that listener too.
+Generated into the run dir on the first start, and kept:
 
-    python -m streams.localkafka install            # fetch the jars (once)
-    python -m streams.localkafka start [--port N]   # default 127.0.0.1:9092
-    python -m streams.localkafka status
-    python -m streams.localkafka stop
+- ``tls/ca.pem`` (a private CA; ``tls/ca-key.pem`` is 0600) and
+  ``tls/broker-keystore.pem`` (0600): the broker's key and certificate, with
+  SANs ``localhost`` and ``127.0.0.1`` (librdkafka checks the host name);
+- ``credentials.json`` (0600): random passwords of ``ledger-broker``,
+  ``ledger-worker``, ``ledger-app`` and ``ledger-admin``, written into the
+  cluster metadata by ``StorageTool format --add-scram`` (KIP-900; the
+  arguments go through a 0600 java @argfile, so no password is ever on a
+  command line);
+- ``clients/{worker,app,admin}.properties`` (0600, rewritten on every start):
+  librdkafka settings in Java properties form, read by
+  ``read_client_properties``.
 
-and from Python (tests start a private broker on free ports)::
+ACLs (StandardAuthorizer, ``allow.everyone.if.no.acl.found=false``) are
+created at every start for ``--topic-prefix`` (default ``ledger``); the one
+list is ``ledger_acls(prefix)``, rendered by ``acl_table_markdown(prefix)``.
+Passwords are never printed or logged; the CLI prints file paths only.  The
+first start (CA, certificate, format) takes about 8 s, a restart about 5 s.
 
-    broker = start_broker(tmp_path / "kafka")
+Usage from a shell (``ledger kafka ...`` is the same)::
+
+    python -m streams.localkafka install                 # fetch the jars (once)
+    python -m streams.localkafka start [--port N]        # default 127.0.0.1:9092
+    python -m streams.localkafka start --brokers 3       # <cache>/cluster, 9092,9094,9096
+    python -m streams.localkafka start --secure [--topic-prefix P]   # <cache>/broker-secure
+    python -m streams.localkafka status                  # every default run dir
+    python -m streams.localkafka stop                    # ... or --run-dir D
+
+and from Python (tests start private brokers on free ports)::
+
+    broker = start_broker(tmp_path / "kafka")                 # or secure=True
     try:
-        ...  # use broker.bootstrap
+        ...  # use broker.bootstrap (and broker.client_properties)
     finally:
         stop_broker(broker)
+
+    cluster = start_cluster(tmp_path / "cluster")             # three nodes
+    try:
+        kill_node(cluster, 2); ...; start_node(cluster, 2)
+    finally:
+        stop_cluster(cluster)
 """
 
 from __future__ import annotations
@@ -44,7 +102,9 @@ import base64
 import contextlib
 import fcntl
 import hashlib
+import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -52,8 +112,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 KAFKA_VERSION = "4.1.1"
@@ -65,6 +125,18 @@ SLF4J_VERSION = "2.0.16"
 # The CLI's fixed ports (what a developer's shell and the app's defaults expect).
 # The Python API picks free ports instead so tests never clash with it.
 CLI_PORT = 9092
+
+# Heap per JVM: a single broker, and each node of a cluster (three of them
+# must fit next to other people's brokers on a 2-core, 24 GiB machine).
+SINGLE_HEAP = "768m"
+CLUSTER_HEAP = "512m"
+
+# The principals of the secured broker.  The broker's own is the only super
+# user (besides ANONYMOUS on the loopback controller listener, see above).
+BROKER_PRINCIPAL = "ledger-broker"
+CLIENT_PRINCIPALS = {"worker": "ledger-worker", "app": "ledger-app", "admin": "ledger-admin"}
+DEFAULT_TOPIC_PREFIX = "ledger"
+SASL_MECHANISM = "SCRAM-SHA-512"
 
 _HOST = "127.0.0.1"
 _DONE_MARKER = ".complete"
@@ -108,9 +180,70 @@ _POM = f"""\
 
 @dataclass
 class LocalBroker:
+    """A single-node broker.  The last three fields are set for a secured one."""
+
     pid: int
     bootstrap: str
     run_dir: Path
+    secure: bool = False
+    # principal ("ledger-worker", "ledger-app", "ledger-admin") -> its client
+    # properties file (read it with read_client_properties).
+    client_properties: dict[str, Path] = field(default_factory=dict)
+    ca_path: Path | None = None
+
+
+@dataclass
+class ClusterNode:
+    """One combined broker + controller process of a LocalCluster."""
+
+    node_id: int
+    port: int
+    controller_port: int
+    run_dir: Path  # <cluster run dir>/node-<node_id>
+    pid: int | None = None  # None while the node is down
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{_HOST}:{self.port}"
+
+
+@dataclass
+class LocalCluster:
+    run_dir: Path
+    nodes: list[ClusterNode]
+    heap: str = CLUSTER_HEAP
+
+    @property
+    def bootstrap(self) -> str:
+        """Every node's client address, comma separated."""
+        return ",".join(n.bootstrap for n in self.nodes)
+
+    @property
+    def pids(self) -> list[int]:
+        return [n.pid for n in self.nodes if n.pid is not None]
+
+    def node(self, node_id: int) -> ClusterNode:
+        for n in self.nodes:
+            if n.node_id == node_id:
+                return n
+        raise KeyError(f"no node {node_id} in the cluster of {self.run_dir}")
+
+
+@dataclass(frozen=True)
+class AclRule:
+    """One ALLOW rule: ``principal`` may do ``operations`` on a resource.
+
+    Field values are Kafka's names, which are also those of confluent_kafka's
+    enums (ResourceType, ResourcePatternType, AclOperation), except that
+    confluent_kafka calls the CLUSTER resource type BROKER.
+    """
+
+    principal: str       # without "User:"
+    resource_type: str   # TOPIC, GROUP, TRANSACTIONAL_ID, CLUSTER
+    pattern_type: str    # LITERAL or PREFIXED
+    resource_name: str
+    operations: tuple[str, ...]
+    why: str
 
 
 # --------------------------------------------------------------------------- jars
@@ -207,26 +340,103 @@ def ensure_jars(cache_dir: Path | None = None, progress: Callable[[str], None] =
 # ------------------------------------------------------------------ configuration
 
 
-def _server_properties(port: int, controller_port: int, data_dir: Path) -> str:
-    return f"""\
-# Generated by streams/localkafka.py; rewritten on every start.
+def _server_properties(
+    port: int,
+    controller_port: int,
+    data_dir: Path,
+    *,
+    node_id: int = 1,
+    voters: dict[int, int] | None = None,
+    tls: _BrokerTls | None = None,
+) -> str:
+    """The config of one node.
+
+    ``voters`` (node id -> controller port) makes it one node of a static
+    multi-voter quorum; None is the single node.  ``tls`` makes the client
+    listener SASL_SSL with ACLs.
+    """
+    if voters is None:
+        quorum = f"""\
 # KRaft single node: this process is both the broker and the only controller.
 process.roles=broker,controller
-node.id=1
-controller.quorum.bootstrap.servers={_HOST}:{controller_port}
-listeners=PLAINTEXT://{_HOST}:{port},CONTROLLER://{_HOST}:{controller_port}
-advertised.listeners=PLAINTEXT://{_HOST}:{port}
-controller.listener.names=CONTROLLER
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
-log.dirs={data_dir}
-
+node.id={node_id}
+controller.quorum.bootstrap.servers={_HOST}:{controller_port}"""
+        replication = """\
 # One broker cannot meet the default replication of the internal topics; without
 # these, consumer groups and transactions would never become available.
 offsets.topic.replication.factor=1
 transaction.state.log.replication.factor=1
 transaction.state.log.min.isr=1
 share.coordinator.state.topic.replication.factor=1
-share.coordinator.state.topic.min.isr=1
+share.coordinator.state.topic.min.isr=1"""
+    else:
+        quorum_voters = ",".join(f"{n}@{_HOST}:{c}" for n, c in sorted(voters.items()))
+        quorum = f"""\
+# KRaft cluster of {len(voters)} nodes, each both a broker and a controller; the
+# voters are named statically (storage formatted without --standalone).
+process.roles=broker,controller
+node.id={node_id}
+controller.quorum.voters={quorum_voters}"""
+        replication = """\
+# Every partition on three nodes, and an acks=all write needs two of them: one
+# node may be down (killed, restarting) without stopping producers, and no
+# acknowledged write lives on one disk only.  The same for the internal topics
+# (consumer offsets, transaction state, share-group state).
+default.replication.factor=3
+min.insync.replicas=2
+offsets.topic.replication.factor=3
+transaction.state.log.replication.factor=3
+transaction.state.log.min.isr=2
+share.coordinator.state.topic.replication.factor=3
+share.coordinator.state.topic.min.isr=2
+# 50 partitions each (the defaults) mean 300 replicas to elect and load on a
+# 2-core machine; 12 are plenty for local work.
+offsets.topic.num.partitions=12
+transaction.state.log.num.partitions=12"""
+
+    if tls is None:
+        listeners = f"""\
+listeners=PLAINTEXT://{_HOST}:{port},CONTROLLER://{_HOST}:{controller_port}
+advertised.listeners=PLAINTEXT://{_HOST}:{port}
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"""
+    else:
+        # The broker's own password is in here: the file is written mode 0600.
+        # Kafka logs its config with password values (sasl.jaas.config) hidden.
+        listeners = f"""\
+# Clients: SASL_SSL (SCRAM-SHA-512 over TLS).  The broker talks to itself
+# (e.g. transaction markers) over the same listener as {BROKER_PRINCIPAL}.
+# The controller listener stays PLAINTEXT on loopback.
+listeners=CLIENT://{_HOST}:{port},CONTROLLER://{_HOST}:{controller_port}
+advertised.listeners=CLIENT://{_HOST}:{port}
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=CLIENT
+listener.security.protocol.map=CLIENT:SASL_SSL,CONTROLLER:PLAINTEXT
+sasl.enabled.mechanisms={SASL_MECHANISM}
+sasl.mechanism.inter.broker.protocol={SASL_MECHANISM}
+listener.name.client.{SASL_MECHANISM.lower()}.sasl.jaas.config=\
+org.apache.kafka.common.security.scram.ScramLoginModule required \
+username="{BROKER_PRINCIPAL}" password="{tls.broker_password}";
+ssl.keystore.type=PEM
+ssl.keystore.location={tls.keystore}
+ssl.truststore.type=PEM
+ssl.truststore.location={tls.ca}
+ssl.client.auth=none
+
+# ACLs in the cluster metadata.  ANONYMOUS is the broker itself on the
+# PLAINTEXT controller listener (registration, forwarded requests); see the
+# module docstring.  Everyone else needs an ACL.
+authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+super.users=User:{BROKER_PRINCIPAL};User:ANONYMOUS
+allow.everyone.if.no.acl.found=false"""
+
+    return f"""\
+# Generated by streams/localkafka.py; rewritten on every start.
+{quorum}
+{listeners}
+log.dirs={data_dir}
+
+{replication}
 
 # Topics are created explicitly by the project (with their own partition count
 # and retention); a typo in a topic name must fail instead of creating a topic.
@@ -276,6 +486,303 @@ def _cluster_id(run_dir: Path) -> str:
     cluster_id = base64.urlsafe_b64encode(os.urandom(16)).rstrip(b"=").decode()
     path.write_text(cluster_id + "\n")
     return cluster_id
+
+
+def default_run_dir(brokers: int = 1, secure: bool = False, cache_dir: Path | None = None) -> Path:
+    """The CLI's run dir of each shape: ``<cache>/broker``, ``cluster``, ``broker-secure``.
+
+    Separate dirs, because a data dir is formatted for one shape (one or
+    three voters; with or without SCRAM credentials) and cannot change later.
+    """
+    cache = cache_dir or default_cache_dir()
+    if brokers > 1:
+        return cache / "cluster"
+    return cache / ("broker-secure" if secure else "broker")
+
+
+def _default_run_dirs(cache_dir: Path | None = None) -> list[Path]:
+    return [default_run_dir(1, False, cache_dir), default_run_dir(3, False, cache_dir),
+            default_run_dir(1, True, cache_dir)]
+
+
+def find_running(cache_dir: Path | None = None) -> LocalBroker | LocalCluster | None:
+    """What runs from the CLI's default run dirs (single, cluster, secure; first found), or None."""
+    for run_dir in _default_run_dirs(cache_dir):
+        found = status(run_dir)
+        if found is not None:
+            return found
+    return None
+
+
+# ----------------------------------------------------------------------- security
+
+
+@dataclass(frozen=True)
+class _BrokerTls:
+    ca: Path
+    keystore: Path
+    broker_password: str
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` readable by the owner only (0600), atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # in case it existed with a wider mode
+        with os.fdopen(fd, "w") as fh:
+            fd = -1
+            fh.write(text)
+    finally:
+        if fd >= 0:
+            os.close(fd)
+    os.replace(tmp, path)
+
+
+def _private_dir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o700)
+    return path
+
+
+def _credentials_file(run_dir: Path) -> Path:
+    return run_dir / "credentials.json"
+
+
+def _passwords(run_dir: Path, create: bool) -> dict[str, str]:
+    """principal -> password, generated once per run dir (kept 0600)."""
+    path = _credentials_file(run_dir)
+    if path.is_file():
+        return json.loads(path.read_text())
+    if not create:
+        raise RuntimeError(f"{path} is missing: the SCRAM passwords of this run dir are lost; "
+                           f"delete {run_dir} to start a new secured broker")
+    # token_urlsafe: letters, digits, '-' and '_' only, which need no quoting in
+    # --add-scram, a JAAS line or a properties file.
+    passwords = {p: secrets.token_urlsafe(24)
+                 for p in (BROKER_PRINCIPAL, *CLIENT_PRINCIPALS.values())}
+    _write_private(path, json.dumps(passwords, indent=2) + "\n")
+    return passwords
+
+
+def _tls_dir(run_dir: Path) -> Path:
+    return run_dir / "tls"
+
+
+def _openssl_config(tls_dir: Path) -> Path:
+    path = tls_dir / "openssl.cnf"
+    path.write_text("""\
+# Generated by streams/localkafka.py: extensions of the local CA and broker certificates.
+[req]
+distinguished_name = dn
+prompt = no
+[dn]
+[ca_ext]
+basicConstraints = critical, CA:TRUE, pathlen:0
+keyUsage = critical, keyCertSign, cRLSign
+subjectKeyIdentifier = hash
+[broker_ext]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature, keyEncipherment
+extendedKeyUsage = serverAuth, clientAuth
+subjectAltName = DNS:localhost, IP:127.0.0.1
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid
+""")
+    return path
+
+
+def _ensure_tls(run_dir: Path) -> tuple[Path, Path]:
+    """A private CA and a broker certificate signed by it (once); (ca.pem, keystore.pem).
+
+    The keystore is one PEM file (key, certificate, CA certificate) that Kafka
+    reads with ``ssl.keystore.type=PEM``; the key is unencrypted and the file
+    is 0600.
+    """
+    tls = _tls_dir(run_dir)
+    tls.mkdir(parents=True, exist_ok=True)  # the CA is public; keys are 0600
+    ca, ca_key, keystore = tls / "ca.pem", tls / "ca-key.pem", tls / "broker-keystore.pem"
+    if ca.is_file() and keystore.is_file():
+        return ca, keystore
+    openssl = _require("openssl", "to generate the secured broker's TLS certificates")
+    config = _openssl_config(tls)
+    tag = secrets.token_hex(4)  # two run dirs never issue look-alike CAs
+
+    def run(*args: str) -> None:
+        result = subprocess.run([openssl, *args], stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, cwd=tls)
+        if result.returncode != 0:
+            raise RuntimeError(f"openssl {args[0]} failed:\n{_last_lines(result.stdout, 20)}")
+
+    old_umask = os.umask(0o077)  # keys are created 0600
+    try:
+        run("req", "-x509", "-new", "-newkey", "rsa:2048", "-nodes", "-sha256", "-days", "3650",
+            "-config", str(config), "-extensions", "ca_ext",
+            "-subj", f"/O=kafka-ledger local/CN=ledger local CA {tag}",
+            "-keyout", str(ca_key), "-out", str(ca))
+        key, csr, cert = tls / "broker-key.pem", tls / "broker.csr", tls / "broker.pem"
+        run("req", "-new", "-newkey", "rsa:2048", "-nodes", "-sha256", "-config", str(config),
+            "-subj", "/O=kafka-ledger local/CN=localhost", "-keyout", str(key), "-out", str(csr))
+        run("x509", "-req", "-sha256", "-days", "825", "-in", str(csr), "-CA", str(ca),
+            "-CAkey", str(ca_key), "-set_serial", str(int.from_bytes(os.urandom(8), "big")),
+            "-extfile", str(config), "-extensions", "broker_ext", "-out", str(cert))
+        _write_private(keystore, key.read_text() + cert.read_text() + ca.read_text())
+        for leftover in (key, csr, cert):
+            leftover.unlink()
+    finally:
+        os.umask(old_umask)
+    ca.chmod(0o644)  # public; clients need it
+    return ca, keystore
+
+
+def _client_properties_text(principal: str, password: str, bootstrap: str, ca: Path) -> str:
+    return f"""\
+# {principal}: settings for librdkafka / confluent-kafka clients of the local
+# secured broker.  Generated by streams/localkafka.py, rewritten on every start.
+# Secret (a password): keep this file mode 0600.
+bootstrap.servers={bootstrap}
+security.protocol=SASL_SSL
+sasl.mechanism={SASL_MECHANISM}
+sasl.username={principal}
+sasl.password={password}
+ssl.ca.location={ca}
+"""
+
+
+def _client_properties_paths(run_dir: Path) -> dict[str, Path]:
+    clients = run_dir / "clients"
+    return {principal: clients / f"{role}.properties"
+            for role, principal in CLIENT_PRINCIPALS.items()}
+
+
+def _write_client_properties(run_dir: Path, bootstrap: str, passwords: dict[str, str],
+                             ca: Path) -> dict[str, Path]:
+    _private_dir(run_dir / "clients")
+    paths = _client_properties_paths(run_dir)
+    for principal, path in paths.items():
+        _write_private(path, _client_properties_text(principal, passwords[principal],
+                                                     bootstrap, ca))
+    return paths
+
+
+def read_client_properties(path: Path | str) -> dict[str, str]:
+    """A client properties file as a dict for confluent_kafka (all values strings).
+
+    The Java properties subset librdkafka users write: one ``key=value`` (or
+    ``key: value``) a line, whitespace around key and value stripped, blank
+    lines and lines starting with ``#`` or ``!`` ignored.  Line continuations
+    and backslash escapes are not supported; a line without a separator is a
+    ValueError naming the file and line (never the line itself: it may be a
+    password).
+    """
+    result: dict[str, str] = {}
+    for number, raw in enumerate(Path(path).read_text().splitlines(), 1):
+        line = raw.strip()
+        if not line or line[0] in "#!":
+            continue
+        cut = min((i for i in (line.find("="), line.find(":")) if i >= 0), default=-1)
+        if cut <= 0:
+            raise ValueError(f"{path}:{number}: expected key=value")
+        result[line[:cut].strip()] = line[cut + 1:].strip()
+    return result
+
+
+def _superuser_config(run_dir: Path, bootstrap: str) -> dict[str, str]:
+    """librdkafka settings as the broker's own (super user) principal."""
+    return {
+        "bootstrap.servers": bootstrap,
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanism": SASL_MECHANISM,
+        "sasl.username": BROKER_PRINCIPAL,
+        "sasl.password": _passwords(run_dir, create=False)[BROKER_PRINCIPAL],
+        "ssl.ca.location": str(_tls_dir(run_dir) / "ca.pem"),
+    }
+
+
+# Who may do what, for a topic prefix <p>.  One fact, one place: ACL creation,
+# the tests and the README table all come from this list (see ledger_acls).
+# Topics are LITERAL: a PREFIXED "<p>.commands" would also match
+# "<p>.commands.dlq" and let the app write dead letters.  Groups and
+# transactional ids are PREFIXED, since their names carry a worker id or uuid.
+_ACL_TEMPLATE: tuple[tuple[str, str, str, str, tuple[str, ...], str], ...] = (
+    ("worker", "TOPIC", "LITERAL", "{p}.commands", ("READ", "DESCRIBE"),
+     "consumes commands"),
+    ("worker", "TOPIC", "LITERAL", "{p}.legs", ("READ", "WRITE", "DESCRIBE"),
+     "sends and applies transfer legs"),
+    ("worker", "TOPIC", "LITERAL", "{p}.events", ("READ", "WRITE", "DESCRIBE"),
+     "appends events; reads them back to rebuild state when it takes a partition "
+     "(streams/processor.py _catch_up)"),
+    ("worker", "TOPIC", "LITERAL", "{p}.commands.dlq", ("WRITE", "DESCRIBE"),
+     "dead letters"),
+    ("worker", "TOPIC", "LITERAL", "{p}.replies", ("WRITE", "DESCRIBE"),
+     "reserved for replies"),
+    ("worker", "TOPIC", "PREFIXED", "{p}-faust-", ("CREATE", "READ", "WRITE", "DESCRIBE"),
+     "Faust's own topic <p>-faust-__assignor-__leader (app id <p>-faust)"),
+    ("worker", "GROUP", "PREFIXED", "{p}-", ("READ",),
+     "groups <p>-worker, <p>-worker-catch-up, <p>-faust, <p>-reader; READ implies "
+     "DESCRIBE (describe_consumer_groups in streams/routing.py)"),
+    ("worker", "TRANSACTIONAL_ID", "PREFIXED", "{p}-", ("WRITE", "DESCRIBE"),
+     "transactional.id <p>-worker-<worker id>"),
+    ("app", "TOPIC", "LITERAL", "{p}.commands", ("WRITE", "DESCRIBE"),
+     "sends commands (idempotent producer: WRITE on a topic is enough)"),
+    ("app", "TOPIC", "LITERAL", "{p}.events", ("READ", "DESCRIBE"),
+     "tails outcomes (streams/client.py)"),
+    ("app", "GROUP", "PREFIXED", "{p}-client", ("READ",),
+     "LedgerClient's group id <p>-client-<uuid4>"),
+    ("admin", "TOPIC", "PREFIXED", "{p}", ("CREATE", "DESCRIBE", "DESCRIBE_CONFIGS",
+                                          "ALTER_CONFIGS"),
+     "creates and configures the ledger topics (streams/topics.py ensure_topics)"),
+    ("admin", "CLUSTER", "LITERAL", "kafka-cluster", ("DESCRIBE",),
+     "describes the cluster"),
+)
+
+
+def ledger_acls(topic_prefix: str = DEFAULT_TOPIC_PREFIX) -> list[AclRule]:
+    """The ALLOW rules of the secured broker for ``topic_prefix``; nothing else is allowed."""
+    if not topic_prefix or any(c in topic_prefix for c in "{}*"):
+        raise ValueError(f"bad topic prefix {topic_prefix!r}")
+    return [AclRule(CLIENT_PRINCIPALS[role], rtype, pattern,
+                    name.format(p=topic_prefix), ops, why.replace("<p>", topic_prefix))
+            for role, rtype, pattern, name, ops, why in _ACL_TEMPLATE]
+
+
+def acl_table_markdown(topic_prefix: str = DEFAULT_TOPIC_PREFIX) -> str:
+    """``ledger_acls`` as a Markdown table (for the README)."""
+    rows = ["| principal | resource | pattern | name | operations | why |",
+            "| --- | --- | --- | --- | --- | --- |"]
+    for r in ledger_acls(topic_prefix):
+        rows.append(f"| {r.principal} | {r.resource_type.lower()} | {r.pattern_type.lower()} "
+                    f"| `{r.resource_name}` | {', '.join(r.operations)} | {r.why} |")
+    return "\n".join(rows) + "\n"
+
+
+_CONFLUENT_RESOURCE_TYPE = {"CLUSTER": "BROKER"}
+
+
+def grant_ledger_acls(broker: LocalBroker, topic_prefix: str = DEFAULT_TOPIC_PREFIX,
+                      timeout_s: float = 30) -> list[AclRule]:
+    """Create ``ledger_acls(topic_prefix)`` on a secured broker (idempotent).
+
+    Runs as the broker's super user principal; call it again for more prefixes.
+    """
+    from confluent_kafka.admin import (AclBinding, AclOperation, AclPermissionType,
+                                       AdminClient, ResourcePatternType, ResourceType)
+
+    if not broker.secure:
+        raise RuntimeError("ACLs need a secured broker (start_broker(secure=True))")
+    rules = ledger_acls(topic_prefix)
+    bindings = [
+        AclBinding(ResourceType[_CONFLUENT_RESOURCE_TYPE.get(r.resource_type, r.resource_type)],
+                   r.resource_name,
+                   ResourcePatternType[r.pattern_type], f"User:{r.principal}", "*",
+                   AclOperation[op], AclPermissionType.ALLOW)
+        for r in rules for op in r.operations
+    ]
+    admin = AdminClient(_superuser_config(broker.run_dir, broker.bootstrap))
+    for future in admin.create_acls(bindings, request_timeout=timeout_s).values():
+        future.result()
+    return rules
 
 
 # ---------------------------------------------------------------------- processes
@@ -334,7 +841,7 @@ def _alive(pid: int) -> bool:
 
 
 def _is_our_broker(pid: int, run_dir: Path) -> bool:
-    """True if ``pid`` is alive and is the broker of ``run_dir``.
+    """True if ``pid`` is alive and is the broker of ``run_dir`` (or of a cluster node dir).
 
     Guards against pid reuse: a stale pid file must never make us signal an
     unrelated process, so the command line must name this run dir's config.
@@ -348,6 +855,12 @@ def _is_our_broker(pid: int, run_dir: Path) -> bool:
     return os.fsencode(str(run_dir / "server.properties")) in cmdline
 
 
+def _running_pid(run_dir: Path) -> int | None:
+    """The pid of the broker running from ``run_dir`` (a node dir for clusters), or None."""
+    pid = _read_pid(run_dir)
+    return pid if pid is not None and _is_our_broker(pid, run_dir) else None
+
+
 def _wait_gone(pid: int, timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
     while _alive(pid):
@@ -355,6 +868,28 @@ def _wait_gone(pid: int, timeout_s: float) -> bool:
             return False
         time.sleep(0.1)
     return True
+
+
+def _kill_and_wait(pid: int, timeout_s: float = 30) -> None:
+    """SIGKILL one pid and wait until it is gone (reaped, if it is our child)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    if not _wait_gone(pid, timeout_s):
+        raise RuntimeError(f"pid {pid} still exists {timeout_s}s after SIGKILL")
+
+
+def _terminate(pids: Iterable[int], timeout_s: float) -> None:
+    """SIGTERM every pid, wait up to ``timeout_s`` for all, then SIGKILL the rest."""
+    pids = list(pids)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)  # Kafka shuts down cleanly on SIGTERM
+    deadline = time.monotonic() + timeout_s
+    for pid in pids:
+        if not _wait_gone(pid, max(0.0, deadline - time.monotonic())):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            _wait_gone(pid, 10)
 
 
 def _last_lines(text: str, n: int) -> str:
@@ -368,57 +903,166 @@ def _log_tail(run_dir: Path, n: int = 40) -> str:
         if path.is_file() and path.stat().st_size:
             text = path.read_text(errors="replace")
             parts.append(f"--- {path} (last {n} lines) ---\n{_last_lines(text, n)}")
-    return "\n".join(parts) or "(the broker wrote no log)"
+    return "\n".join(parts) or f"(the broker in {run_dir} wrote no log)"
+
+
+def _answers_as(bootstrap: str, node_id: int | None = None,
+                config: dict[str, str] | None = None) -> bool:
+    """True once the broker at ``bootstrap`` serves metadata listing itself (i.e. is unfenced).
+
+    A fresh client knows only the bootstrap address, so its first metadata
+    request goes there; ``node_id`` is the id the answer must list (None: any).
+    """
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({**(config or {}), "bootstrap.servers": bootstrap})
+    try:
+        brokers = admin.list_topics(timeout=5).brokers
+    except KafkaException:
+        return False
+    return bool(brokers) if node_id is None else node_id in brokers
 
 
 def _broker_answers(bootstrap: str) -> bool:
     """True once the broker serves metadata and lists itself (i.e. is unfenced)."""
-    from confluent_kafka import KafkaException
-    from confluent_kafka.admin import AdminClient
-
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    try:
-        return bool(admin.list_topics(timeout=5).brokers)
-    except KafkaException:
-        return False
+    return _answers_as(bootstrap)
 
 
-def _format_storage(java: str, classpath: str, run_dir: Path, data_dir: Path) -> None:
+def _java_and_classpath(cache_dir: Path | None) -> tuple[str, str]:
+    java = _require("java", "to run the Kafka broker (Java 17+)")
+    return java, f"{ensure_jars(cache_dir)}/*"
+
+
+def _format_command(java: str, classpath: str, run_dir: Path, node_dir: Path,
+                    quorum_args: list[str], scram: dict[str, str] | None) -> list[str]:
+    """The StorageTool format command; SCRAM passwords go through a 0600 java @argfile.
+
+    "--cluster-id=ID", not "-t ID": a random id may start with "-", which the
+    tool's argument parser would take for an option.
+    """
+    args = ["kafka.tools.StorageTool", "format", f"--cluster-id={_cluster_id(run_dir)}",
+            "-c", str(node_dir / "server.properties"), *quorum_args]
+    if not scram:
+        return [java, "-cp", classpath, *args]
+    for name, password in scram.items():
+        args += ["--add-scram", f"{SASL_MECHANISM}=[name={name},password={password}]"]
+    for arg in args:
+        if any(c in arg for c in '"\\\n#'):
+            raise ValueError("an argument cannot be written to a java @argfile")
+    argfile = node_dir / "format.args"
+    _write_private(argfile, "".join(f'"{arg}"\n' for arg in args))
+    return [java, "-cp", classpath, f"@{argfile}"]
+
+
+def _redact(text: str, secret_values: Iterable[str]) -> str:
+    for value in secret_values:
+        text = text.replace(value, "***")
+    return text
+
+
+def _format_storage(java: str, classpath: str, run_dir: Path, data_dir: Path,
+                    node_dir: Path | None = None, quorum_args: list[str] | None = None,
+                    scram: dict[str, str] | None = None) -> None:
     if (data_dir / "meta.properties").is_file():
         return  # formatted by an earlier start; keep the data
-    # "--cluster-id=ID", not "-t ID": a random id may start with "-", which the
-    # tool's argument parser would take for an option.
-    result = subprocess.run(
-        [java, "-cp", classpath, "kafka.tools.StorageTool", "format", "--standalone",
-         f"--cluster-id={_cluster_id(run_dir)}", "-c", str(run_dir / "server.properties")],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
+    node_dir = node_dir or run_dir
+    cmd = _format_command(java, classpath, run_dir, node_dir,
+                          ["--standalone"] if quorum_args is None else quorum_args, scram)
+    try:
+        result = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    finally:
+        (node_dir / "format.args").unlink(missing_ok=True)
     if result.returncode != 0:
-        raise RuntimeError(f"formatting {data_dir} failed:\n{_last_lines(result.stdout, 30)}")
+        output = _redact(result.stdout, (scram or {}).values())
+        raise RuntimeError(f"formatting {data_dir} failed:\n{_last_lines(output, 30)}")
+
+
+def _launch(java: str, classpath: str, node_dir: Path, heap: str) -> subprocess.Popen:
+    """Start the broker of ``node_dir`` (its server.properties) and write its pid file."""
+    log4j_config = node_dir / "log4j2.properties"
+    log4j_config.write_text(_log4j2_properties(node_dir / "broker.log"))
+    with open(node_dir / "broker.out", "ab") as out:
+        proc = subprocess.Popen(
+            [java, f"-Xmx{heap}", "-Djava.awt.headless=true",
+             f"-Dlog4j2.configurationFile={log4j_config}",
+             "-cp", classpath, "kafka.Kafka", str(node_dir / "server.properties")],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            cwd=node_dir,
+            start_new_session=True,  # outlives the CLI; ^C in the shell does not reach it
+        )
+    _CHILDREN[proc.pid] = proc
+    _pid_file(node_dir).write_text(f"{proc.pid}\n")
+    return proc
+
+
+def _check_ports_free(ports: Iterable[int]) -> None:
+    ports = list(ports)
+    if len(set(ports)) != len(ports):
+        raise RuntimeError(f"ports must all differ: {ports}")
+    for p in ports:
+        if _port_open(p):
+            raise RuntimeError(f"port {p} on {_HOST} is already in use")
+
+
+# ------------------------------------------------------------------ single broker
+
+
+def _mode_file(run_dir: Path) -> Path:
+    return run_dir / "mode"
+
+
+def _formatted_secure(run_dir: Path) -> bool | None:
+    """How the single broker's data dir was formatted: True (secure), False, None (not yet)."""
+    mode = _mode_file(run_dir)
+    if mode.is_file():
+        return mode.read_text().strip() == "secure"
+    # Run dirs formatted before the mode file existed were plaintext.
+    return False if (run_dir / "data" / "meta.properties").is_file() else None
+
+
+def _secure_fields(run_dir: Path) -> dict:
+    return {"secure": True, "client_properties": _client_properties_paths(run_dir),
+            "ca_path": _tls_dir(run_dir) / "ca.pem"}
 
 
 def start_broker(
     run_dir: Path,
     port: int | None = None,
     controller_port: int | None = None,
-    heap: str = "768m",
+    heap: str = SINGLE_HEAP,
     ready_timeout_s: float = 90,
     cache_dir: Path | None = None,
+    secure: bool | None = None,
+    topic_prefix: str = DEFAULT_TOPIC_PREFIX,
 ) -> LocalBroker:
     """Start a broker whose config, data and logs live in ``run_dir``.
 
     Free loopback ports are picked when ``port``/``controller_port`` are None.
-    Returns once the broker answers metadata requests; raises RuntimeError (with
-    the tail of its log) if it exits or does not become ready in time.
+    Starting an existing run dir again (e.g. after ``kill_broker``) keeps its
+    data; pass the same ports to keep the same address.  Returns once the
+    broker answers metadata requests; raises RuntimeError (with the tail of its
+    log) if it exits or does not become ready in time.
+
+    ``secure=True`` makes a secured broker (module docstring) and grants
+    ``ledger_acls(topic_prefix)``; None means "as the run dir was formatted"
+    (plaintext for a new one).  A run dir cannot change between the two.
     """
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     running = status(run_dir)
     if running:
-        raise RuntimeError(f"a broker is already running from {run_dir} "
-                           f"at {running.bootstrap} (pid {running.pid})")
-    java = _require("java", "to run the Kafka broker (Java 17+)")
-    libs = ensure_jars(cache_dir)
+        raise RuntimeError(f"Kafka is already running from {run_dir} "
+                           f"at {running.bootstrap}")
+    formatted = _formatted_secure(run_dir)
+    if secure is None:
+        secure = bool(formatted)
+    elif formatted is not None and formatted != secure:
+        raise RuntimeError(
+            f"{run_dir} was formatted {'with' if formatted else 'without'} --secure and cannot "
+            f"change; use another run dir (or delete this one and its data)")
+    ledger_acls(topic_prefix)  # validates the prefix before anything starts
+    java, classpath = _java_and_classpath(cache_dir)
 
     # Three candidates, so two remain even if one equals a port given by the caller.
     free = [p for p in _free_ports(3) if p not in (port, controller_port)]
@@ -426,35 +1070,34 @@ def start_broker(
     controller_port = controller_port or free.pop()
     if port == controller_port:
         raise RuntimeError("port and controller_port must differ")
-    for p in (port, controller_port):
-        if _port_open(p):
-            raise RuntimeError(f"port {p} on {_HOST} is already in use")
+    _check_ports_free((port, controller_port))
 
     data_dir = run_dir / "data"
-    (run_dir / "server.properties").write_text(_server_properties(port, controller_port, data_dir))
-    log4j_config = run_dir / "log4j2.properties"
-    log4j_config.write_text(_log4j2_properties(run_dir / "broker.log"))
-    classpath = f"{libs}/*"
-    _format_storage(java, classpath, run_dir, data_dir)
+    tls = scram = None
+    if secure:
+        passwords = _passwords(run_dir, create=formatted is None)
+        ca, keystore = _ensure_tls(run_dir)
+        tls = _BrokerTls(ca=ca, keystore=keystore, broker_password=passwords[BROKER_PRINCIPAL])
+        scram = passwords
+    _write_private(run_dir / "server.properties",
+                   _server_properties(port, controller_port, data_dir, tls=tls))
+    _format_storage(java, classpath, run_dir, data_dir, scram=scram)
+    _mode_file(run_dir).write_text("secure\n" if secure else "plaintext\n")
 
     bootstrap = f"{_HOST}:{port}"
-    with open(run_dir / "broker.out", "ab") as out:
-        proc = subprocess.Popen(
-            [java, f"-Xmx{heap}", "-Djava.awt.headless=true",
-             f"-Dlog4j2.configurationFile={log4j_config}",
-             "-cp", classpath, "kafka.Kafka", str(run_dir / "server.properties")],
-            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            cwd=run_dir,
-            start_new_session=True,  # outlives the CLI; ^C in the shell does not reach it
-        )
-    _CHILDREN[proc.pid] = proc
-    _pid_file(run_dir).write_text(f"{proc.pid}\n")
+    proc = _launch(java, classpath, run_dir, heap)
     (run_dir / "bootstrap.txt").write_text(bootstrap + "\n")
     broker = LocalBroker(pid=proc.pid, bootstrap=bootstrap, run_dir=run_dir)
+    probe_config = None
+    if secure:
+        broker = LocalBroker(pid=proc.pid, bootstrap=bootstrap, run_dir=run_dir,
+                             **_secure_fields(run_dir))
+        _write_client_properties(run_dir, bootstrap, passwords, tls.ca)
+        probe_config = _superuser_config(run_dir, bootstrap)
 
     deadline = time.monotonic() + ready_timeout_s
     # Cheap silent socket probe first; the metadata check only once it listens.
-    while not (_port_open(port) and _broker_answers(bootstrap)):
+    while not (_port_open(port) and _answers_as(bootstrap, config=probe_config)):
         if proc.poll() is not None:
             _CHILDREN.pop(proc.pid, None)
             _pid_file(run_dir).unlink(missing_ok=True)
@@ -465,7 +1108,27 @@ def start_broker(
             raise RuntimeError(f"Kafka broker not ready after {ready_timeout_s}s; "
                                f"stopped it:\n{_log_tail(run_dir)}")
         time.sleep(0.5)
+    if secure:
+        try:
+            grant_ledger_acls(broker, topic_prefix)
+        except BaseException:
+            stop_broker(broker)
+            raise
     return broker
+
+
+def kill_broker(broker: LocalBroker | Path, timeout_s: float = 30) -> bool:
+    """SIGKILL the broker of a run dir by its pid (no clean shutdown) and wait until it is gone.
+
+    Returns whether it was running.  Its data stays; ``start_broker`` on the
+    same run dir (and ports) recovers it.
+    """
+    run_dir = Path(getattr(broker, "run_dir", broker)).resolve()
+    pid = _running_pid(run_dir)
+    if pid is not None:
+        _kill_and_wait(pid, timeout_s)
+    _pid_file(run_dir).unlink(missing_ok=True)
+    return pid is not None
 
 
 def stop_broker(run_dir_or_broker: Path | LocalBroker, timeout_s: float = 30) -> bool:
@@ -473,79 +1136,385 @@ def stop_broker(run_dir_or_broker: Path | LocalBroker, timeout_s: float = 30) ->
 
     Only the pid recorded in ``broker.pid`` is signalled (never processes found
     by name: other brokers may be running).  Returns whether a broker was
-    running; not running is not an error.
+    running; not running is not an error.  Given a LocalCluster, stops all of
+    its nodes (``stop_cluster``).
     """
+    if isinstance(run_dir_or_broker, LocalCluster):
+        return bool(stop_cluster(run_dir_or_broker, timeout_s=max(timeout_s, 60)))
     run_dir = Path(getattr(run_dir_or_broker, "run_dir", run_dir_or_broker)).resolve()
-    pid = _read_pid(run_dir)
-    was_running = pid is not None and _is_our_broker(pid, run_dir)
-    if was_running:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)  # Kafka shuts down cleanly on SIGTERM
-        if not _wait_gone(pid, timeout_s):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-            _wait_gone(pid, 10)
+    pid = _running_pid(run_dir)
+    if pid is not None:
+        _terminate([pid], timeout_s)
     _pid_file(run_dir).unlink(missing_ok=True)
-    return was_running
+    return pid is not None
 
 
-def status(run_dir: Path) -> LocalBroker | None:
-    """The broker running from ``run_dir``, or None."""
+def status(run_dir: Path) -> LocalBroker | LocalCluster | None:
+    """What runs from ``run_dir``: a LocalBroker, a LocalCluster (at least one node up), or None."""
     run_dir = Path(run_dir).resolve()
-    pid = _read_pid(run_dir)
-    if pid is None or not _is_our_broker(pid, run_dir):
+    pid = _running_pid(run_dir)
+    if pid is not None:
+        bootstrap = (run_dir / "bootstrap.txt").read_text().strip()
+        extra = _secure_fields(run_dir) if _formatted_secure(run_dir) else {}
+        return LocalBroker(pid=pid, bootstrap=bootstrap, run_dir=run_dir, **extra)
+    cluster = cluster_status(run_dir)
+    if cluster is not None and cluster.pids:
+        return cluster
+    return None
+
+
+# ------------------------------------------------------------------------ cluster
+
+
+def _layout_file(run_dir: Path) -> Path:
+    return run_dir / "cluster.json"
+
+
+def cluster_status(run_dir: Path) -> LocalCluster | None:
+    """The cluster of ``run_dir`` with the pids of its running nodes (None for the
+    others); None if ``run_dir`` holds no cluster."""
+    run_dir = Path(run_dir).resolve()
+    try:
+        layout = json.loads(_layout_file(run_dir).read_text())
+    except FileNotFoundError:
         return None
-    bootstrap = (run_dir / "bootstrap.txt").read_text().strip()
-    return LocalBroker(pid=pid, bootstrap=bootstrap, run_dir=run_dir)
+    nodes = []
+    for n in layout["nodes"]:
+        node_dir = run_dir / f"node-{n['node_id']}"
+        nodes.append(ClusterNode(node_id=n["node_id"], port=n["port"],
+                                 controller_port=n["controller_port"], run_dir=node_dir,
+                                 pid=_running_pid(node_dir)))
+    return LocalCluster(run_dir=run_dir, nodes=nodes, heap=layout.get("heap", CLUSTER_HEAP))
+
+
+def cluster_ports(port: int, brokers: int = 3) -> list[tuple[int, int]]:
+    """(client port, controller port) of nodes 1..n when node 1's client port is ``port``:
+    node i gets ``port + 2(i-1)`` and the next one."""
+    return [(port + 2 * i, port + 2 * i + 1) for i in range(brokers)]
+
+
+def _write_node_config(cluster: LocalCluster, node: ClusterNode) -> None:
+    node.run_dir.mkdir(parents=True, exist_ok=True)
+    voters = {n.node_id: n.controller_port for n in cluster.nodes}
+    node_config = _server_properties(node.port, node.controller_port, node.run_dir / "data",
+                                     node_id=node.node_id, voters=voters)
+    (node.run_dir / "server.properties").write_text(node_config)
+
+
+def _wait_nodes_ready(cluster: LocalCluster, procs: dict[int, subprocess.Popen],
+                      timeout_s: float) -> None:
+    """Wait until every node in ``procs`` answers, listing itself; on failure stop them."""
+    deadline = time.monotonic() + timeout_s
+    waiting = dict(procs)
+    while waiting:
+        for node_id, proc in list(waiting.items()):
+            node = cluster.node(node_id)
+            if proc.poll() is not None:
+                _CHILDREN.pop(proc.pid, None)
+                _pid_file(node.run_dir).unlink(missing_ok=True)
+                _stop_nodes(cluster, [n for n in procs if n != node_id])
+                raise RuntimeError(f"Kafka node {node_id} exited with code {proc.returncode} "
+                                   f"during startup:\n{_log_tail(node.run_dir)}")
+            if _port_open(node.port) and _answers_as(node.bootstrap, node_id):
+                del waiting[node_id]
+        if waiting and time.monotonic() >= deadline:
+            tails = "\n".join(_log_tail(cluster.node(n).run_dir, 15) for n in waiting)
+            _stop_nodes(cluster, list(procs))
+            raise RuntimeError(f"Kafka nodes {sorted(waiting)} not ready after {timeout_s}s; "
+                               f"stopped the nodes started:\n{tails}")
+        if waiting:
+            time.sleep(0.5)
+
+
+def start_cluster(
+    run_dir: Path,
+    brokers: int = 3,
+    port: int | None = None,
+    heap: str = CLUSTER_HEAP,
+    ready_timeout_s: float = 180,
+    cache_dir: Path | None = None,
+) -> LocalCluster:
+    """Start a ``brokers``-node KRaft cluster (combined broker + controller nodes) in ``run_dir``.
+
+    ``port`` is node 1's client port, the others follow (``cluster_ports``);
+    None picks free ports for a new run dir and reuses the recorded ones for an
+    existing run dir, whose data is kept.  Nodes already running are left
+    alone (only the others start); all running is an error.  Returns once every
+    node answers metadata requests listing itself; on failure every node it
+    started is stopped by pid.
+    """
+    if brokers < 3:
+        raise ValueError("a cluster has at least 3 nodes (a single broker: start_broker)")
+    run_dir = Path(run_dir).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if _running_pid(run_dir) is not None:
+        raise RuntimeError(f"a single broker is running from {run_dir}")
+    existing = cluster_status(run_dir)
+    if existing is not None:
+        if len(existing.nodes) != brokers:
+            raise RuntimeError(f"{run_dir} holds a {len(existing.nodes)}-node cluster")
+        recorded = [(n.port, n.controller_port) for n in existing.nodes]
+        if port is not None and cluster_ports(port, brokers) != recorded:
+            if existing.pids:
+                raise RuntimeError(f"the cluster in {run_dir} runs on other ports "
+                                   f"({existing.bootstrap})")
+            recorded = cluster_ports(port, brokers)
+        ports = recorded
+        if all(n.pid for n in existing.nodes):
+            raise RuntimeError(f"the cluster in {run_dir} is already running "
+                               f"at {existing.bootstrap}")
+    else:
+        if port is None:
+            free = _free_ports(2 * brokers)
+            ports = list(zip(free[::2], free[1::2]))
+        else:
+            ports = cluster_ports(port, brokers)
+    alive = {n.node_id: n.pid for n in existing.nodes} if existing else {}
+    cluster = LocalCluster(run_dir=run_dir, heap=heap, nodes=[
+        ClusterNode(node_id=i + 1, port=p, controller_port=c, run_dir=run_dir / f"node-{i + 1}",
+                    pid=alive.get(i + 1))
+        for i, (p, c) in enumerate(ports)])
+    to_start = [n for n in cluster.nodes if n.pid is None]
+    _check_ports_free(p for n in to_start for p in (n.port, n.controller_port))
+    java, classpath = _java_and_classpath(cache_dir)
+
+    (run_dir / "cluster.json").write_text(json.dumps({
+        "brokers": brokers, "heap": heap,
+        "nodes": [{"node_id": n.node_id, "port": n.port, "controller_port": n.controller_port}
+                  for n in cluster.nodes],
+    }, indent=2) + "\n")
+    (run_dir / "bootstrap.txt").write_text(cluster.bootstrap + "\n")
+    for node in to_start:
+        _write_node_config(cluster, node)
+    # Static voters: formatted with neither --standalone nor --initial-controllers.
+    # The formats run in parallel (a JVM start each).
+    formats = []
+    for node in to_start:
+        if not (node.run_dir / "data" / "meta.properties").is_file():
+            cmd = _format_command(java, classpath, run_dir, node.run_dir, [], None)
+            formats.append((node, subprocess.Popen(cmd, stdout=subprocess.PIPE,
+                                                   stderr=subprocess.STDOUT, text=True)))
+    failures = []
+    for node, proc in formats:
+        out, _ = proc.communicate()
+        if proc.returncode != 0:
+            failures.append(f"node {node.node_id}:\n{_last_lines(out, 20)}")
+    if failures:
+        raise RuntimeError("formatting the cluster's storage failed:\n" + "\n".join(failures))
+
+    procs = {}
+    try:
+        for node in to_start:
+            procs[node.node_id] = proc = _launch(java, classpath, node.run_dir, heap)
+            node.pid = proc.pid
+    except BaseException:
+        _stop_nodes(cluster, list(procs))
+        raise
+    _wait_nodes_ready(cluster, procs, ready_timeout_s)
+    return cluster
+
+
+def start_node(cluster: LocalCluster, node_id: int, ready_timeout_s: float = 120,
+               cache_dir: Path | None = None) -> ClusterNode:
+    """Start one (stopped or killed) node again on its data dir and ports; wait until it answers."""
+    node = cluster.node(node_id)
+    if _running_pid(node.run_dir) is not None:
+        raise RuntimeError(f"node {node_id} is already running (pid {_read_pid(node.run_dir)})")
+    _check_ports_free((node.port, node.controller_port))
+    java, classpath = _java_and_classpath(cache_dir)
+    _write_node_config(cluster, node)
+    proc = _launch(java, classpath, node.run_dir, cluster.heap)
+    node.pid = proc.pid
+    try:
+        _wait_nodes_ready(cluster, {node_id: proc}, ready_timeout_s)
+    except BaseException:
+        node.pid = None
+        raise
+    return node
+
+
+def kill_node(cluster: LocalCluster, node_id: int, timeout_s: float = 30) -> bool:
+    """SIGKILL one node by its pid and wait until it is gone; returns whether it was running."""
+    node = cluster.node(node_id)
+    pid = _running_pid(node.run_dir)
+    if pid is not None:
+        _kill_and_wait(pid, timeout_s)
+    _pid_file(node.run_dir).unlink(missing_ok=True)
+    node.pid = None
+    return pid is not None
+
+
+def _stop_nodes(cluster: LocalCluster, node_ids: list[int], timeout_s: float = 60) -> list[int]:
+    """SIGTERM the given nodes together (SIGKILL after ``timeout_s``); the node ids that ran."""
+    running = {}
+    for node_id in node_ids:
+        node = cluster.node(node_id)
+        pid = _running_pid(node.run_dir)
+        if pid is not None:
+            running[node_id] = pid
+    _terminate(running.values(), timeout_s)
+    for node_id in node_ids:
+        node = cluster.node(node_id)
+        _pid_file(node.run_dir).unlink(missing_ok=True)
+        node.pid = None
+    return sorted(running)
+
+
+def stop_cluster(cluster_or_run_dir: LocalCluster | Path, timeout_s: float = 60) -> list[int]:
+    """Stop every node of a cluster, each by its own pid; returns the ids of the nodes that ran."""
+    cluster = cluster_or_run_dir
+    if not isinstance(cluster, LocalCluster):
+        cluster = cluster_status(Path(cluster_or_run_dir))
+        if cluster is None:
+            return []
+    return _stop_nodes(cluster, [n.node_id for n in cluster.nodes], timeout_s)
 
 
 # ----------------------------------------------------------------------------- CLI
 
 
+def _describe(found: LocalBroker | LocalCluster) -> list[str]:
+    """What status/start print about a running broker or cluster (never a secret)."""
+    if isinstance(found, LocalCluster):
+        up = len(found.pids)
+        lines = [f"{len(found.nodes)}-node cluster in {found.run_dir}: "
+                 f"{up} of {len(found.nodes)} nodes running",
+                 f"bootstrap: {found.bootstrap}"]
+        for n in found.nodes:
+            state = f"running (pid {n.pid})" if n.pid else "not running"
+            lines.append(f"  node {n.node_id}: {n.bootstrap} (controller {n.controller_port}) "
+                         f"{state}; log: {n.run_dir / 'broker.log'}")
+        return lines
+    lines = [f"broker running at {found.bootstrap} (pid {found.pid}) from {found.run_dir}"]
+    if found.secure:
+        lines.append(f"  SASL_SSL ({SASL_MECHANISM}); CA certificate: {found.ca_path}")
+        for principal, path in found.client_properties.items():
+            lines.append(f"  client settings of {principal} (secret, mode 0600): {path}")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m streams.localkafka",
-        description=f"Run a local single-node Kafka {KAFKA_VERSION} broker (KRaft) without Docker.",
+        prog="ledger kafka",
+        description=f"Run a local Kafka {KAFKA_VERSION} broker (KRaft) without Docker: one node, "
+                    f"a three-node cluster (--brokers 3) or a secured node (--secure).",
+        epilog="Default run dirs: <cache>/broker, <cache>/cluster (--brokers 3), "
+               "<cache>/broker-secure (--secure); status and stop without --run-dir cover all "
+               "three.  Cluster ports: node i listens on PORT+2(i-1) for clients and the next "
+               "port for its controller (9092/9093, 9094/9095, 9096/9097).",
     )
     parser.add_argument("command", choices=["install", "start", "stop", "status"])
     parser.add_argument("--run-dir", type=Path, default=None,
-                        help="config, data and logs of the broker (default: <cache>/broker)")
-    parser.add_argument("--port", type=int, default=CLI_PORT,
-                        help=f"client port on {_HOST} (default: {CLI_PORT})")
-    parser.add_argument("--controller-port", type=int, default=None,
-                        help="KRaft controller port (default: --port + 1)")
+                        help="config, data and logs (default: by shape, see below)")
+    start = parser.add_argument_group("start options")
+    start.add_argument("--port", type=int, default=None,
+                       help=f"client port on {_HOST} (of node 1 for a cluster; default: "
+                            f"{CLI_PORT}, or the ports an existing cluster run dir recorded)")
+    start.add_argument("--controller-port", type=int, default=None,
+                       help="KRaft controller port of a single broker (default: --port + 1)")
+    start.add_argument("--brokers", type=int, choices=[1, 3], default=1,
+                       help="1 (default) or 3: a three-node cluster, replication factor 3, "
+                            "min.insync.replicas 2")
+    start.add_argument("--secure", action="store_true",
+                       help="SASL_SSL (SCRAM-SHA-512 over TLS) client listener with ACLs; "
+                            "writes clients/{worker,app,admin}.properties in the run dir")
+    start.add_argument("--topic-prefix", default=DEFAULT_TOPIC_PREFIX,
+                       help=f"topic prefix the --secure ACLs cover "
+                            f"(default: {DEFAULT_TOPIC_PREFIX})")
+    start.add_argument("--heap", default=None,
+                       help=f"JVM heap per node (default: {SINGLE_HEAP}; "
+                            f"{CLUSTER_HEAP} per cluster node)")
     args = parser.parse_args(argv)
-    run_dir = args.run_dir or default_cache_dir() / "broker"
 
     try:
         if args.command == "install":
             ensure_jars()
-        elif args.command == "start":
-            broker = status(run_dir)
-            if broker:
-                print(f"broker already running at {broker.bootstrap} (pid {broker.pid})")
-            else:
-                print(f"starting Kafka {KAFKA_VERSION} in {run_dir} ...")
-                broker = start_broker(run_dir, port=args.port,
-                                      controller_port=args.controller_port or args.port + 1)
-                print(f"broker ready at {broker.bootstrap} (pid {broker.pid}); "
-                      f"log: {run_dir / 'broker.log'}")
-        elif args.command == "stop":
-            pid = _read_pid(Path(run_dir).resolve())
-            if stop_broker(run_dir):
-                print(f"stopped broker (pid {pid})")
-            else:
-                print(f"no broker running in {run_dir}")
-        else:
-            broker = status(run_dir)
-            if broker is None:
-                print(f"no broker running in {run_dir}")
-                return 1
-            print(f"broker running at {broker.bootstrap} (pid {broker.pid})")
+            return 0
+        if args.command == "start":
+            return _cli_start(args)
+        run_dirs = [args.run_dir] if args.run_dir else _default_run_dirs()
+        if args.command == "stop":
+            return _cli_stop(run_dirs)
+        return _cli_status(run_dirs)
     except RuntimeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+
+
+def _cli_start(args) -> int:
+    if args.brokers > 1 and args.secure:
+        raise RuntimeError("--secure runs a single node; it cannot be combined with --brokers 3")
+    if args.brokers > 1 and args.controller_port is not None:
+        raise RuntimeError("--controller-port is for a single broker; cluster nodes use "
+                           "their client port + 1")
+    run_dir = (args.run_dir or default_run_dir(args.brokers, args.secure)).resolve()
+    if args.brokers > 1:
+        existing = cluster_status(run_dir)
+        if existing is not None and all(n.pid for n in existing.nodes):
+            print("\n".join(["cluster already running", *_describe(existing)]))
+            return 0
+        if _running_pid(run_dir) is not None:
+            raise RuntimeError(f"a single broker is running from {run_dir}")
+        port = args.port if args.port or existing else CLI_PORT
+        if existing is not None and existing.pids:
+            down = [n.node_id for n in existing.nodes if n.pid is None]
+            print(f"starting node(s) {', '.join(map(str, down))} of the cluster in {run_dir} ...")
+        else:
+            print(f"starting a {args.brokers}-node Kafka {KAFKA_VERSION} cluster "
+                  f"in {run_dir} ...")
+        started = time.monotonic()
+        cluster = start_cluster(run_dir, brokers=args.brokers, port=port,
+                                heap=args.heap or CLUSTER_HEAP)
+        print(f"cluster ready in {time.monotonic() - started:.0f}s")
+        print("\n".join(_describe(cluster)))
+        return 0
+    running = status(run_dir)
+    if running:
+        print("\n".join(["already running", *_describe(running)]))
+        return 0
+    port = args.port or CLI_PORT
+    print(f"starting Kafka {KAFKA_VERSION} in {run_dir} ...")
+    broker = start_broker(run_dir, port=port, controller_port=args.controller_port or port + 1,
+                          heap=args.heap or SINGLE_HEAP, secure=True if args.secure else None,
+                          topic_prefix=args.topic_prefix)
+    print("\n".join(_describe(broker)))
+    if broker.secure:
+        print(f"  ACLs granted for topic prefix {args.topic_prefix!r} "
+              f"(streams.localkafka.ledger_acls)")
+    print(f"log: {run_dir / 'broker.log'}")
     return 0
+
+
+def _cli_stop(run_dirs: list[Path]) -> int:
+    for run_dir in run_dirs:
+        run_dir = run_dir.resolve()
+        pid = _running_pid(run_dir)
+        if pid is not None and stop_broker(run_dir):
+            print(f"stopped broker (pid {pid}) in {run_dir}")
+            continue
+        cluster = cluster_status(run_dir)
+        if cluster is not None and cluster.pids:
+            pids = {n.node_id: n.pid for n in cluster.nodes}
+            for node_id in stop_cluster(cluster):
+                print(f"stopped node {node_id} (pid {pids[node_id]}) in {run_dir}")
+            continue
+        print(f"no broker running in {run_dir}")
+    return 0
+
+
+def _cli_status(run_dirs: list[Path]) -> int:
+    """Exit 0 if something runs and every node of everything found is up."""
+    found_any, all_up = False, True
+    for run_dir in run_dirs:
+        found = status(run_dir)
+        if found is None:
+            print(f"no broker running in {run_dir.resolve()}")
+            continue
+        print("\n".join(_describe(found)))
+        found_any = True
+        if isinstance(found, LocalCluster) and len(found.pids) < len(found.nodes):
+            all_up = False
+    return 0 if found_any and all_up else 1
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -242,3 +243,96 @@ def test_dashboard_metric_list_matches_streams_metrics():
     for family in REGISTRY.collect():
         exported.add(family.name + "_total" if family.type == "counter" else family.name)
     assert LEDGER_METRICS <= exported, LEDGER_METRICS - exported
+
+
+@pytest.mark.kafka
+@pytest.mark.skipif(
+    bool(os.environ.get("KAFKA_BOOTSTRAP_SERVERS")),
+    reason="KAFKA_BOOTSTRAP_SERVERS names an external broker; not starting a private one",
+)
+def test_topic_data_survives_kill_9_and_a_restart_on_the_same_run_dir(tmp_path):
+    from confluent_kafka import Consumer, Producer, TopicPartition
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    port, controller_port = localkafka._free_ports(2)
+    run_dir = tmp_path / "kafka"
+    broker = localkafka.start_broker(run_dir, port=port, controller_port=controller_port)
+    try:
+        topic = "survives-kill"
+        admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+        admin.create_topics([NewTopic(topic, num_partitions=1)])[topic].result(30)
+        producer = Producer({"bootstrap.servers": broker.bootstrap, "acks": "all"})
+        delivered = []
+        for i in range(20):
+            producer.produce(topic, value=b"m%d" % i,
+                             on_delivery=lambda err, msg: delivered.append(err))
+        assert producer.flush(30) == 0
+        assert delivered == [None] * 20
+
+        assert localkafka.kill_broker(broker)
+        assert _gone(broker.pid)
+        assert localkafka.status(run_dir) is None
+        assert not (run_dir / "broker.pid").exists()
+        assert localkafka.kill_broker(broker) is False  # nothing left to kill
+
+        again = localkafka.start_broker(run_dir, port=port, controller_port=controller_port)
+        assert again.bootstrap == broker.bootstrap and again.pid != broker.pid
+        consumer = Consumer({"bootstrap.servers": again.bootstrap, "group.id": "survives-kill",
+                             "enable.auto.commit": False})
+        try:
+            consumer.assign([TopicPartition(topic, 0, 0)])
+            values = []
+            deadline = time.monotonic() + 60
+            while len(values) < 20 and time.monotonic() < deadline:
+                msg = consumer.poll(1)
+                if msg is not None and msg.error() is None:
+                    values.append(msg.value())
+        finally:
+            consumer.close()
+        assert values == [b"m%d" % i for i in range(20)]
+    finally:
+        localkafka.stop_broker(run_dir)
+    assert localkafka.status(run_dir) is None
+
+
+def test_read_client_properties(tmp_path):
+    path = tmp_path / "client.properties"
+    path.write_text(
+        "# a comment\n"
+        "! another comment\n"
+        "\n"
+        "  bootstrap.servers = 127.0.0.1:9092,127.0.0.1:9094  \n"
+        "sasl.username=ledger-app\n"
+        "sasl.password=a=b:c\n"       # only the first separator splits
+        "ssl.ca.location: /x/ca.pem\n"
+    )
+    assert localkafka.read_client_properties(path) == {
+        "bootstrap.servers": "127.0.0.1:9092,127.0.0.1:9094",
+        "sasl.username": "ledger-app",
+        "sasl.password": "a=b:c",
+        "ssl.ca.location": "/x/ca.pem",
+    }
+    path.write_text("ok=1\nsecret-without-separator\n")
+    with pytest.raises(ValueError) as err:
+        localkafka.read_client_properties(path)
+    assert ":2:" in str(err.value) and "secret" not in str(err.value)
+
+
+def test_cli_help_lists_the_cluster_and_secure_options(capsys):
+    for argv in (["--help"], ["start", "--help"]):
+        with pytest.raises(SystemExit) as exit_:
+            localkafka.main(argv)
+        assert exit_.value.code == 0
+        out = capsys.readouterr().out
+        assert "--brokers" in out and "--secure" in out and "--topic-prefix" in out
+
+
+def test_default_run_dirs_by_shape_and_nothing_running_in_an_empty_cache(tmp_path):
+    assert localkafka.default_run_dir(cache_dir=tmp_path) == tmp_path / "broker"
+    assert localkafka.default_run_dir(3, cache_dir=tmp_path) == tmp_path / "cluster"
+    assert localkafka.default_run_dir(secure=True, cache_dir=tmp_path) == tmp_path / "broker-secure"
+    assert localkafka.find_running(tmp_path) is None
+
+
+def test_cluster_ports_follow_the_first_node():
+    assert localkafka.cluster_ports(9092) == [(9092, 9093), (9094, 9095), (9096, 9097)]
