@@ -1,8 +1,16 @@
 """Rebuild, verify and snapshot the whole ledger from the committed event log.
 
     ledger replay --as-of T --out FILE [--from-scratch]
-    ledger verify [--data-dir DIR]
+    ledger verify [--data-dir DIR] [--no-store] [--pending-max-s S]
     ledger snapshot
+
+**Verify** replays the log from offset 0 and reports every problem it finds,
+one line each, named by its kind (the constants in the Verify section below:
+sequence gaps, broken balance chains, overdrafts exceeded, money not
+conserved, money in flight below zero, transfer legs that match no debit or
+credit, transfers settled or credited twice, transfers pending too long),
+then compares each worker's RocksDB store with the log up to the offset that
+store recorded. Exit 0 only if nothing was found.
 
 **Ledger-wide snapshots** are files in ``LEDGER_SNAPSHOT_DIR`` (default
 ``./snapshots``), so they survive the loss of any worker's disk; copy that
@@ -31,6 +39,7 @@ import logging
 import os
 import sys
 import time
+import zlib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,7 +128,9 @@ def read_snapshot(path: Path, partitions: int) -> Ledger:
     try:
         header_line, _, body = gzip.decompress(path.read_bytes()).partition(b"\n")
         header = json.loads(header_line)
-    except (OSError, EOFError, ValueError) as exc:
+    except (OSError, EOFError, ValueError, zlib.error) as exc:
+        # A damaged gzip body fails as zlib.error (not an OSError) when the
+        # damage breaks the deflate stream before the CRC is checked.
         raise SnapshotInvalid(f"{path.name}: unreadable: {exc}") from None
     if header.get("format") != SNAPSHOT_FORMAT:
         raise SnapshotInvalid(f"{path.name}: unknown format {header.get('format')}")
@@ -225,12 +236,207 @@ def write_accounts(ledger: Ledger, out: Path) -> int:
 # Verify
 # --------------------------------------------------------------------------
 
+# What ``ledger verify`` can find. Each problem is one line of the report,
+# starting with its kind; the report ends with a count per kind.
+#
+# Of each event, in log order (the checks verify always had):
+SEQUENCE_GAP = "sequence_gap"                   # an account's sequence skips or repeats
+BALANCE_CHAIN_BROKEN = "balance_chain_broken"   # balance_after != previous +/- amount
+OVERDRAFT_EXCEEDED = "overdraft_exceeded"       # balance below -overdraft_limit
+# Of each currency:
+MONEY_NOT_CONSERVED = "money_not_conserved"     # balances + in flight != external in - out
+NEGATIVE_IN_FLIGHT = "negative_in_flight"       # transfers gave out more than they took
+# Of each transfer. A transfer is (source account, transfer id): transfer
+# ids are chosen per source, so two sources may use the same one.
+CREDIT_WITHOUT_DEBIT = "credit_without_debit"   # credited, no matching debit at the source
+SETTLE_WITHOUT_DEBIT = "settle_without_debit"   # completed/refunded, no matching debit
+SETTLE_WITHOUT_CREDIT = "settle_without_credit"  # completed, no matching credit
+CREDITED_AND_REFUNDED = "credited_and_refunded"  # paid at the destination and back
+TRANSFER_DEBITED_TWICE = "transfer_debited_twice"
+TRANSFER_CREDITED_TWICE = "transfer_credited_twice"
+TRANSFER_SETTLED_TWICE = "transfer_settled_twice"  # completed or refunded more than once
+TRANSFER_PENDING_TOO_LONG = "transfer_pending_too_long"
+# Of a worker's RocksDB store, against the log up to the offset the store
+# recorded (``--data-dir``):
+STORE_AHEAD = "store_ahead_of_recorded_offset"  # the store has the log's next events
+STORE_BEHIND = "store_behind_recorded_offset"   # the store lacks events it claims
+STORE_MISMATCH = "store_mismatch"               # anything else
 
-def check_invariants(settings: Settings) -> list[str]:
+PENDING_MAX_S_DEFAULT = 300.0
+REPORT_LINES_MAX = 200
+
+_TRANSFER_EVENTS = (domain.TransferDebited, domain.TransferCredited,
+                    domain.TransferCompleted, domain.TransferRefunded)
+
+
+@dataclass(frozen=True)
+class Problem:
+    kind: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.kind}: {self.detail}"
+
+
+def _iso(ms: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000)) + f".{ms % 1000:03d}Z"
+
+
+@dataclass(frozen=True, slots=True)
+class _Seen:
+    """One transfer event and where it is in the log."""
+
+    partition: int
+    offset: int
+    event: object  # one of _TRANSFER_EVENTS
+
+    def __str__(self) -> str:
+        e = self.event
+        return f"{e.type} {e.account_id}@{e.sequence} (p{self.partition}@{self.offset})"
+
+
+def _money(event) -> str:
+    return f"{event.currency} {event.amount_minor}"
+
+
+def _same_money(a, b) -> bool:
+    return a.amount_minor == b.amount_minor and a.currency == b.currency
+
+
+class _Transfer:
+    """Every event of one transfer, wherever in the log: partitions are read
+    in no particular order relative to each other, so legs are matched once
+    the whole log has been read."""
+
+    __slots__ = ("debits", "credits", "settles")
+
+    def __init__(self):
+        self.debits: list[_Seen] = []
+        self.credits: list[_Seen] = []
+        self.settles: list[_Seen] = []
+
+    def destination(self) -> str:
+        for seen in self.debits + self.settles:
+            return seen.event.counterparty_account_id
+        return self.credits[0].event.account_id
+
+
+def _transfer_key(event) -> tuple[str, str]:
+    """(source account, transfer id): a credit names its source as counterparty."""
+    if isinstance(event, domain.TransferCredited):
+        return event.counterparty_account_id, event.transfer_id
+    return event.account_id, event.transfer_id
+
+
+def _listed(seen: list[_Seen]) -> str:
+    return ", ".join(str(s) for s in seen)
+
+
+def _transfer_problems(transfers: dict, newest_ms: int, pending_max_ms: int) -> list[Problem]:
+    problems: list[Problem] = []
+    for (source, transfer_id), t in sorted(transfers.items()):
+        name = f"transfer {transfer_id!r} from {source} to {t.destination()}"
+        if len(t.debits) > 1:
+            problems.append(Problem(TRANSFER_DEBITED_TWICE,
+                                    f"{name}: debited {len(t.debits)} times: {_listed(t.debits)}"))
+        for c in t.credits:
+            # The debit's counterparty is the account this credit landed on.
+            if not any(d.event.counterparty_account_id == c.event.account_id
+                       and _same_money(d.event, c.event) for d in t.debits):
+                why = (f"no transfer_debited at {source} with this transfer id" if not t.debits
+                       else "no debit matches it: " + "; ".join(
+                           f"{d} is {_money(d.event)} to {d.event.counterparty_account_id}"
+                           for d in t.debits))
+                problems.append(Problem(CREDIT_WITHOUT_DEBIT,
+                                        f"{name}: {c} credits {_money(c.event)}, but {why}"))
+        if len(t.credits) > 1:
+            problems.append(Problem(TRANSFER_CREDITED_TWICE,
+                                    f"{name}: credited {len(t.credits)} times: "
+                                    f"{_listed(t.credits)}"))
+        for s in t.settles:
+            e = s.event
+            if not any(d.event.counterparty_account_id == e.counterparty_account_id
+                       and _same_money(d.event, e) for d in t.debits):
+                why = (f"no transfer_debited at {source} with this transfer id" if not t.debits
+                       else "no debit matches it: " + "; ".join(
+                           f"{d} is {_money(d.event)} to {d.event.counterparty_account_id}"
+                           for d in t.debits))
+                problems.append(Problem(SETTLE_WITHOUT_DEBIT,
+                                        f"{name}: {s} settles {_money(e)}, but {why}"))
+            if isinstance(e, domain.TransferCompleted):
+                if not any(c.event.account_id == e.counterparty_account_id
+                           and _same_money(c.event, e) for c in t.credits):
+                    why = (f"no transfer_credited at {e.counterparty_account_id}"
+                           if not t.credits else "no credit matches it: " + "; ".join(
+                               f"{c} is {_money(c.event)}" for c in t.credits))
+                    problems.append(Problem(SETTLE_WITHOUT_CREDIT,
+                                            f"{name}: {s} completes {_money(e)}, but {why}"))
+            elif t.credits:
+                problems.append(Problem(
+                    CREDITED_AND_REFUNDED,
+                    f"{name}: {s} refunds {_money(e)} to {source}, but "
+                    f"{_listed(t.credits)} paid it to the destination: paid twice"))
+        if len(t.settles) > 1:
+            problems.append(Problem(TRANSFER_SETTLED_TWICE,
+                                    f"{name}: settled {len(t.settles)} times: "
+                                    f"{_listed(t.settles)}"))
+        if t.debits and not t.settles:
+            d = t.debits[0]
+            age_ms = newest_ms - d.event.recorded_at_ms
+            if age_ms > pending_max_ms:
+                credited = _listed(t.credits) if t.credits else "not credited"
+                problems.append(Problem(
+                    TRANSFER_PENDING_TOO_LONG,
+                    f"{name}: {d} of {_money(d.event)} at {_iso(d.event.recorded_at_ms)} "
+                    f"is neither completed nor refunded {age_ms / 1000:.1f} s later "
+                    f"(newest event {_iso(newest_ms)}, limit {pending_max_ms / 1000:g} s); "
+                    f"{credited}"))
+    return problems
+
+
+def _in_flight_problems(flow: dict, lowering: dict) -> list[Problem]:
+    """Money in flight per currency as of every instant of the log.
+
+    Partitions have no order relative to each other, so "a point of the log"
+    is an instant: as of T, in flight is what transfers debited at or before
+    T minus what they credited or refunded at or before T, which is what
+    ``ledger replay --as-of T`` holds. Deterministic, whatever order the
+    partitions were read in.
+    """
+    problems: list[Problem] = []
+    for currency in sorted(flow):
+        running, first, lowest = 0, None, None
+        for ms in sorted(flow[currency]):
+            running += flow[currency][ms]
+            if running < 0:
+                if first is None:
+                    first = (ms, running)
+                if lowest is None or running < lowest[1]:
+                    lowest = (ms, running)
+        if first is None:
+            continue
+        ms, amount = first
+        by = ", ".join(f"{s} of transfer {s.event.transfer_id!r}"
+                       for s in lowering[currency].get(ms, []))
+        problems.append(Problem(
+            NEGATIVE_IN_FLIGHT,
+            f"{currency}: in flight {amount} as of {_iso(ms)} (first instant below zero), "
+            f"after {by}; lowest {lowest[1]} as of {_iso(lowest[0])}; at the end of the "
+            f"log {running}"))
+    return problems
+
+
+def check_invariants(settings: Settings,
+                     pending_max_s: float = PENDING_MAX_S_DEFAULT) -> list[Problem]:
     """Replay the log from scratch, checking every rule on the way."""
-    problems: list[str] = []
+    problems: list[Problem] = []
     ledger = Ledger.empty(settings.partitions)
     limits: dict[str, int] = {}
+    transfers: dict[tuple[str, str], _Transfer] = {}
+    # currency -> recorded_at_ms -> change of money in flight at that instant;
+    # and the events that lowered it then (a few, to name in the report).
+    flow: dict[str, Counter] = {}
+    lowering: dict[str, dict[int, list[_Seen]]] = {}
     for partition, offset, record in read_log(settings):
         if isinstance(record, domain.CommandRejected):
             continue
@@ -238,66 +444,182 @@ def check_invariants(settings: Settings) -> list[str]:
         state = ledger.accounts.get(record.account_id)
         expected = 1 if state is None else state.version + 1
         if record.sequence != expected:
-            problems.append(f"{where}: sequence gap or repeat, expected {expected}")
+            problems.append(Problem(SEQUENCE_GAP,
+                                    f"{where}: {record.type} has sequence {record.sequence}, "
+                                    f"expected {expected}"))
             continue
         previous = 0 if state is None else state.balance_minor
         delta = {domain.Credited: 1, domain.Debited: -1, domain.TransferDebited: -1,
                  domain.TransferCredited: 1, domain.TransferRefunded: 1}.get(type(record), 0)
         if record.balance_after_minor != previous + delta * record.amount_minor:
-            problems.append(f"{where}: balance_after {record.balance_after_minor} != "
-                            f"{previous} + {delta * record.amount_minor}")
+            problems.append(Problem(BALANCE_CHAIN_BROKEN,
+                                    f"{where}: {record.type} balance_after "
+                                    f"{record.balance_after_minor} != {previous} + "
+                                    f"{delta * record.amount_minor}"))
         if isinstance(record, domain.AccountOpened):
             limits[record.account_id] = record.overdraft_limit_minor
         if record.balance_after_minor < -limits.get(record.account_id, 0):
-            problems.append(f"{where}: balance {record.balance_after_minor} below "
-                            f"-overdraft_limit {limits.get(record.account_id, 0)}")
+            problems.append(Problem(OVERDRAFT_EXCEEDED,
+                                    f"{where}: balance {record.balance_after_minor} below "
+                                    f"-overdraft_limit {limits.get(record.account_id, 0)}"))
+        if isinstance(record, _TRANSFER_EVENTS):
+            seen = _Seen(partition, offset, record)
+            t = transfers.get(_transfer_key(record))
+            if t is None:
+                t = transfers[_transfer_key(record)] = _Transfer()
+            change = 0
+            if isinstance(record, domain.TransferDebited):
+                t.debits.append(seen)
+                change = record.amount_minor
+            elif isinstance(record, domain.TransferCredited):
+                t.credits.append(seen)
+                change = -record.amount_minor
+            else:
+                t.settles.append(seen)
+                if isinstance(record, domain.TransferRefunded):
+                    change = -record.amount_minor
+            if change:
+                flow.setdefault(record.currency, Counter())[record.recorded_at_ms] += change
+            if change < 0:
+                named = lowering.setdefault(record.currency, {}).setdefault(
+                    record.recorded_at_ms, [])
+                if len(named) < 3:
+                    named.append(seen)
         ledger.apply(partition, offset, record)
+    problems += _transfer_problems(transfers, ledger.max_recorded_at_ms,
+                                   int(pending_max_s * 1000))
+    problems += _in_flight_problems(flow, lowering)
     totals = Counter()
     for state in ledger.accounts.values():
         totals[state.currency] += state.balance_minor
     for currency in sorted(set(totals) | set(ledger.external) | set(ledger.in_flight)):
         left = totals[currency] + ledger.in_flight[currency]
         if left != ledger.external[currency]:
-            problems.append(f"{currency}: balances {totals[currency]} + in flight "
-                            f"{ledger.in_flight[currency]} != external credits - debits "
-                            f"{ledger.external[currency]}")
+            problems.append(Problem(MONEY_NOT_CONSERVED,
+                                    f"{currency}: balances {totals[currency]} + in flight "
+                                    f"{ledger.in_flight[currency]} != external credits - "
+                                    f"debits {ledger.external[currency]}"))
     return problems
 
 
-def compare_stores(settings: Settings, data_dir: Path) -> tuple[list[str], int]:
-    """Compare every local partition store with the log up to that store's offset."""
+def compare_stores(settings: Settings, data_dir: Path) -> tuple[list[Problem], int]:
+    """Compare every local partition store with the log up to that store's offset.
+
+    Each store is opened read-only: no lock (a worker may be running), and a
+    point-in-time view of RocksDB, so the events offset it recorded and the
+    account states are read from the same instant. A store's offset and its
+    data are written in one WriteBatch, so in that view they agree, unless the
+    worker wrote data without moving the offset: that is reported as
+    ``store_ahead_of_recorded_offset``, apart from other differences. The
+    stores are opened before the log is read, so the log reaches them.
+    """
     from streams.store import PartitionStore
 
-    problems: list[str] = []
+    problems: list[Problem] = []
     checked = 0
     root = data_dir / settings.events_topic
-    stores = {}
-    for p in range(settings.partitions):
-        if (root / f"p{p}").is_dir():
-            stores[p] = PartitionStore(root / f"p{p}", read_only=True)
+    stores: dict[int, PartitionStore] = {}
     try:
+        for p in range(settings.partitions):
+            if (root / f"p{p}").is_dir():
+                stores[p] = PartitionStore(root / f"p{p}", read_only=True)
         if not stores:
             return [], 0
-        # Read the stores first: the log is then at or past them.
+        recorded = {p: store.events_offset for p, store in stores.items()}
         live = {p: {k[1:].decode(): decode_state(v) for k, v in store.items(b"a")}
                 for p, store in stores.items()}
-        offsets = {p: store.events_offset for p, store in stores.items()}
-        ledger = rebuild(settings, until_offsets={p: offsets.get(p, 0)
+        ledger = rebuild(settings, until_offsets={p: recorded.get(p, 0)
                                                   for p in range(settings.partitions)},
                          progress=False)
-        for p, accounts in live.items():
-            expected = {a: s for a, s in ledger.accounts.items()
-                        if _partition_of(a, settings) == p}
-            for account_id in sorted(set(accounts) | set(expected)):
+        expected: dict[int, dict[str, domain.AccountState]] = {}
+        for account_id, state in ledger.accounts.items():
+            expected.setdefault(_partition_of(account_id, settings), {})[account_id] = state
+        differing = []
+        for p, accounts in sorted(live.items()):
+            logged = expected.get(p, {})
+            for account_id in sorted(set(accounts) | set(logged)):
                 checked += 1
-                if accounts.get(account_id) != expected.get(account_id):
-                    problems.append(
-                        f"p{p} {account_id}: store has {accounts.get(account_id)}, "
-                        f"log gives {expected.get(account_id)}")
+                if accounts.get(account_id) != logged.get(account_id):
+                    differing.append((p, account_id))
+        if differing:
+            problems = _store_differences(settings, stores, recorded, live, expected,
+                                          differing)
     finally:
         for store in stores.values():
             store.close()
     return problems, checked
+
+
+def _state_diff(store_state, log_state) -> str:
+    if store_state is None:
+        return "the store has no such account"
+    if log_state is None:
+        return "the log has no such account up to the recorded offset"
+    fields = [f for f in store_state.__dataclass_fields__
+              if getattr(store_state, f) != getattr(log_state, f)]
+    return "differing: " + ", ".join(
+        f"{f} store {getattr(store_state, f)!r} log {getattr(log_state, f)!r}" for f in fields)
+
+
+def _store_differences(settings, stores, recorded, live, expected, differing) -> list[Problem]:
+    """Why each differing account differs: the store's own history against
+    every logged event of the account (also those past the recorded offset)."""
+    from schemas import codec
+
+    wanted = {account_id for _p, account_id in differing}
+    parts = {p for p, _a in differing}
+    logged: dict[str, list] = {a: [] for a in wanted}  # account -> [(p, offset, event)]
+    for partition, offset, record in read_log(
+            settings, stop_offsets={p: 2**63 - 1 if p in parts else 0
+                                    for p in range(settings.partitions)}):
+        if isinstance(record, domain.CommandRejected) or record.account_id not in logged:
+            continue
+        events = logged[record.account_id]
+        if record.sequence == len(events) + 1:  # gaps and repeats: the log checks report them
+            events.append((partition, offset, record))
+    problems: list[Problem] = []
+    for p, account_id in differing:
+        store_state = live[p].get(account_id)
+        log_state = expected.get(p, {}).get(account_id)
+        sv = 0 if store_state is None else store_state.version
+        lv = 0 if log_state is None else log_state.version
+        head = (f"p{p} {account_id}: store version {sv}, log version {lv} up to the "
+                f"store's recorded offset p{p}@{recorded[p]}")
+        history = [codec.decode_outcome(raw)[0] for raw in stores[p].history(account_id)]
+        log_events = [event for _p, _o, event in logged[account_id]]
+
+        def at(i: int) -> str:
+            part, offset, _event = logged[account_id][i]
+            return f"p{part}@{offset}"
+
+        try:
+            consistent = domain.fold(history[:sv]) == store_state
+        except domain.EventOutOfOrder:
+            consistent = False
+        if not consistent:
+            problems.append(Problem(STORE_MISMATCH, f"{head}: the store's state is not the "
+                                    f"fold of its own history; {_state_diff(store_state, log_state)}"))
+        elif sv > lv and history[:lv] == log_events[:lv]:
+            if history[lv:sv] == log_events[lv:sv]:
+                problems.append(Problem(
+                    STORE_AHEAD,
+                    f"{head}: the store also holds events {lv + 1}..{sv}, which the log "
+                    f"has at {at(lv)}..{at(sv - 1)}, past that offset: the store's data is "
+                    f"ahead of the offset it recorded"))
+            else:
+                problems.append(Problem(
+                    STORE_MISMATCH,
+                    f"{head}: the store's events {lv + 1}..{sv} are not the log's "
+                    f"(the log has {len(log_events)} events of the account in all)"))
+        elif sv < lv and history[:sv] == log_events[:sv]:
+            problems.append(Problem(
+                STORE_BEHIND,
+                f"{head}: the store lacks events {sv + 1}..{lv} (at {at(sv)}..{at(lv - 1)}), "
+                f"which its recorded offset says it holds"))
+        else:
+            problems.append(Problem(STORE_MISMATCH,
+                                    f"{head}: {_state_diff(store_state, log_state)}"))
+    return problems
 
 
 def _partition_of(account_id: str, settings: Settings) -> int:
@@ -306,22 +628,29 @@ def _partition_of(account_id: str, settings: Settings) -> int:
     return partition_for(account_id.encode(), settings.partitions)
 
 
-def verify(settings: Settings, data_dir: Path | None) -> int:
-    problems = check_invariants(settings)
+def verify(settings: Settings, data_dir: Path | None,
+           pending_max_s: float = PENDING_MAX_S_DEFAULT) -> int:
+    """Print the report; 0 if nothing was found, 1 otherwise."""
+    problems = check_invariants(settings, pending_max_s)
     checked = 0
     if data_dir is not None:
         store_problems, checked = compare_stores(settings, data_dir)
         problems += store_problems
     if problems:
         print(f"verify: FAILED, {len(problems)} problem(s):")
-        for line in problems[:200]:
-            print(f"  - {line}")
-        if len(problems) > 200:
-            print(f"  ... and {len(problems) - 200} more")
+        for problem in problems[:REPORT_LINES_MAX]:
+            print(f"  - {problem}")
+        if len(problems) > REPORT_LINES_MAX:
+            print(f"  ... and {len(problems) - REPORT_LINES_MAX} more")
+        print("problems by kind:")
+        for kind, count in sorted(Counter(p.kind for p in problems).items()):
+            print(f"  {kind}: {count}")
         return 1
-    print(f"verify: OK (sequences gap-free, balances follow amounts, overdraft limits "
-          f"held, money conserved per currency; {checked} account states in "
-          f"{data_dir} match the log)" if data_dir else "verify: OK")
+    held = (f"sequences gap-free, balances follow amounts, overdraft limits held, money "
+            f"conserved per currency, every transfer leg matches its transfer, in flight "
+            f"never below zero, no transfer pending over {pending_max_s:g} s")
+    print(f"verify: OK ({held}; {checked} account states in {data_dir} match the log)"
+          if data_dir else f"verify: OK ({held})")
     return 0
 
 
