@@ -10,9 +10,10 @@ WORKDIR /app
 COPY . .
 RUN pip install .
 
-# Run unprivileged; /data is created here so a named volume mounted on it
-# inherits this ownership.
-RUN useradd --create-home --uid 10001 ledger && mkdir /data && chown ledger /data
+# Run unprivileged; /data and /secrets are created here so named volumes
+# mounted on them inherit this ownership.
+RUN useradd --create-home --uid 10001 ledger && mkdir /data /secrets \
+    && chown ledger /data /secrets && chmod 700 /secrets
 USER ledger
 
 EXPOSE 6066

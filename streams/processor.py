@@ -31,6 +31,7 @@ idempotent by per-account sequence and by command_id.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import threading
 import time
@@ -205,7 +206,8 @@ class Stopping(Exception):
 # How the worker is doing, for /v1/health. Only "consuming" is healthy.
 STARTING, CATCHING_UP, CONSUMING = "starting", "catching_up", "consuming"
 BROKER_UNREACHABLE, REBUILDING = "broker_unreachable", "fenced_rebuilding"
-STORE_FAILED, STOPPING = "store_failed", "stopping"
+STORE_FAILED, STOPPING, STALLED = "store_failed", "stopping", "stalled"
+LOOP_STALL_S = 5.0  # a loop turn (one batch) taking longer is not healthy
 
 KAFKA_CALL_S = 2.0  # one bounded call; retried until its deadline, stop-aware
 REBUILD_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
@@ -238,14 +240,15 @@ class Processor:
         self._state = STARTING
         self._broker_down = False
         self._fatal: KafkaError | None = None
+        self._loop_at = time.monotonic()
+        self._retrying = False  # a Kafka call failed and is being retried
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
 
     def _connect(self) -> None:
         s = self.settings
-        self._fatal = None
-        self._consumer = Consumer({
-            "bootstrap.servers": s.bootstrap_servers,
+        self._fatal, self._retrying = None, False
+        self._consumer = Consumer(s.kafka(**{
             "group.id": s.group_id,
             # Tells other workers where this one serves HTTP (streams.routing).
             "client.id": routing.client_id(s),
@@ -269,9 +272,12 @@ class Processor:
             # transfer's three steps waited that long (scripts/bench_transfers).
             "fetch.wait.max.ms": 20,
             "error_cb": self._on_error,
-        })
-        self._producer = Producer({
-            "bootstrap.servers": s.bootstrap_servers,
+            # Once a second, the state of each broker connection: whether any
+            # broker is reachable, for health() (served by consume()).
+            "statistics.interval.ms": 1000,
+            "stats_cb": self._on_stats,
+        }))
+        self._producer = Producer(s.kafka(**{
             "transactional.id": s.transactional_id,
             "transaction.timeout.ms": s.transaction_timeout_ms,
             "enable.idempotence": True,  # implied by transactional.id; spelled out
@@ -287,7 +293,7 @@ class Processor:
             "partitioner": "murmur2_random",
             "on_delivery": self._on_delivery,
             "error_cb": self._on_error,
-        })
+        }))
         log.info("worker %s: initialising transactions as %s", s.worker_id, s.transactional_id)
         # Fences an older incarnation of this worker and aborts its open transaction.
         self._retry(self._producer.init_transactions, deadline_s=None)
@@ -312,10 +318,13 @@ class Processor:
         return sorted(self._serving)
 
     def health(self) -> tuple[bool, str]:
-        """(True, "consuming") only while commands are being applied."""
+        """(True, "consuming") only while commands are being applied: the loop
+        turned recently and a broker is reachable."""
         state = self._state
-        if state == CONSUMING and self._broker_down:
+        if state == CONSUMING and (self._broker_down or self._retrying):
             state = BROKER_UNREACHABLE
+        elif state == CONSUMING and time.monotonic() - self._loop_at > LOOP_STALL_S:
+            state = STALLED
         return state == CONSUMING, state
 
     def run(self) -> None:
@@ -341,6 +350,7 @@ class Processor:
     def _loop(self) -> None:
         lag_measured_at = 0.0
         while not self._stop.is_set():
+            self._loop_at = time.monotonic()
             if self._fatal is not None:
                 raise Rebuild(f"fatal client error: {self._fatal}")
             messages = self._next_batch()
@@ -349,8 +359,6 @@ class Processor:
             if time.monotonic() - lag_measured_at > 1.0:
                 lag_measured_at = time.monotonic()
                 self._measure_lag()
-                if self._broker_down:
-                    self._probe_broker()
 
     # -- errors --------------------------------------------------------------
 
@@ -365,14 +373,15 @@ class Processor:
                 log.warning("broker unreachable: %s", err)
             self._broker_down = True
 
-    def _probe_broker(self) -> None:
-        """Clear the broker-down flag once the broker answers a metadata request."""
-        try:
-            self._consumer.list_topics(self.settings.commands_topic, timeout=1.0)
-        except KafkaException:
-            return
-        log.info("broker reachable again")
-        self._broker_down = False
+    def _on_stats(self, stats_json: str) -> None:
+        """librdkafka's statistics: is any broker connection up?"""
+        brokers = json.loads(stats_json).get("brokers", {}).values()
+        up = any(b.get("state") == "UP" and b.get("nodeid", -1) >= 0 for b in brokers)
+        if up and self._broker_down:
+            log.info("broker reachable again")
+        elif not up and not self._broker_down:
+            log.warning("no broker reachable")
+        self._broker_down = not up
 
     def _retry(self, call, *args, deadline_s: float | None):
         """``call(*args, timeout)`` until it returns, retrying retriable errors.
@@ -386,19 +395,21 @@ class Processor:
             if self._stop.is_set():
                 raise Stopping()
             try:
-                return call(*args, KAFKA_CALL_S)
+                result = call(*args, KAFKA_CALL_S)
+                self._retrying = False
+                return result
             except KafkaException as exc:
+                self._retrying = True
                 error = exc.args[0]
                 if error.fatal() or self._fatal is not None:
                     raise Rebuild(f"{call.__name__}: {error}") from None
                 if error.txn_requires_abort():
+                    self._retrying = False
                     raise
                 if not error.retriable() and error.code() != KafkaError._TIMED_OUT:
                     raise Rebuild(f"{call.__name__}: {error}") from None
                 if deadline is not None and time.monotonic() > deadline:
                     raise Rebuild(f"{call.__name__} still failing: {error}") from None
-                if error.code() in (KafkaError._TIMED_OUT, KafkaError._TRANSPORT):
-                    self._broker_down = True
 
     def _next_batch(self) -> list:
         """Whatever is already fetched, up to batch_size_max, without waiting
@@ -480,7 +491,7 @@ class Processor:
             self._abort(exc, first_offsets)
             return
         self._producer.poll(0)  # any delivery report not served yet
-        self._broker_down = False
+        self._retrying = False
         self._state = CONSUMING
         for p, batch in batches.items():
             last = self._event_offsets.get(p)
@@ -499,13 +510,13 @@ class Processor:
     def _flush(self, deadline_s: float) -> None:
         deadline = time.monotonic() + deadline_s
         while self._producer.flush(KAFKA_CALL_S) > 0:
+            self._retrying = True
             if self._stop.is_set():
                 raise Stopping()
             if self._fatal is not None:
                 raise Rebuild(f"fatal client error: {self._fatal}")
             if time.monotonic() > deadline:
                 raise Rebuild("events not delivered within the transaction timeout")
-            self._broker_down = True
 
     def _handle(self, msg, partition: int, batch: Batch, now_ms: int) -> None:
         try:
@@ -611,8 +622,7 @@ class Processor:
         that might still change under us.
         """
         topic = self.settings.events_topic
-        reader = Consumer({
-            "bootstrap.servers": self.settings.bootstrap_servers,
+        reader = Consumer(self.settings.kafka(**{
             "group.id": f"{self.settings.group_id}-catch-up",  # never commits
             "enable.auto.commit": False,
             "isolation.level": "read_committed",
@@ -621,7 +631,7 @@ class Processor:
             # read_committed the position does not move past a trailing
             # control record (an abort marker) when no message follows it.
             "enable.partition.eof": True,
-        })
+        }))
         try:
             targets = {}
             for p in partitions:
