@@ -17,6 +17,8 @@ import asyncio
 import logging
 import os
 import signal
+import ssl
+import sys
 import threading
 
 import faust
@@ -24,7 +26,7 @@ from mode import Service
 
 from streams.config import Settings
 from streams.processor import Processor
-from streams.api import register_views
+from streams.api import auth as api_auth, register_views, tls as api_tls
 
 log = logging.getLogger("ledger.app")
 
@@ -47,14 +49,44 @@ def exit_within(seconds: float, code: int, why: str) -> None:
     timer.start()
 
 
+def broker_credentials(settings: Settings):
+    """Faust's (aiokafka's) credentials from the same client properties as
+    every librdkafka client of the project (Settings.kafka)."""
+    props = dict(settings.kafka_properties)
+    protocol = props.get("security.protocol", "PLAINTEXT").upper()
+    if protocol == "PLAINTEXT":
+        return None
+    context = None
+    if protocol in ("SSL", "SASL_SSL"):
+        context = ssl.create_default_context(cafile=props.get("ssl.ca.location"))
+        if props.get("ssl.certificate.location"):
+            context.load_cert_chain(props["ssl.certificate.location"],
+                                    props.get("ssl.key.location"), props.get("ssl.key.password"))
+        if props.get("ssl.endpoint.identification.algorithm", "https").lower() == "none":
+            context.check_hostname = False
+    if protocol.startswith("SASL"):
+        return faust.SASLCredentials(username=props.get("sasl.username"),
+                                     password=props.get("sasl.password"),
+                                     mechanism=props.get("sasl.mechanism", "PLAIN"),
+                                     ssl_context=context)
+    return faust.SSLCredentials(context)
+
+
 def create_app(settings: Settings) -> faust.App:
     (settings.data_dir / "faust").mkdir(parents=True, exist_ok=True)
     app = faust.App(
         f"{settings.topic_prefix}-faust",
-        broker=f"kafka://{settings.bootstrap_servers}",
+        broker=[f"kafka://{server.strip()}" for server in settings.bootstrap_servers.split(",")],
+        broker_credentials=broker_credentials(settings),
         web_host=settings.web_host,
         web_bind=settings.web_host,
         web_port=settings.web_port,
+        # https when LEDGER_WEB_TLS_CERT is set (streams/api/tls.py).
+        web_ssl_context=api_tls.server_context(settings),
+        # Faust's /router and /table pages would answer without a token; the
+        # ledger uses neither table_route nor Faust tables.
+        web_router_enabled=False,
+        web_tables_enabled=False,
         datadir=str(settings.data_dir / "faust"),
         autodiscover=False,
         topic_partitions=settings.partitions,
@@ -114,6 +146,11 @@ class LedgerWorker(faust.Worker):
 
 
 def run_worker(settings: Settings, loglevel: str = "info") -> None:
+    # No open API on a reachable address, no broken tokens/secret/TLS files.
+    problem = api_auth.startup_problem(settings)
+    if problem is not None:
+        print(f"ledger worker: {problem}", file=sys.stderr)
+        raise SystemExit(2)
     app = create_app(settings)
     # The web port and host are app settings (create_app); Worker takes neither.
     LedgerWorker(app, loglevel=loglevel).execute_from_commandline()

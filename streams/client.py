@@ -60,15 +60,14 @@ class TransferStatus:
 class LedgerClient:
     def __init__(self, settings: Settings | None = None, *, watch_outcomes: bool = True):
         self.settings = settings or Settings.from_env()
-        self._producer = Producer({
-            "bootstrap.servers": self.settings.bootstrap_servers,
+        self._producer = Producer(self.settings.kafka(**{
             "enable.idempotence": True,
             "acks": "all",
             "linger.ms": 2,
             # The same partitioner as Kafka's Java client and aiokafka/Faust;
             # librdkafka's default (CRC32) would send a key elsewhere.
             "partitioner": "murmur2_random",
-        })
+        }))
         self._watcher = OutcomeWatcher(self.settings) if watch_outcomes else None
 
     # -- commands ---------------------------------------------------------
@@ -183,13 +182,12 @@ class OutcomeWatcher:
         self._transfers: dict[tuple[str, str], TransferStatus] = {}
         self._cond = threading.Condition()
         self._stop = threading.Event()
-        self._consumer = Consumer({
-            "bootstrap.servers": settings.bootstrap_servers,
+        self._consumer = Consumer(settings.kafka(**{
             "group.id": f"{settings.topic_prefix}-client-{uuid.uuid4()}",
             "enable.auto.commit": False,
             "isolation.level": "read_committed",
             "fetch.wait.max.ms": 20,  # see streams/processor.py
-        })
+        }))
         topic = settings.events_topic
         meta = self._consumer.list_topics(topic, timeout=30).topics[topic]
         if meta.error is not None:

@@ -18,10 +18,59 @@ def _env(name: str, default: str) -> str:
     return default if value in (None, "") else value
 
 
+KAFKA_ENV_PREFIX = "LEDGER_KAFKA_"
+KAFKA_CONFIG_FILE_ENV = "LEDGER_KAFKA_CONFIG"
+# Properties whose values are never shown (logs, errors, health, repr).
+_SECRET_WORDS = ("password", "secret", "key", "token", "jaas", "credentials")
+
+
+def read_properties(path: Path) -> dict[str, str]:
+    """A Java-style ``client.properties`` file: ``key=value`` lines, ``#`` or
+    ``!`` comments, blank lines ignored."""
+    out = {}
+    for line in Path(path).read_text().splitlines():
+        line = line.strip()
+        if not line or line[0] in "#!":
+            continue
+        key, sep, value = line.partition("=")
+        if not sep:
+            key, sep, value = line.partition(":")
+        if not sep:
+            raise ValueError(f"{path}: not a key=value line: {key[:40]!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def kafka_properties_from_env(environ=os.environ) -> dict[str, str]:
+    """``LEDGER_KAFKA_CONFIG=<file>`` first, then ``LEDGER_KAFKA_<PROPERTY>``
+    variables on top (``LEDGER_KAFKA_SASL_MECHANISM`` -> ``sasl.mechanism``)."""
+    props = {}
+    if environ.get(KAFKA_CONFIG_FILE_ENV):
+        props.update(read_properties(Path(environ[KAFKA_CONFIG_FILE_ENV])))
+    for name, value in environ.items():
+        if name.startswith(KAFKA_ENV_PREFIX) and name != KAFKA_CONFIG_FILE_ENV and value:
+            props[name[len(KAFKA_ENV_PREFIX):].lower().replace("_", ".")] = value
+    return props
+
+
+def redacted(props: dict[str, str]) -> dict[str, str]:
+    return {k: ("***" if any(w in k.lower() for w in _SECRET_WORDS) else v)
+            for k, v in props.items()}
+
+
+def _path_env(name: str) -> Path | None:
+    value = os.environ.get(name)
+    return Path(value) if value else None
+
+
 @dataclass(frozen=True)
 class Settings:
     # Where Kafka is. Unset means "the local broker started by `ledger kafka start`".
     bootstrap_servers: str = "127.0.0.1:9092"
+    # Any other librdkafka property for every Kafka client of the project
+    # (security.protocol, sasl.*, ssl.*, ...), as (name, value) pairs: from
+    # LEDGER_KAFKA_CONFIG and LEDGER_KAFKA_* (see kafka()). Never printed.
+    kafka_properties: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     # Topic names derive from one prefix so a test (or a second ledger) can
     # run beside another on the same cluster without sharing anything.
     topic_prefix: str = "ledger"
@@ -45,6 +94,21 @@ class Settings:
     leg_key_file: Path | None = None
     # Off only to show, on a throwaway ledger, what verify catches without it.
     leg_auth: bool = True
+    # HTTP API bearer tokens (streams/api/auth.py): a file of lines
+    # "<token> <scope>[,<scope>]", scopes read and write, re-read on SIGHUP.
+    # None: the API is open, and the worker binds to a loopback host only.
+    api_tokens_file: Path | None = None
+    # Serve an open API (no tokens) on a non-loopback web_host anyway.
+    api_insecure: bool = False
+    # TLS for the HTTP server (PEM certificate chain and key; the key may be
+    # in the certificate file). Forwarding between workers then uses https.
+    web_tls_cert: Path | None = None
+    web_tls_key: Path | None = None
+    # What a worker trusts for other workers' https; default web_tls_cert.
+    web_tls_ca: Path | None = None
+    # The secret that authenticates lookups forwarded between workers
+    # (streams/api/forwarding.py). None: derived from the leg key.
+    forward_secret_file: Path | None = None
 
     @property
     def snapshot_dir(self) -> Path:
@@ -77,6 +141,19 @@ class Settings:
         # broker aborts the zombie's open transaction at once (init_transactions).
         return f"{self.topic_prefix}-worker-{self.worker_id}"
 
+    def kafka(self, **overrides) -> dict:
+        """The configuration of one Kafka client: the cluster, its security
+        settings, then what this client sets for itself (spelled out at the
+        call site, with why). The one place every client's config starts."""
+        config = {"bootstrap.servers": self.bootstrap_servers, **dict(self.kafka_properties)}
+        config.update(overrides)
+        return config
+
+    def kafka_description(self) -> dict[str, str]:
+        """The client properties with secrets masked: safe to log."""
+        return redacted({"bootstrap.servers": self.bootstrap_servers,
+                         **dict(self.kafka_properties)})
+
     def with_(self, **changes) -> "Settings":
         return replace(self, **changes)
 
@@ -85,6 +162,7 @@ class Settings:
         d = cls()
         return cls(
             bootstrap_servers=_env("KAFKA_BOOTSTRAP_SERVERS", d.bootstrap_servers),
+            kafka_properties=tuple(sorted(kafka_properties_from_env().items())),
             topic_prefix=_env("LEDGER_TOPIC_PREFIX", d.topic_prefix),
             partitions=int(_env("LEDGER_PARTITIONS", str(d.partitions))),
             worker_id=_env("LEDGER_WORKER_ID", d.worker_id),
@@ -102,6 +180,12 @@ class Settings:
             leg_key_file=Path(os.environ["LEDGER_LEG_KEY_FILE"])
             if os.environ.get("LEDGER_LEG_KEY_FILE") else None,
             leg_auth=_env("LEDGER_LEG_AUTH", "1") != "0",
+            api_tokens_file=_path_env("LEDGER_API_TOKENS"),
+            api_insecure=_env("LEDGER_API_INSECURE", "0").lower() in ("1", "true", "yes"),
+            web_tls_cert=_path_env("LEDGER_WEB_TLS_CERT"),
+            web_tls_key=_path_env("LEDGER_WEB_TLS_KEY"),
+            web_tls_ca=_path_env("LEDGER_WEB_TLS_CA"),
+            forward_secret_file=_path_env("LEDGER_FORWARD_SECRET_FILE"),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -122,6 +206,16 @@ class Settings:
         }
         if self.leg_key_file is not None:
             env["LEDGER_LEG_KEY_FILE"] = str(self.leg_key_file)
+        env["LEDGER_API_INSECURE"] = "1" if self.api_insecure else "0"
+        for name, path in (("LEDGER_API_TOKENS", self.api_tokens_file),
+                           ("LEDGER_WEB_TLS_CERT", self.web_tls_cert),
+                           ("LEDGER_WEB_TLS_KEY", self.web_tls_key),
+                           ("LEDGER_WEB_TLS_CA", self.web_tls_ca),
+                           ("LEDGER_FORWARD_SECRET_FILE", self.forward_secret_file)):
+            if path is not None:
+                env[name] = str(path)
+        for name, value in self.kafka_properties:
+            env[KAFKA_ENV_PREFIX + name.upper().replace(".", "_")] = value
         return env
 
     def leg_auth_keys(self):

@@ -20,15 +20,14 @@ def read_log(settings: Settings, timeout_s: float = 30.0, raw: bool = False,
     from schemas import codec
     from streams.topics import watermarks
 
-    consumer = Consumer({
-        "bootstrap.servers": settings.bootstrap_servers,
+    consumer = Consumer(settings.kafka(**{
         "group.id": f"{settings.topic_prefix}-reader",
         "enable.auto.commit": False,
         "isolation.level": "read_committed",
         # The end of a partition is an EOF event with its offset: the position
         # does not move past a trailing abort marker (see processor._catch_up).
         "enable.partition.eof": True,
-    })
+    }))
     topic = settings.events_topic
     try:
         starts = {p: (start_offsets or {}).get(p, 0) for p in range(settings.partitions)}

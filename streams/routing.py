@@ -26,7 +26,7 @@ def client_id(settings: Settings) -> str:
 class Router:
     def __init__(self, settings: Settings):
         self.settings = settings
-        self._admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+        self._admin = AdminClient(settings.kafka())
         self._lock = threading.Lock()
         self._owners: dict[int, tuple[str, str]] = {}
         self._fetched_at = 0.0

@@ -52,7 +52,7 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> None:
     from confluent_kafka.admin import AdminClient, NewTopic
     from confluent_kafka import KafkaException, KafkaError
 
-    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+    admin = AdminClient(settings.kafka())
     specs = topic_specs(settings)
     existing = admin.list_topics(timeout=timeout_s).topics
     missing = [s for s in specs if s.name not in existing]

@@ -1,7 +1,9 @@
-"""What the views of one worker share: settings, the processor, and three
+"""What the views of one worker share: settings, the processor, who may
+call (:mod:`streams.api.auth`: client tokens, the forward secret), and three
 clients made on first use and closed when the app stops.
 
-* an aiohttp session for lookups forwarded to other workers,
+* an aiohttp session for lookups forwarded to other workers (https when the
+  API serves TLS, trusting :func:`streams.api.tls.client_context`),
 * the :class:`streams.routing.Router` (who owns which partition),
 * a Kafka producer for ``POST /v1/commands``.
 """
@@ -17,7 +19,7 @@ import aiohttp
 from confluent_kafka import KafkaException, Producer
 
 from schemas import codec
-from streams.api import forwarding
+from streams.api import auth, forwarding, tls
 from streams.config import Settings
 from streams.partitioner import partition_for
 from streams.routing import Router
@@ -35,6 +37,12 @@ class Shared:
     def __init__(self, settings: Settings, processor):
         self.settings = settings
         self.processor = processor
+        # Both raise auth.AuthConfigError / tls.TlsConfigError on a bad file;
+        # run_worker checks them first (auth.startup_problem).
+        self.client_auth = auth.ClientAuth(settings.api_tokens_file)
+        self.forward_secrets, self.forward_secret_source = auth.forward_secrets(settings)
+        self._client_ssl = tls.client_context(settings)
+        self._scheme = tls.scheme(settings)
         self._session: aiohttp.ClientSession | None = None
         self._router: Router | None = None
         self._producer: Producer | None = None
@@ -69,8 +77,18 @@ class Shared:
     async def forward(self, address: str, target: forwarding.Target,
                       timeout_s: float = forwarding.FORWARD_TIMEOUT_S):
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession()
-        return await forwarding.forward(self._session, address, target, timeout_s)
+            connector = aiohttp.TCPConnector(ssl=self._client_ssl) \
+                if self._client_ssl is not None else None
+            self._session = aiohttp.ClientSession(connector=connector)
+        return await forwarding.forward(self._session, address, target, timeout_s,
+                                        secret=self.forward_secrets[0], scheme=self._scheme)
+
+    def is_worker_request(self, request) -> bool:
+        """Whether ``request`` carries a valid mark of another worker (GETs only)."""
+        if request.method != "GET" or forwarding.FORWARDED_HEADER not in request.headers:
+            return False
+        return forwarding.verify_mark(self.forward_secrets, request.method, request.raw_path,
+                                      request.headers.get(forwarding.FORWARDED_HEADER))
 
     # -- publishing ------------------------------------------------------------
 
@@ -80,13 +98,12 @@ class Shared:
         the delivery is not confirmed; the command may still land."""
         with self._lock:
             if self._producer is None:
-                self._producer = Producer({
-                    "bootstrap.servers": self.settings.bootstrap_servers,
+                self._producer = Producer(self.settings.kafka(**{
                     "enable.idempotence": True,
                     "acks": "all",
                     "linger.ms": 1,
                     "partitioner": "murmur2_random",  # the ledger's partitioner, see topics.py
-                })
+                }))
             producer = self._producer
         done = threading.Event()
         errors: list = []
