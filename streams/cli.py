@@ -72,10 +72,18 @@ def cmd_keygen(args) -> int:
 
 
 def cmd_topics(args) -> int:
-    from streams.topics import ensure_topics, topic_specs
+    from streams.topics import ClusterUnreachable, TopicMismatch, ensure_topics, topic_specs
 
-    settings = _settings_with_local_broker(start=False)
-    ensure_topics(settings)
+    settings = _settings_with_local_broker(start=False).with_(create_topics=True)
+    if args.replication_factor:
+        settings = settings.with_(replication_factor=args.replication_factor)
+    if args.min_insync_replicas:
+        settings = settings.with_(min_insync_replicas=args.min_insync_replicas)
+    try:
+        ensure_topics(settings)
+    except (TopicMismatch, ClusterUnreachable) as exc:
+        print(f"ledger topics: {exc}", file=sys.stderr)
+        return 2
     for spec in topic_specs(settings):
         print(f"{spec.name}: {spec.partitions} partitions, key {spec.key}")
     return 0
@@ -86,14 +94,15 @@ def cmd_worker(args) -> int:
     from streams.topics import ensure_topics
 
     from streams.legauth import LegKeyError
+    from streams.topics import ClusterUnreachable, TopicMismatch
 
     settings = _settings_with_local_broker(start=False)
     try:
         settings.leg_auth_keys()
-    except LegKeyError as exc:
+        ensure_topics(settings)
+    except (LegKeyError, TopicMismatch, ClusterUnreachable) as exc:
         print(f"ledger worker: {exc}", file=sys.stderr)
         return 2
-    ensure_topics(settings)
     sys.argv = [sys.argv[0], "worker"]  # faust.Worker parses argv itself
     run_worker(settings, loglevel=args.loglevel)
     return 0
@@ -263,6 +272,12 @@ def cmd_demo(args) -> int:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["kafka"]:
+        # Its own parser, options and --help (streams/localkafka.py).
+        from streams import localkafka
+
+        return localkafka.main(argv[1:]) or 0
     parser = argparse.ArgumentParser(prog="ledger", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -274,7 +289,11 @@ def main(argv=None) -> int:
     p = sub.add_parser("keygen", help="print a new secret for LEDGER_LEG_KEY_FILE")
     p.set_defaults(func=cmd_keygen)
 
-    p = sub.add_parser("topics", help="create the ledger topics")
+    p = sub.add_parser("topics", help="create (or check) the ledger topics")
+    p.add_argument("--replication-factor", type=int,
+                   help="for new topics (default: min(3, brokers))")
+    p.add_argument("--min-insync-replicas", type=int,
+                   help="for new topics (default: replication factor - 1, at least 1)")
     p.set_defaults(func=cmd_topics)
 
     p = sub.add_parser("worker", help="run a worker (transactional core + HTTP)")

@@ -24,21 +24,26 @@ KAFKA_CONFIG_FILE_ENV = "LEDGER_KAFKA_CONFIG"
 _SECRET_WORDS = ("password", "secret", "key", "token", "jaas", "credentials")
 
 
-def read_properties(path: Path) -> dict[str, str]:
-    """A Java-style ``client.properties`` file: ``key=value`` lines, ``#`` or
-    ``!`` comments, blank lines ignored."""
-    out = {}
-    for line in Path(path).read_text().splitlines():
-        line = line.strip()
+def read_properties(path: Path | str) -> dict[str, str]:
+    """A client properties file as a dict for confluent_kafka (all values strings).
+
+    The Java properties subset librdkafka users write: one ``key=value`` (or
+    ``key: value``) a line, whitespace around key and value stripped, blank
+    lines and lines starting with ``#`` or ``!`` ignored.  Line continuations
+    and backslash escapes are not supported; a line without a separator is a
+    ValueError naming the file and line (never the line itself: it may be a
+    password).
+    """
+    result: dict[str, str] = {}
+    for number, raw in enumerate(Path(path).read_text().splitlines(), 1):
+        line = raw.strip()
         if not line or line[0] in "#!":
             continue
-        key, sep, value = line.partition("=")
-        if not sep:
-            key, sep, value = line.partition(":")
-        if not sep:
-            raise ValueError(f"{path}: not a key=value line: {key[:40]!r}")
-        out[key.strip()] = value.strip()
-    return out
+        cut = min((i for i in (line.find("="), line.find(":")) if i >= 0), default=-1)
+        if cut <= 0:
+            raise ValueError(f"{path}:{number}: expected key=value")
+        result[line[:cut].strip()] = line[cut + 1:].strip()
+    return result
 
 
 def kafka_properties_from_env(environ=os.environ) -> dict[str, str]:
@@ -94,6 +99,13 @@ class Settings:
     leg_key_file: Path | None = None
     # Off only to show, on a throwaway ledger, what verify catches without it.
     leg_auth: bool = True
+    # Workers create missing topics; off (LEDGER_CREATE_TOPICS=0), a worker
+    # without create rights only checks them and refuses to start if wrong.
+    create_topics: bool = True
+    # New topics: None means min(3, brokers) and min.insync.replicas one less
+    # (at least 1); streams/topics.py replication().
+    replication_factor: int | None = None
+    min_insync_replicas: int | None = None
     # HTTP API bearer tokens (streams/api/auth.py): a file of lines
     # "<token> <scope>[,<scope>]", scopes read and write, re-read on SIGHUP.
     # None: the API is open, and the worker binds to a loopback host only.
@@ -180,6 +192,11 @@ class Settings:
             leg_key_file=Path(os.environ["LEDGER_LEG_KEY_FILE"])
             if os.environ.get("LEDGER_LEG_KEY_FILE") else None,
             leg_auth=_env("LEDGER_LEG_AUTH", "1") != "0",
+            create_topics=_env("LEDGER_CREATE_TOPICS", "1") != "0",
+            replication_factor=int(os.environ["LEDGER_REPLICATION_FACTOR"])
+            if os.environ.get("LEDGER_REPLICATION_FACTOR") else None,
+            min_insync_replicas=int(os.environ["LEDGER_MIN_INSYNC_REPLICAS"])
+            if os.environ.get("LEDGER_MIN_INSYNC_REPLICAS") else None,
             api_tokens_file=_path_env("LEDGER_API_TOKENS"),
             api_insecure=_env("LEDGER_API_INSECURE", "0").lower() in ("1", "true", "yes"),
             web_tls_cert=_path_env("LEDGER_WEB_TLS_CERT"),
@@ -203,7 +220,12 @@ class Settings:
             "LEDGER_SESSION_TIMEOUT_MS": str(self.session_timeout_ms),
             "LEDGER_SNAPSHOT_DIR": str(self.snapshot_root),
             "LEDGER_LEG_AUTH": "1" if self.leg_auth else "0",
+            "LEDGER_CREATE_TOPICS": "1" if self.create_topics else "0",
         }
+        if self.replication_factor is not None:
+            env["LEDGER_REPLICATION_FACTOR"] = str(self.replication_factor)
+        if self.min_insync_replicas is not None:
+            env["LEDGER_MIN_INSYNC_REPLICAS"] = str(self.min_insync_replicas)
         if self.leg_key_file is not None:
             env["LEDGER_LEG_KEY_FILE"] = str(self.leg_key_file)
         env["LEDGER_API_INSECURE"] = "1" if self.api_insecure else "0"

@@ -116,6 +116,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from streams.config import read_properties
+
 KAFKA_VERSION = "4.1.1"
 # Kafka's jars log through SLF4J but ship no backend; without one the broker
 # prints nothing at all.  log4j2 is what Kafka's own distribution uses.
@@ -666,26 +668,8 @@ def _write_client_properties(run_dir: Path, bootstrap: str, passwords: dict[str,
     return paths
 
 
-def read_client_properties(path: Path | str) -> dict[str, str]:
-    """A client properties file as a dict for confluent_kafka (all values strings).
-
-    The Java properties subset librdkafka users write: one ``key=value`` (or
-    ``key: value``) a line, whitespace around key and value stripped, blank
-    lines and lines starting with ``#`` or ``!`` ignored.  Line continuations
-    and backslash escapes are not supported; a line without a separator is a
-    ValueError naming the file and line (never the line itself: it may be a
-    password).
-    """
-    result: dict[str, str] = {}
-    for number, raw in enumerate(Path(path).read_text().splitlines(), 1):
-        line = raw.strip()
-        if not line or line[0] in "#!":
-            continue
-        cut = min((i for i in (line.find("="), line.find(":")) if i >= 0), default=-1)
-        if cut <= 0:
-            raise ValueError(f"{path}:{number}: expected key=value")
-        result[line[:cut].strip()] = line[cut + 1:].strip()
-    return result
+# Written once, in streams/config.py (Settings reads LEDGER_KAFKA_CONFIG with it).
+read_client_properties = read_properties
 
 
 def _superuser_config(run_dir: Path, bootstrap: str) -> dict[str, str]:
@@ -717,6 +701,8 @@ _ACL_TEMPLATE: tuple[tuple[str, str, str, str, tuple[str, ...], str], ...] = (
      "dead letters"),
     ("worker", "TOPIC", "LITERAL", "{p}.replies", ("WRITE", "DESCRIBE"),
      "reserved for replies"),
+    ("worker", "TOPIC", "PREFIXED", "{p}.", ("DESCRIBE_CONFIGS",),
+     "checks the ledger topics' shape at start (LEDGER_CREATE_TOPICS=0, streams/topics.py)"),
     ("worker", "TOPIC", "PREFIXED", "{p}-faust-", ("CREATE", "READ", "WRITE", "DESCRIBE"),
      "Faust's own topic <p>-faust-__assignor-__leader (app id <p>-faust)"),
     ("worker", "GROUP", "PREFIXED", "{p}-", ("READ",),

@@ -44,21 +44,65 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
 
 
 class TopicMismatch(RuntimeError):
-    """An existing topic does not have the partition count the ledger needs."""
+    """A ledger topic is missing or has the wrong shape (partitions, retention)."""
+
+
+def replication(settings: Settings, brokers: int) -> tuple[int, int]:
+    """(replication factor, min.insync.replicas) for new topics: as set, else
+    min(3, brokers) and one less than that (but at least 1), so an event
+    acknowledged by acks=all survives the loss of any one broker."""
+    rf = settings.replication_factor or min(3, brokers)
+    return rf, settings.min_insync_replicas or max(1, rf - 1)
+
+
+class ClusterUnreachable(RuntimeError):
+    """Kafka cannot be reached or refuses us (credentials, TLS trust)."""
+
+
+# Errors that no retry will mend: say so at once instead of timing out.
+_REFUSED_WORDS = ("authentication", "sasl", "ssl", "certificate", "handshake")
+
+
+def connect_admin(settings: Settings, timeout_s: float = 20.0):
+    """An admin client that has reached the cluster, and its metadata; raises
+    ClusterUnreachable with librdkafka's reason (never a secret) otherwise."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    errors: list = []
+    admin = AdminClient(settings.kafka(error_cb=errors.append))
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return admin, admin.list_topics(timeout=1.0)
+        except KafkaException as exc:
+            errors.append(exc.args[0])
+        refused = [e for e in errors if any(w in str(e).lower() for w in _REFUSED_WORDS)]
+        if refused or time.monotonic() > deadline:
+            reason = (refused or errors)[-1]
+            raise ClusterUnreachable(
+                f"cannot use Kafka at {settings.bootstrap_servers}: {reason.str()}"
+                f"{' (check the credentials and the CA in LEDGER_KAFKA_*)' if refused else ''}")
 
 
 def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> None:
-    """Create missing topics; refuse to run on topics with the wrong shape."""
-    from confluent_kafka.admin import AdminClient, NewTopic
+    """Create missing topics (unless settings.create_topics is off), then
+    check every ledger topic's shape; raise TopicMismatch naming what is wrong
+    (ClusterUnreachable if Kafka cannot be used at all)."""
+    from confluent_kafka.admin import NewTopic
     from confluent_kafka import KafkaException, KafkaError
 
-    admin = AdminClient(settings.kafka())
+    admin, metadata = connect_admin(settings, min(timeout_s, 20.0))
     specs = topic_specs(settings)
-    existing = admin.list_topics(timeout=timeout_s).topics
-    missing = [s for s in specs if s.name not in existing]
+    missing = [s for s in specs if s.name not in metadata.topics]
+    if missing and not settings.create_topics:
+        raise TopicMismatch(f"topics {', '.join(s.name for s in missing)} do not exist "
+                            "(LEDGER_CREATE_TOPICS=0: create them with `ledger topics`)")
     if missing:
+        rf, min_isr = replication(settings, len(metadata.brokers))
         futures = admin.create_topics(
-            [NewTopic(s.name, s.partitions, 1 if _single_node(admin) else 3, config=s.config)
+            [NewTopic(s.name, s.partitions, rf,
+                      config={**s.config, "min.insync.replicas": str(min_isr)})
              for s in missing],
             operation_timeout=timeout_s,
         )
@@ -75,6 +119,25 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> None:
             raise TopicMismatch(
                 f"topic {spec.name} has {have} partitions, the ledger needs {spec.partitions}"
             )
+    _check_configs(admin, specs, timeout_s)
+
+
+def _check_configs(admin, specs: list[TopicSpec], timeout_s: float) -> None:
+    """The event log (and legs, dead letters) must keep everything forever."""
+    from confluent_kafka.admin import ConfigResource, ResourceType
+
+    checked = [s for s in specs if s.config.get("retention.ms") == "-1"]
+    futures = admin.describe_configs(
+        [ConfigResource(ResourceType.TOPIC, s.name) for s in checked],
+        request_timeout=timeout_s)
+    for resource, future in futures.items():
+        actual = {name: entry.value for name, entry in future.result().items()}
+        spec = next(s for s in checked if s.name == resource.name)
+        for name in ("retention.ms", "retention.bytes", "cleanup.policy"):
+            if actual.get(name) != spec.config[name]:
+                raise TopicMismatch(
+                    f"topic {spec.name} has {name}={actual.get(name)}, the ledger needs "
+                    f"{spec.config[name]} (it must never delete an event)")
 
 
 def _wait_for_leaders(admin, names: list[str], timeout_s: float):
@@ -107,8 +170,11 @@ def watermarks(consumer, topic: str, partition: int, timeout_s: float = 30.0):
             time.sleep(0.2)
 
 
-_TRANSIENT = (6, 3, 5)  # NOT_LEADER_OR_FOLLOWER, UNKNOWN_TOPIC_OR_PART, LEADER_NOT_AVAILABLE
+def _transient() -> tuple[int, ...]:
+    from confluent_kafka import KafkaError
+
+    return (KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.UNKNOWN_TOPIC_OR_PART,
+            KafkaError.LEADER_NOT_AVAILABLE)
 
 
-def _single_node(admin) -> bool:
-    return len(admin.list_topics(timeout=10).brokers) < 3
+_TRANSIENT = _transient()
