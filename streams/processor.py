@@ -51,6 +51,7 @@ from streams.store import Batch, Outcome, PartitionStore, TransferEntry
 log = logging.getLogger("ledger.processor")
 
 CATCH_UP_FLUSH_RECORDS = 20_000  # bound the overlay while replaying the log
+CATCH_UP_REPORT_S = 10.0  # a catch-up that takes longer says where it is
 
 
 # --------------------------------------------------------------------------
@@ -645,16 +646,35 @@ class Processor:
                            for p in targets])
             batches = {p: Batch(self._stores[p]) for p in targets}
             next_offsets = {p: self._stores[p].events_offset for p in targets}
+            eofs: dict[int, int] = {}
             pending = 0
+            said_at = progress_at = time.monotonic()
+            # An open transaction of a previous owner ends within the
+            # transaction timeout (the broker aborts it); far longer without
+            # progress means something is stale: start over with new clients.
+            stall_s = 3 * self.settings.transaction_timeout_ms / 1000
             while targets:
                 if self._stop.is_set():
                     raise Stopping()
+                if time.monotonic() - progress_at > stall_s:
+                    raise Rebuild(f"catch-up made no progress for {stall_s:.0f} s: "
+                                  f"{next_offsets} of {targets}, end seen {eofs}")
+                if time.monotonic() - said_at > CATCH_UP_REPORT_S:
+                    said_at = time.monotonic()
+                    # Usually a previous owner's transaction still open: read
+                    # committed cannot pass it until the broker ends it.
+                    log.warning("still catching up: %s", {
+                        p: f"at {next_offsets[p]} of {t}, end seen {eofs.get(p)}"
+                        for p, t in targets.items()})
                 messages = reader.consume(5000, timeout=0.2)
+                if messages:
+                    progress_at = time.monotonic()
                 done = set()
                 for msg in messages:
                     p = msg.partition()
                     if msg.error():
                         if msg.error().code() == KafkaError._PARTITION_EOF and p in targets:
+                            eofs[p] = msg.offset()
                             next_offsets[p] = max(next_offsets[p], msg.offset())
                             if msg.offset() >= targets[p]:
                                 done.add(p)

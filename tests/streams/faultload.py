@@ -1,0 +1,193 @@
+"""Shared by the fault tests: a steady load that survives broker outages, a
+model of its outcomes, health sampling and the log's verdicts.
+
+Payers only send (debits and transfers) and payees only receive, so every
+verdict depends on a payer's own ordered commands: the model knows them all.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.request
+import uuid
+from collections import Counter, defaultdict
+
+from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition
+
+from ledger import domain
+from schemas import codec
+from streams.eventlog import read_log
+
+PAYERS, PAYEES = 40, 20
+FUNDING = 200_000
+
+
+def kill9(broker) -> None:
+    """SIGKILL a broker by its pid and wait until it is gone."""
+    from streams import localkafka
+
+    assert localkafka.kill_broker(broker)
+
+
+class Sender(threading.Thread):
+    """Produces the load at a steady rate whether or not the broker is up
+    (the idempotent producer queues and retries); a command whose delivery
+    failed is sent again with the same command_id, as a real client would."""
+
+    def __init__(self, settings, commands, rate_per_s: int):
+        super().__init__(name="load", daemon=True)
+        self.settings, self.commands, self.rate_per_s = settings, commands, rate_per_s
+        self.failed: list = []
+        self.error: BaseException | None = None
+
+    def run(self):
+        try:
+            producer = Producer({"bootstrap.servers": self.settings.bootstrap_servers,
+                                 "enable.idempotence": True, "acks": "all",
+                                 "partitioner": "murmur2_random", "linger.ms": 5,
+                                 "message.timeout.ms": 120_000})
+            started = time.monotonic()
+            for i, command in enumerate(self.commands):
+                self._send(producer, command)
+                ahead = started + i / self.rate_per_s - time.monotonic()
+                producer.poll(max(0.0, ahead))
+            for _round in range(5):
+                producer.flush(150)
+                retry, self.failed = self.failed, []
+                if not retry:
+                    return
+                for command in retry:
+                    self._send(producer, command)
+            raise AssertionError(f"{len(self.failed)} commands never delivered")
+        except BaseException as exc:  # reported by the test
+            self.error = exc
+
+    def _send(self, producer, command):
+        def report(err, _msg, command=command):
+            if err is not None:
+                self.failed.append(command)
+        while True:
+            try:
+                producer.produce(self.settings.commands_topic,
+                                 codec.encode_command(command, int(time.time() * 1000)),
+                                 command.account_id.encode(), on_delivery=report)
+                return
+            except BufferError:
+                producer.poll(0.1)
+
+
+class HealthWatch(threading.Thread):
+    """Samples every worker's /v1/health: (monotonic time, worker, status)."""
+
+    def __init__(self, urls):
+        super().__init__(name="health", daemon=True)
+        self.urls, self.samples, self.stop = urls, [], threading.Event()
+
+    def run(self):
+        while not self.stop.is_set():
+            for url in self.urls:
+                reason = None
+                try:
+                    with urllib.request.urlopen(url + "/v1/health", timeout=1) as r:
+                        status = r.status
+                except urllib.error.HTTPError as exc:
+                    status, reason = exc.code, json.loads(exc.read()).get("reason")
+                except OSError:
+                    status = None
+                self.samples.append((time.monotonic(), url, status, reason))
+            self.stop.wait(0.2)
+
+
+def first_new_event_after(settings, timeout_s: float) -> float:
+    """Seconds until a new committed event appears at the end of the log."""
+    consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers,
+                         "group.id": f"probe-{uuid.uuid4()}", "enable.auto.commit": False,
+                         "isolation.level": "read_committed", "auto.offset.reset": "latest"})
+    started = time.monotonic()
+    try:
+        # The end as librdkafka resolves it once the partitions have leaders again.
+        consumer.assign([TopicPartition(settings.events_topic, p, OFFSET_END)
+                         for p in range(settings.partitions)])
+        while time.monotonic() - started < timeout_s:
+            if any(not m.error() for m in consumer.consume(100, timeout=0.2)):
+                return time.monotonic() - started
+        raise AssertionError(f"no command applied within {timeout_s}s of the broker's return")
+    finally:
+        consumer.close()
+
+
+def make_load(rng, count: int):
+    payers = [f"payer-{i:02d}" for i in range(PAYERS)]
+    payees = [f"payee-{i:02d}" for i in range(PAYEES)]
+    setup = [domain.OpenAccount(f"open-{a}", a, "EUR") for a in payers + payees]
+    setup += [domain.Credit(f"fund-{a}", a, FUNDING, "EUR") for a in payers]
+    load = []
+    for n in range(count):
+        payer = rng.choice(payers)
+        amount = rng.randrange(1, 2_000)
+        if rng.random() < 0.5:
+            load.append(domain.Debit(f"d{n}", payer, amount, "EUR"))
+        else:
+            load.append(domain.Transfer(f"t{n}", payer, rng.choice(payees), amount, "EUR"))
+    return setup, load
+
+
+def model(setup, load):
+    """Verdict per (account, command_id) and final balances, by the ledger's rules."""
+    balance, verdict = defaultdict(int), {}
+    for c in setup:
+        if isinstance(c, domain.Credit):
+            balance[c.account_id] += c.amount_minor
+        verdict[(c.account_id, c.command_id)] = ("applied", None)
+    for c in load:
+        if balance[c.account_id] < c.amount_minor:
+            verdict[(c.account_id, c.command_id)] = ("rejected", "insufficient_funds")
+            continue
+        balance[c.account_id] -= c.amount_minor
+        if isinstance(c, domain.Transfer):
+            balance[c.to_account_id] += c.amount_minor
+        verdict[(c.account_id, c.command_id)] = ("applied", None)
+    return verdict, dict(balance)
+
+
+
+
+def wait_for_all_outcomes(settings, expected: dict, timeout_s: float = 180):
+    """The log's records once every command of ``expected`` has its outcome
+    and every debited transfer is settled; (records, outcome counts)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        outcomes = Counter()
+        records = list(read_log(settings))
+        for _p, _o, r in records:
+            if "#" not in r.command_id and not (isinstance(r, domain.CommandRejected)
+                                                 and r.reason == "command_id_reused"):
+                outcomes[(r.account_id, r.command_id)] += 1
+        settled = Counter(type(r).__name__ for _p, _o, r in records)
+        if (len(outcomes) >= len(expected)
+                and settled["TransferDebited"] == settled["TransferCompleted"]):
+            return records, outcomes
+        assert time.monotonic() < deadline, f"{len(outcomes)} of {len(expected)} outcomes"
+        time.sleep(1)
+
+
+def check_against_model(records, outcomes, expected: dict, balances_expected: dict) -> None:
+    """Exactly one outcome per command, each the model's verdict; balances and
+    sequences as the model says."""
+    assert {k: n for k, n in outcomes.items() if n != 1} == {}
+    actual, final, sequences = {}, {}, defaultdict(list)
+    for _p, _o, r in records:
+        if isinstance(r, domain.CommandRejected):
+            if r.reason != "command_id_reused":
+                actual[(r.account_id, r.command_id)] = ("rejected", r.reason)
+            continue
+        sequences[r.account_id].append(r.sequence)
+        final[r.account_id] = r.balance_after_minor
+        if "#" not in r.command_id:
+            actual[(r.account_id, r.command_id)] = ("applied", None)
+    assert expected == actual
+    assert balances_expected == final
+    for account_id, seqs in sequences.items():
+        assert list(range(1, len(seqs) + 1)) == seqs, account_id
