@@ -70,12 +70,10 @@ def leg_key_file(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture
-def settings(kafka_bootstrap, tmp_path, leg_key_file) -> Settings:
-    from streams.topics import ensure_topics
-
-    s = Settings(
-        bootstrap_servers=kafka_bootstrap,
+def ledger_settings(bootstrap: str, tmp_path: Path, leg_key_file: Path, **changes) -> Settings:
+    """A fresh ledger (its own topic prefix) with the tests' timings."""
+    return Settings(
+        bootstrap_servers=bootstrap,
         topic_prefix=f"t{uuid.uuid4().hex[:12]}",
         partitions=6,
         worker_id="w1",
@@ -86,9 +84,46 @@ def settings(kafka_bootstrap, tmp_path, leg_key_file) -> Settings:
         session_timeout_ms=6_000,
         snapshot_root=tmp_path / "snapshots",
         leg_key_file=leg_key_file,
-    )
+    ).with_(**changes)
+
+
+@pytest.fixture
+def settings(kafka_bootstrap, tmp_path, leg_key_file) -> Settings:
+    from streams.topics import ensure_topics
+
+    s = ledger_settings(kafka_bootstrap, tmp_path, leg_key_file)
     ensure_topics(s)
     return s
+
+
+def start_workers(pool: "Workers", base: Settings, tmp_path: Path, count: int,
+                  ready_timeout_s: float = 60) -> list:
+    """``count`` workers w1..wN on ``base``'s ledger, each with its own data
+    dir and port, started together and waited for."""
+    started = [pool.start(base.with_(worker_id=f"w{i}", data_dir=tmp_path / f"data-w{i}",
+                                     web_port=free_port()), wait=False)
+               for i in range(1, count + 1)]
+    for worker in started:
+        worker.wait_ready(ready_timeout_s)
+    return started
+
+
+def read_topic(settings: Settings, topic: str, count: int, timeout_s: float = 30) -> list:
+    """The first ``count`` committed records of ``topic`` (waits for them)."""
+    from confluent_kafka import Consumer
+
+    consumer = Consumer(settings.kafka(**{
+        "group.id": f"read-{uuid.uuid4()}", "auto.offset.reset": "earliest",
+        "isolation.level": "read_committed"}))
+    consumer.subscribe([topic])
+    found = []
+    try:
+        deadline = time.monotonic() + timeout_s
+        while len(found) < count and time.monotonic() < deadline:
+            found += [m for m in consumer.consume(100, timeout=0.5) if not m.error()]
+    finally:
+        consumer.close()
+    return found
 
 
 @dataclass

@@ -154,6 +154,18 @@ def model(setup, load):
 
 
 
+def apply_all(settings, commands, timeout_s: float = 60) -> None:
+    """Send ``commands`` and wait until each has its outcome."""
+    from streams.client import LedgerClient
+
+    with LedgerClient(settings) as client:
+        for c in commands:
+            client.send_nowait(c)
+        client.flush()
+        for c in commands:
+            client.wait_for(c.account_id, c.command_id, timeout_s)
+
+
 def wait_for_all_outcomes(settings, expected: dict, timeout_s: float = 180):
     """The log's records once every command of ``expected`` has its outcome
     and every debited transfer is settled; (records, outcome counts)."""

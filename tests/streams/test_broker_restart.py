@@ -22,14 +22,12 @@ import random
 import signal
 import statistics
 import time
-import uuid
-
 import pytest
 
 from streams import localkafka
-from streams.client import LedgerClient
 from streams.topics import ensure_topics
-from tests.streams.faultload import (HealthWatch, Sender, check_against_model,
+from tests.conftest import ledger_settings, start_workers
+from tests.streams.faultload import (HealthWatch, Sender, apply_all, check_against_model,
                                      first_new_event_after, kill9, make_load, model,
                                      wait_for_all_outcomes)
 
@@ -54,28 +52,14 @@ def broker(tmp_path):
 
 
 def test_broker_killed_twice_under_load(broker, tmp_path, leg_key_file, workers, ledger_cli):
-    from tests.conftest import free_port
-    from streams.config import Settings
-
     seed = int(os.environ.get("LEDGER_CRASH_SEED", random.randrange(2**32)))
     print(f"broker restart test seed: {seed} (LEDGER_CRASH_SEED={seed} to replay)")
     rng = random.Random(seed)
-    base = Settings(bootstrap_servers=broker.bootstrap, topic_prefix=f"t{uuid.uuid4().hex[:12]}",
-                    partitions=6, batch_size_max=500, transaction_timeout_ms=10_000,
-                    session_timeout_ms=6_000, snapshot_root=tmp_path / "snapshots",
-                    leg_key_file=leg_key_file)
+    base = ledger_settings(broker.bootstrap, tmp_path, leg_key_file)
     ensure_topics(base)
-    w = [workers.start(base.with_(worker_id=f"w{i}", data_dir=tmp_path / f"data-w{i}",
-                                  web_port=free_port()), wait=False) for i in (1, 2)]
-    for worker in w:
-        worker.wait_ready()
+    w = start_workers(workers, base, tmp_path, 2)
     setup, load = make_load(rng, RATE_PER_S * LOAD_S)
-    with LedgerClient(base) as client:
-        for c in setup:
-            client.send_nowait(c)
-        client.flush()
-        for c in setup:
-            client.wait_for(c.account_id, c.command_id, 60)
+    apply_all(base, setup)
 
     health = HealthWatch([worker.url for worker in w])
     health.start()

@@ -23,7 +23,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-import uuid
 from collections import Counter
 
 import pytest
@@ -32,9 +31,9 @@ from confluent_kafka.admin import AdminClient
 from ledger import domain
 from streams import localkafka
 from streams.client import LedgerClient
-from streams.config import Settings
 from streams.topics import ensure_topics
-from tests.streams.faultload import (Sender, check_against_model, make_load, model,
+from tests.conftest import ledger_settings, start_workers
+from tests.streams.faultload import (Sender, apply_all, check_against_model, make_load, model,
                                      wait_for_all_outcomes)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.cluster, pytest.mark.slow]
@@ -57,17 +56,9 @@ def cluster(tmp_path_factory):
 
 @pytest.fixture
 def ledger(cluster, tmp_path, leg_key_file, workers):
-    from tests.conftest import free_port
-
-    base = Settings(bootstrap_servers=cluster.bootstrap, topic_prefix=f"c{uuid.uuid4().hex[:10]}",
-                    partitions=6, batch_size_max=500, transaction_timeout_ms=10_000,
-                    session_timeout_ms=6_000, snapshot_root=tmp_path / "snapshots",
-                    leg_key_file=leg_key_file)
+    base = ledger_settings(cluster.bootstrap, tmp_path, leg_key_file)
     ensure_topics(base)
-    w = [workers.start(base.with_(worker_id=f"w{i}", data_dir=tmp_path / f"data-w{i}",
-                                  web_port=free_port()), wait=False) for i in (1, 2)]
-    for worker in w:
-        worker.wait_ready(120)
+    w = start_workers(workers, base, tmp_path, 2, ready_timeout_s=120)
     return base, w
 
 
@@ -137,12 +128,7 @@ def test_one_broker_killed_under_load_twice(cluster, ledger, ledger_cli):
     print(f"cluster test seed: {seed} (LEDGER_CRASH_SEED={seed} to replay)")
     rng = random.Random(seed)
     setup, load = make_load(rng, RATE_PER_S * (2 * OUTAGE_S + 25))
-    with LedgerClient(base) as client:
-        for c in setup:
-            client.send_nowait(c)
-        client.flush()
-        for c in setup:
-            client.wait_for(c.account_id, c.command_id, 60)
+    apply_all(base, setup)
     # A tenth of the payers send through HTTP, the rest through Kafka.
     http_payers = {f"payer-{i:02d}" for i in range(4)}
     by_http = [c for c in load if c.account_id in http_payers]
@@ -185,12 +171,7 @@ def test_two_brokers_down_applies_nothing_then_resumes(cluster, ledger, ledger_c
     base, w = ledger
     rng = random.Random(5)
     setup, load = make_load(rng, 600)
-    with LedgerClient(base) as client:
-        for c in setup:
-            client.send_nowait(c)
-        client.flush()
-        for c in setup:
-            client.wait_for(c.account_id, c.command_id, 60)
+    apply_all(base, setup)
     first, rest = load[:200], load[200:]
     sender = Sender(base, first, 200)
     sender.start()

@@ -2,33 +2,20 @@
 
 from __future__ import annotations
 
-import uuid
-
 import pytest
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Producer
 
 from ledger import domain
 from schemas import codec
 from streams.client import LedgerClient
 from streams.partitioner import partition_for
+from tests.conftest import read_topic
 
 pytestmark = pytest.mark.kafka
 
 
 def read_dead_letters(settings, count: int, timeout_s: float = 30):
-    consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers,
-                         "group.id": f"dlq-{uuid.uuid4()}", "auto.offset.reset": "earliest",
-                         "isolation.level": "read_committed"})
-    consumer.subscribe([settings.dead_letter_topic])
-    found = []
-    try:
-        for _ in range(int(timeout_s / 0.5)):
-            found += [m for m in consumer.consume(100, timeout=0.5) if not m.error()]
-            if len(found) >= count:
-                break
-    finally:
-        consumer.close()
-    return found
+    return read_topic(settings, settings.dead_letter_topic, count, timeout_s)
 
 
 def test_malformed_records_are_dead_lettered_and_the_partition_goes_on(settings, workers):

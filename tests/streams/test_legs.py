@@ -12,10 +12,8 @@ partition, gives two transfers that both complete.
 
 from __future__ import annotations
 
-import uuid
-
 import pytest
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Producer
 
 from ledger import domain
 from schemas import codec
@@ -23,25 +21,9 @@ from streams import legauth
 from streams.client import LedgerClient
 from streams.eventlog import read_log
 from streams.partitioner import partition_for
+from tests.conftest import read_topic
 
 pytestmark = pytest.mark.kafka
-
-
-def read_topic(settings, topic: str, count: int, timeout_s: float = 30) -> list:
-    """The first ``count`` committed records of ``topic`` (waits for them)."""
-    consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers,
-                         "group.id": f"read-{uuid.uuid4()}", "auto.offset.reset": "earliest",
-                         "isolation.level": "read_committed"})
-    consumer.subscribe([topic])
-    found = []
-    try:
-        for _ in range(int(timeout_s / 0.5)):
-            found += [m for m in consumer.consume(100, timeout=0.5) if not m.error()]
-            if len(found) >= count:
-                break
-    finally:
-        consumer.close()
-    return found
 
 
 def balances(settings) -> dict[str, int]:

@@ -31,6 +31,7 @@ from streams.config import Settings, read_properties
 from streams.eventlog import read_log
 from streams.partitioner import partition_for
 from streams.topics import ensure_topics
+from tests.conftest import ledger_settings
 
 pytestmark = [pytest.mark.kafka, pytest.mark.secure, pytest.mark.slow]
 
@@ -60,12 +61,7 @@ def as_principal(base: Settings, broker, role: str, **changes) -> Settings:
 @pytest.fixture
 def secured(secure_broker, tmp_path, leg_key_file):
     """(admin, worker, app) settings for one ledger on the secured broker."""
-    from tests.conftest import free_port
-
-    base = Settings(topic_prefix=PREFIX, partitions=6, worker_id="w1",
-                    data_dir=tmp_path / "data-w1", web_port=free_port(), batch_size_max=500,
-                    transaction_timeout_ms=10_000, session_timeout_ms=6_000,
-                    snapshot_root=tmp_path / "snapshots", leg_key_file=leg_key_file)
+    base = ledger_settings(secure_broker.bootstrap, tmp_path, leg_key_file, topic_prefix=PREFIX)
     admin = as_principal(base, secure_broker, "admin")
     ensure_topics(admin)
     worker = as_principal(base, secure_broker, "worker", create_topics=False)
