@@ -61,7 +61,6 @@ import platform
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -79,6 +78,8 @@ from confluent_kafka import Consumer, Producer, TopicPartition  # noqa: E402
 
 from ledger import domain  # noqa: E402
 from schemas import codec  # noqa: E402
+from streams import legauth  # noqa: E402
+from streams.localkafka import free_port  # noqa: E402
 from streams.config import Settings  # noqa: E402
 from streams.topics import ensure_topics  # noqa: E402
 
@@ -140,12 +141,6 @@ class Processes:
 
     def stop_all(self) -> None:
         self.stop([proc for _name, proc in self.started])
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def tail(path: Path, lines: int = 40) -> str:
@@ -503,17 +498,9 @@ def start_workers(ctx, settings: Settings, count: int, run_dir: Path,
     for i in range(1, count + 1):
         worker_id = f"w{i}"
         port = free_port()
-        env = {
-            **os.environ,
-            "PYTHONPATH": str(REPO),
-            "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
-            "LEDGER_TOPIC_PREFIX": settings.topic_prefix,
-            "LEDGER_PARTITIONS": str(settings.partitions),
-            "LEDGER_WORKER_ID": worker_id,
-            "LEDGER_DATA_DIR": str(run_dir / f"data-{worker_id}"),
-            "LEDGER_WEB_PORT": str(port),
-            "LEDGER_BATCH_SIZE_MAX": str(settings.batch_size_max),
-        }
+        env = {**os.environ, "PYTHONPATH": str(REPO), **settings.with_(
+            worker_id=worker_id, data_dir=run_dir / f"data-{worker_id}",
+            web_port=port).to_env()}
         argv = ["-m", "streams.cli", "worker", "--loglevel", "warning"]
         if profile_out is not None and i == 1:
             argv = ["-c", PROFILE_BOOTSTRAP, str(profile_out)] + argv[2:]
@@ -576,6 +563,9 @@ class Context:
         self.bootstrap = bootstrap
         self.tmp = tmp
         self.run_id = uuid.uuid4().hex[:6]
+        # The workers' shared secret for transfer legs (streams/legauth.py).
+        self.leg_key_file = tmp / "leg.key"
+        self.leg_key_file.write_text(legauth.new_key() + "\n")
         self.procs = Processes()
         self.loaders: list[Loader] = []
         self.accounts = account_ids(args.accounts)
@@ -589,7 +579,8 @@ class Context:
         return Settings(bootstrap_servers=self.bootstrap,
                         topic_prefix=f"bench-{self.run_id}-{name}",
                         partitions=self.args.partitions,
-                        batch_size_max=self.args.batch_size)
+                        batch_size_max=self.args.batch_size,
+                        leg_key_file=self.leg_key_file)
 
     def loader(self, prefix: str) -> Loader:
         loader = Loader(self.bootstrap, f"{prefix}-loader")

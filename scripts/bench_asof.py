@@ -112,9 +112,7 @@ def main() -> int:
         store.close()
         results["in_process"][account_id] = percentiles(samples)
 
-    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
-           "LEDGER_TOPIC_PREFIX": settings.topic_prefix, "LEDGER_DATA_DIR": str(settings.data_dir),
-           "LEDGER_WORKER_ID": settings.worker_id, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": str(REPO), **settings.to_env()}
     with open(settings.data_dir / "worker.log", "w") as log_file:
         worker = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker", "--loglevel",
                                    "warning"], env=env, stdout=log_file, stderr=subprocess.STDOUT)

@@ -100,11 +100,9 @@ def main() -> int:
             client.flush(120)
             watcher = CompletionWatcher(settings)
             for w in range(args.workers):
-                env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
-                       "LEDGER_TOPIC_PREFIX": settings.topic_prefix,
-                       "LEDGER_DATA_DIR": str(data_root / f"w{w}"),
-                       "LEDGER_WORKER_ID": f"btr-{w}", "LEDGER_WEB_PORT": str(16100 + w),
-                       "PYTHONPATH": str(REPO)}
+                env = {**os.environ, "PYTHONPATH": str(REPO), **settings.with_(
+                    data_dir=data_root / f"w{w}", worker_id=f"btr-{w}",
+                    web_port=16100 + w).to_env()}
                 log = open(data_root / f"w{w}.log", "w")
                 processes.append(subprocess.Popen(
                     [sys.executable, "-m", "streams.cli", "worker", "--loglevel", "warning"],
