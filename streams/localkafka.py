@@ -774,6 +774,11 @@ def grant_ledger_acls(broker: LocalBroker, topic_prefix: str = DEFAULT_TOPIC_PRE
 # ---------------------------------------------------------------------- processes
 
 
+def free_port() -> int:
+    """A free loopback port (for a test's or a benchmark's worker)."""
+    return _free_ports(1)[0]
+
+
 def _free_ports(count: int) -> list[int]:
     """``count`` distinct free loopback ports (all sockets held open together)."""
     with contextlib.ExitStack() as stack:
