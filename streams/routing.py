@@ -31,10 +31,10 @@ class Router:
         self._owners: dict[int, tuple[str, str]] = {}
         self._fetched_at = 0.0
 
-    def owners(self, refresh: bool = False) -> dict[int, tuple[str, str]]:
+    def owners(self) -> dict[int, tuple[str, str]]:
         """partition -> (worker_id, "host:port") for the commands topic."""
         with self._lock:
-            if refresh or time.monotonic() - self._fetched_at > CACHE_SECONDS:
+            if time.monotonic() - self._fetched_at > CACHE_SECONDS:
                 self._owners = self._describe()
                 self._fetched_at = time.monotonic()
             return dict(self._owners)
