@@ -1,5 +1,5 @@
-"""The base of every view: errors to JSON, metrics, and answering from the
-owner of a partition."""
+"""The base of every view: who may call it, errors to JSON, metrics, and
+answering from the owner of a partition."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from faust.web import View
 from rocksdict import DbClosedError
 
 from streams import metrics
-from streams.api import errors, forwarding
+from streams.api import auth, errors, forwarding
 from streams.api.errors import ApiError
 from streams.api.requests import InvalidRequest
 from streams.api.shared import Shared
@@ -24,14 +24,16 @@ RELAYED_STATUSES = frozenset((200, 400, 404, 503))
 
 
 def endpoint(handler):
-    """Wrap a view method: InvalidRequest is a 400, ApiError its own answer,
-    anything else a logged 500 in JSON; count and time each request by the
-    route (the view's path template) and status."""
+    """Wrap a view method: first who may call it (:meth:`LedgerView.authorize`,
+    a 401/403 before anything else is looked at), then InvalidRequest is a
+    400, ApiError its own answer, anything else a logged 500 in JSON; count
+    and time each request by the route (the view's path template) and status."""
 
     @functools.wraps(handler)
     async def view(self: "LedgerView", request, *args, **kwargs):
         started = time.perf_counter()
         try:
+            self.authorize(request)
             response = await handler(self, request, *args, **kwargs)
         except InvalidRequest as exc:
             response = self.json(exc.to_json(), status=400)
@@ -51,11 +53,34 @@ def endpoint(handler):
 
 
 class LedgerView(View):
-    """A view with the worker's shared state at ``self.shared``."""
+    """A view with the worker's shared state at ``self.shared``.
+
+    Every method needs a client token with the scope ``SCOPES`` gives its
+    HTTP method (write for any method not listed), unless the view is
+    ``PUBLIC`` or the request carries a valid worker mark (GETs only)."""
+
+    PUBLIC = False
+    SCOPES = {"GET": auth.READ, "HEAD": auth.READ, "POST": auth.WRITE}
 
     @property
     def shared(self) -> Shared:
         return self.app.ledger_api
+
+    def authorize(self, request) -> None:
+        """Raise the 401/403 ApiError if ``request`` may not call this view;
+        record on it whether another worker sent it (forwarding.is_forwarded)."""
+        if self.PUBLIC:
+            return
+        if self.shared.is_worker_request(request):
+            request[forwarding.FORWARDED_KEY] = True
+            return
+        scope = self.SCOPES.get(request.method, auth.WRITE)
+        denied = self.shared.client_auth.check(request.headers.get("Authorization"), scope)
+        if denied is not None:
+            # Never the header itself: it may hold a token.
+            log.info("%s %s from %s refused: %d %s (scope %s)", request.method,
+                     self.view_path, request.remote, denied.status, denied.error, scope)
+            raise errors.denied(denied)
 
     def error_response(self, exc: ApiError):
         return self.json(exc.body, status=exc.status, headers=exc.headers or None)

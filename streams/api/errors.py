@@ -6,6 +6,9 @@ Bad input is a 400 ``{"error": "invalid_request", "field", "reason", "message"}`
 :class:`ApiError` anywhere in a view and turned into the response by
 :func:`streams.api.base.endpoint`:
 
+    401 unauthorized               (no bearer token, or not a known one; WWW-Authenticate)
+    403 forbidden                  (the token lacks the route's scope; WWW-Authenticate
+                                    with error="insufficient_scope")
     404 unknown_account / unknown_version / unknown_command / unknown_transfer
         (only from the worker that owns the partition: it looked and found nothing)
     413 body_too_large
@@ -31,6 +34,12 @@ class ApiError(Exception):
         self.status = status
         self.body = {"error": error, "detail": detail, **extra}
         self.headers = dict(headers or {})
+
+
+def denied(refusal) -> ApiError:
+    """401 unauthorized / 403 forbidden from a :class:`streams.api.auth.Denied`."""
+    return ApiError(refusal.status, refusal.error, refusal.detail,
+                    headers={"WWW-Authenticate": refusal.challenge})
 
 
 def unknown(what: str, detail: str) -> ApiError:

@@ -9,16 +9,27 @@ Any other worker forwards it there, once:
   or be resolved away) and a query made of the route's whitelisted
   parameters in canonical form. ``request.path`` and the client's query
   string are never passed on.
-* A forwarded request carries :data:`FORWARDED_HEADER`. Its receiver never
-  forwards it again: it answers from its own store or with 503.
-  :func:`forwarded_headers` and :func:`is_forwarded` are the only two places
-  that know how the mark looks (issue 9 signs it with a worker secret).
+* A forwarded request carries :data:`FORWARDED_HEADER`, signed with the
+  workers' forward secret (:func:`streams.api.auth.forward_secrets`):
+  ``v1 <unix seconds> <hex HMAC-SHA256>`` over the method, the request
+  target exactly as sent (path and canonical query) and the time. The
+  receiver checks it (:func:`verify_mark`: any of its secrets, compared in
+  constant time, at most :data:`FORWARD_MAX_AGE_S` old or early) and, if it
+  holds, answers as to a worker: without a client token, with internal
+  fields (``command_hash``), and never forwards it again (its own store or
+  503). A mark that does not hold (missing, forged, stale, for another path)
+  makes it a client request like any other: client auth, no internal fields.
+  The secret itself never crosses the wire, so plain http between workers
+  does not give it away, and a captured mark is good for one URL for a minute.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import quote, urlencode
@@ -28,18 +39,53 @@ from yarl import URL
 
 FORWARDED_HEADER = "X-Ledger-Forwarded"
 FORWARD_TIMEOUT_S = 5.0
+FORWARD_MAX_AGE_S = 60
+MARK_VERSION = "v1"
+# Where the endpoint records, per request, that the mark was verified.
+FORWARDED_KEY = "ledger.forwarded"
 # host:port of a worker: a name, IPv4 or [IPv6] literal, and a port.
 _ADDRESS_RE = re.compile(r"(?:[A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\]):[0-9]{1,5}")
 
 
-def forwarded_headers() -> dict[str, str]:
-    """The headers that mark a request as sent by another worker."""
-    return {FORWARDED_HEADER: "1"}
+def _mac(secret: bytes, method: str, target: str, timestamp: int) -> bytes:
+    message = b"\n".join((b"ledger-forward-" + MARK_VERSION.encode(), method.upper().encode(),
+                          target.encode("utf-8", "surrogateescape"), str(timestamp).encode()))
+    return hmac.new(secret, message, hashlib.sha256).hexdigest().encode()
+
+
+def forwarded_headers(secret: bytes, method: str, target: str,
+                      now: float | None = None) -> dict[str, str]:
+    """The header that marks a request to ``target`` (path and query exactly
+    as sent) as sent by a worker holding ``secret``."""
+    timestamp = int(time.time() if now is None else now)
+    mac = _mac(secret, method, target, timestamp).decode()
+    return {FORWARDED_HEADER: f"{MARK_VERSION} {timestamp} {mac}"}
+
+
+def verify_mark(secrets: list[bytes], method: str, target: str, mark: str | None,
+                now: float | None = None) -> bool:
+    """Whether ``mark`` (the header's value) was made with one of ``secrets``
+    for this method and target, within FORWARD_MAX_AGE_S of ``now``."""
+    if not mark or len(mark) > 200:
+        return False
+    parts = mark.split(" ")
+    if len(parts) != 3 or parts[0] != MARK_VERSION or not parts[1].isascii() \
+            or not parts[1].isdigit() or len(parts[1]) > 12:
+        return False
+    timestamp = int(parts[1])
+    if abs((time.time() if now is None else now) - timestamp) > FORWARD_MAX_AGE_S:
+        return False
+    presented = parts[2].encode("utf-8", "surrogateescape")
+    valid = False
+    for secret in secrets:  # every one, no early exit
+        valid = hmac.compare_digest(_mac(secret, method, target, timestamp), presented) or valid
+    return valid
 
 
 def is_forwarded(request) -> bool:
-    """Whether ``request`` was sent by another worker (see forwarded_headers)."""
-    return request.headers.get(FORWARDED_HEADER) == "1"
+    """Whether ``request`` came from another worker: its mark was verified by
+    :func:`streams.api.base.endpoint` (False for any request it did not see)."""
+    return request.get(FORWARDED_KEY) is True
 
 
 def quote_segment(segment: str) -> str:
@@ -70,12 +116,12 @@ class Target:
     def raw_path(self) -> str:
         return "/" + "/".join(quote_segment(s) for s in self.segments)
 
-    def url(self, address: str) -> URL:
+    def url(self, address: str, scheme: str = "http") -> URL:
         """The URL on the worker at ``address`` ("host:port", as the consumer
         group tells it; ValueError if it is not one)."""
         if _ADDRESS_RE.fullmatch(address) is None:
             raise ValueError(f"not a worker address: {address!r}")
-        return URL.build(scheme="http", authority=address, path=self.raw_path,
+        return URL.build(scheme=scheme, authority=address, path=self.raw_path,
                          query_string=urlencode(sorted(self.query.items())), encoded=True)
 
 
@@ -88,14 +134,18 @@ class Answer:
 
 
 async def forward(session: aiohttp.ClientSession, address: str, target: Target,
-                  timeout_s: float = FORWARD_TIMEOUT_S) -> Answer | None:
-    """GET ``target`` on the worker at ``address``, marked as forwarded.
+                  timeout_s: float = FORWARD_TIMEOUT_S, *, secret: bytes,
+                  scheme: str = "http") -> Answer | None:
+    """GET ``target`` on the worker at ``address``, marked as forwarded with
+    ``secret``; over https when ``scheme`` says so (the session's connector
+    holds what it trusts).
 
     None if it cannot be reached, does not answer in time, or answers with
     something that is not a JSON object."""
     try:
-        url = target.url(address)
-        async with session.get(url, headers=forwarded_headers(), allow_redirects=False,
+        url = target.url(address, scheme)
+        headers = forwarded_headers(secret, "GET", url.raw_path_qs)
+        async with session.get(url, headers=headers, allow_redirects=False,
                                timeout=aiohttp.ClientTimeout(total=timeout_s)) as response:
             body = await response.json(content_type=None)
             if not isinstance(body, dict):

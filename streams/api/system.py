@@ -1,4 +1,10 @@
-"""GET /v1/health, /v1/openapi.json and /metrics: about the worker itself."""
+"""GET /v1/health, /v1/openapi.json and /metrics: about the worker itself.
+
+All three are public (no token, even with LEDGER_API_TOKENS set): health and
+metrics say how the worker is doing, never what is in an account (no
+balances, account ids, amounts or command ids: metric labels are routes,
+statuses and reasons), and the OpenAPI document is the same for everyone.
+"""
 
 from __future__ import annotations
 
@@ -25,6 +31,8 @@ def processor_health(processor) -> tuple[bool, str]:
 class Health(LedgerView):
     """200 while this worker applies commands, else 503 with the reason."""
 
+    PUBLIC = True
+
     @endpoint
     async def get(self, request):
         healthy, reason = processor_health(self.shared.processor)
@@ -37,6 +45,8 @@ class Health(LedgerView):
 
 
 class OpenApi(LedgerView):
+    PUBLIC = True
+
     @endpoint
     async def get(self, request):
         return self.json(openapi_document())
@@ -59,6 +69,8 @@ def observe_snapshots(settings: Settings) -> None:
 
 
 class Metrics(LedgerView):
+    PUBLIC = True
+
     async def get(self, request):
         observe_snapshots(self.shared.settings)
         return self.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])
