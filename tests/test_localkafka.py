@@ -30,7 +30,9 @@ LEDGER_METRICS = frozenset({
     "ledger_batch_commands", "ledger_recovery_seconds", "ledger_recovered_records_total",
     "ledger_assigned_partitions", "ledger_snapshot_fallbacks_total", "ledger_http_requests_total",
     "ledger_http_request_seconds", "ledger_consumer_lag", "ledger_snapshot_age_seconds",
-    "ledger_snapshot_bytes",
+    "ledger_snapshot_bytes", "ledger_money_minor", "ledger_invariant_ok",
+    "ledger_read_model_lag_events", "ledger_read_model_events_total",
+    "ledger_read_model_recovered_records_total",
 })
 
 
