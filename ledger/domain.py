@@ -713,3 +713,35 @@ def _decide_settle_leg(state, leg: TransferSettleLeg, now_ms: int, next_sequence
             **common,
         ),
     )
+
+
+# --------------------------------------------------------------------------
+# Time on a partition of the log
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionTick:
+    """Not an account event: a mark that time has passed on one partition of
+    the event log.
+
+    The worker that owns a partition writes one, in a transaction of its own
+    or beside a batch's events, when nothing else has been recorded on the
+    partition for a while. Like every record of the partition it is stamped
+    later than everything recorded there before it, so "every record of this
+    partition up to ``recorded_at_ms`` is in the log" holds once it is
+    committed (the partition's watermark; see ``streams/processor.py``). It
+    changes no account and has no key.
+    """
+
+    partition: int
+    recorded_at_ms: int
+    type = "partition_tick"
+
+
+def stamp_after(watermark_ms: int, now_ms: int) -> int:
+    """The ``recorded_at`` for a new record on a partition whose newest
+    committed record was recorded at ``watermark_ms``: the clock, but always
+    at least 1 ms after the watermark, so time never goes backwards on a
+    partition, whoever owns it and whatever its clock says."""
+    return now_ms if now_ms > watermark_ms else watermark_ms + 1

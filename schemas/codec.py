@@ -230,11 +230,16 @@ _OUTCOMES = {
     )
 }
 _LEG = _load(SCHEMA_DIR / "leg.avsc")
+# Not an account record: a mark that time has passed on one event-log
+# partition (domain.PartitionTick). decode_outcome refuses it; readers of the
+# event log test is_tick() first (streams.eventlog.read_log does).
+_TICK = _load(SCHEMA_DIR / "tick.avsc")
 # Every writer schema this reader accepts, by header. An evolved schema adds
 # its file and an entry here, mapped to the same domain class.
 _BY_HEADER: dict[bytes, tuple[_Schema, type | None]] = {
     _COMMAND.header: (_COMMAND, None),
     _LEG.header: (_LEG, None),
+    _TICK.header: (_TICK, None),
     **{schema.header: (schema, cls) for cls, schema in _OUTCOMES.items()},
 }
 _PAYLOAD_NAMES = {
@@ -375,3 +380,27 @@ def decode_outcome(data: bytes):
         raise CodecError(f"{schema.name} is not a log record")
     command_hash = value.pop("command_hash")
     return cls(**_from_avro(value)), command_hash
+
+
+# --------------------------------------------------------------------------
+# Partition ticks: time passing on an event-log partition
+# --------------------------------------------------------------------------
+
+
+def encode_tick(tick: domain.PartitionTick) -> bytes:
+    return _write(_TICK, {"partition": tick.partition, "recorded_at_ms": tick.recorded_at_ms})
+
+
+def is_tick(data) -> bool:
+    """Whether an event-log record is a PartitionTick (by its header alone: no
+    decoding). Every reader of the event log that wants account records
+    skips these."""
+    return isinstance(data, (bytes, bytearray)) and data[:HEADER_LENGTH] == _TICK.header
+
+
+def decode_tick(data: bytes) -> domain.PartitionTick:
+    """Return the PartitionTick or raise :class:`CodecError`."""
+    schema, _cls, value = _read(data)
+    if schema is not _TICK:
+        raise CodecError(f"{schema.name} is not a ledger.v1.PartitionTick")
+    return domain.PartitionTick(value["partition"], value["recorded_at_ms"])

@@ -334,6 +334,8 @@ class LogWatcher(threading.Thread):
             self._consumer.close()
 
     def _take(self, value: bytes, now: float) -> None:
+        if codec.is_tick(value):
+            return  # a PartitionTick marks time on a partition: not an outcome
         self.count += 1
         kind = TYPE_BY_HEADER.get(bytes(value[:HEADER_LENGTH]), "unknown")
         self.by_type[kind] += 1

@@ -61,8 +61,8 @@ class CompletionWatcher:
     def _run(self):
         while not self._stop.is_set():
             for msg in self._consumer.consume(1000, timeout=0.1):
-                if msg.error():
-                    continue
+                if msg.error() or codec.is_tick(msg.value()):
+                    continue  # a PartitionTick marks time on a partition
                 record, _ = codec.decode_outcome(msg.value())
                 if isinstance(record, domain.TransferCompleted):
                     self.completed[record.transfer_id] = time.monotonic()

@@ -207,8 +207,8 @@ class OutcomeWatcher:
                 continue
             with self._cond:
                 for msg in messages:
-                    if msg.error():
-                        continue
+                    if msg.error() or codec.is_tick(msg.value()):
+                        continue  # a PartitionTick only marks time on the partition
                     try:
                         record, _digest = codec.decode_outcome(msg.value())
                     except codec.CodecError:

@@ -26,11 +26,40 @@ back to the batch's first offsets: nothing happened. If the process dies at
 any point, the next owner of the partition catches its store up from the
 event log (read_committed) before it handles a command; that replay is
 idempotent by per-account sequence and by command_id.
+
+**Recorded time never goes backwards on a partition.** Each partition's
+*watermark* W is the newest ``recorded_at`` committed on its event-log
+partition (events, rejections and ticks alike), kept in the store with the
+data (``PartitionStore.watermark``) and rebuilt from the log on catch-up. A
+batch stamps every record it writes to partition p with
+``max(now, W_p + 1)`` (``domain.stamp_after``), and batches of a partition
+commit one after another, whoever owns it: so recorded times strictly
+increase from one transaction to the next on each partition, and once a
+store has applied the record stamped W, no record stamped at or before W
+will ever be added. That is what makes an answer "as of T" with T <= W final.
+A worker whose clock is behind a partition's watermark (it took the
+partition from a worker with a faster clock) stamps W + 1 ms, batch after
+batch, and logs a warning when it is more than CLOCK_BEHIND_WARN_MS behind.
+
+**Ticks.** A partition where nothing is recorded would keep an old
+watermark, and questions about recent instants would wait. So each owned
+partition where nothing was recorded for ``tick_ms`` (LEDGER_TICK_MS) gets a
+``PartitionTick`` record (empty key, the partition's number, stamped like
+any record): inside the batch's transaction when there is one, else in a
+transaction of its own. And when a reader waits for an instant the clock has
+passed (``want_final``, from the HTTP API), the partition gets one as soon as
+nothing was recorded on it for ``tick_ms / 5``: a read "as of now" waits a
+loop turn and a commit, not a tick interval, so LEDGER_TICK_MS can be raised
+to write fewer ticks to the log without slowing such reads. A tick-only transaction
+still sends the consumer's committed offsets with the group metadata, so a
+worker that lost the partition (a zombie) is fenced and cannot commit a tick
+with its clock after the new owner took over.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import threading
@@ -52,6 +81,11 @@ log = logging.getLogger("ledger.processor")
 
 CATCH_UP_FLUSH_RECORDS = 20_000  # bound the overlay while replaying the log
 CATCH_UP_REPORT_S = 10.0  # a catch-up that takes longer says where it is
+# A clock this far behind a partition's watermark is logged (at most every
+# CLOCK_WARN_EVERY_S per partition): the worker stamps watermark + 1 ms
+# instead of its clock, so recent as-of questions wait for it.
+CLOCK_BEHIND_WARN_MS = 1_000
+CLOCK_WARN_EVERY_S = 10.0
 
 
 # --------------------------------------------------------------------------
@@ -118,8 +152,13 @@ class LegConflict(ValueError):
 
 
 def apply_logged(batch: Batch, raw: bytes) -> None:
-    """Fold one committed log record into the batch while catching up."""
+    """Fold one committed log record into the batch while catching up: an
+    account record into state, any record (ticks too) into the watermark."""
+    if codec.is_tick(raw):
+        batch.advance(codec.decode_tick(raw).recorded_at_ms)
+        return
     record, digest = codec.decode_outcome(raw)
+    batch.advance(record.recorded_at_ms)
     fold_record(batch, record, digest, raw)
 
 
@@ -245,6 +284,37 @@ class Processor:
         self._retrying = False  # a Kafka call failed and is being retried
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
+        # (topic, partition) -> next offset committed by our last transaction
+        # (or found committed): what a tick-only transaction sends to be fenced.
+        self._positions: dict[tuple[str, int], int] = {}
+        self._clock_warned_at: dict[int, float] = {}
+        # partition -> the newest instant a reader waits for it to be final as of
+        # (written by HTTP threads under the lock, read by the loop).
+        self._wanted: dict[int, int] = {}
+        self._wanted_lock = threading.Lock()
+        for p in range(settings.partitions):
+            metrics.WATERMARK_LAG.labels(str(p)).set_function(
+                functools.partial(self.watermark_lag_s, p))
+
+    def now_ms(self) -> int:
+        """This worker's clock (epoch ms), LEDGER_CLOCK_OFFSET_MS included."""
+        return int(time.time() * 1000) + self.settings.clock_offset_ms
+
+    def want_final(self, partition: int, t_ms: int) -> None:
+        """A reader waits for ``partition`` to be final as of ``t_ms``: tick
+        it as soon as the clock has passed ``t_ms`` and nothing was recorded
+        on it for tick_ms / 5 (thread-safe; any thread)."""
+        with self._wanted_lock:
+            if t_ms > self._wanted.get(partition, -1):
+                self._wanted[partition] = t_ms
+
+    def watermark_lag_s(self, partition: int) -> float:
+        """Seconds the served partition's watermark trails this worker's
+        clock (NaN when not served or nothing recorded yet)."""
+        store = self._serving.get(partition)
+        if store is None or store.watermark == 0:
+            return float("nan")
+        return (self.now_ms() - store.watermark) / 1000
 
     def _connect(self) -> None:
         s = self.settings
@@ -357,6 +427,8 @@ class Processor:
             messages = self._next_batch()
             if messages:
                 self._process(messages)
+            else:
+                self._tick_idle()
             if time.monotonic() - lag_measured_at > 1.0:
                 lag_measured_at = time.monotonic()
                 self._measure_lag()
@@ -452,7 +524,9 @@ class Processor:
 
     def _process(self, messages) -> None:
         started = time.perf_counter()
-        now_ms = int(time.time() * 1000)
+        wall_ms = self.now_ms()
+        stamps: dict[int, int] = {}  # partition -> recorded_at of this batch's records
+        produced: set[int] = set()  # partitions this batch writes records to
         batches: dict[int, Batch] = {}
         first_offsets: dict[tuple[str, int], int] = {}
         next_offsets: dict[tuple[str, int], int] = {}
@@ -479,7 +553,17 @@ class Processor:
                 batch = batches.get(p)
                 if batch is None:
                     batch = batches[p] = Batch(self._stores[p])
-                self._handle(msg, p, batch, now_ms)
+                    stamps[p] = self._stamp(p, wall_ms)
+                if self._handle(msg, p, batch, stamps[p]):
+                    produced.add(p)
+            for p in produced:
+                batches[p].advance(stamps[p])
+            # Owned partitions where nothing was recorded for tick_ms: mark
+            # the time passing, in this same transaction.
+            for p in self._ticks_due(wall_ms, skip=produced):
+                if p not in batches:
+                    batches[p] = Batch(self._stores[p])
+                self._produce_tick(p, stamps.get(p) or self._stamp(p, wall_ms), batches[p])
             self._flush(txn_deadline_s)  # delivery reports give event offsets
             if next_offsets:
                 self._retry(
@@ -494,6 +578,15 @@ class Processor:
         self._producer.poll(0)  # any delivery report not served yet
         self._retrying = False
         self._state = CONSUMING
+        self._positions.update(next_offsets)
+        self._apply(batches)
+        metrics.TRANSACTIONS.labels("committed").inc()
+        metrics.TRANSACTION_SECONDS.observe(time.perf_counter() - started)
+        metrics.BATCH_SIZE.observe(len(messages))
+
+    def _apply(self, batches: dict[int, Batch]) -> None:
+        """Write committed batches to their stores, with the event-log offset
+        each reaches and its watermark."""
         for p, batch in batches.items():
             last = self._event_offsets.get(p)
             try:
@@ -504,9 +597,124 @@ class Processor:
                 # the next start. Stop; the supervisor restarts the worker.
                 self._state = STORE_FAILED
                 raise
+
+    # -- recorded time -------------------------------------------------------
+
+    def _stamp(self, partition: int, wall_ms: int) -> int:
+        """recorded_at for this batch's records on ``partition``: the clock,
+        but at least 1 ms after the partition's watermark."""
+        watermark = self._stores[partition].watermark
+        stamp = domain.stamp_after(watermark, wall_ms)
+        if stamp != wall_ms:
+            metrics.STAMPED_AFTER_WATERMARK.inc()
+            self._warn_clock(partition, watermark, wall_ms)
+        return stamp
+
+    def _warn_clock(self, partition: int, watermark: int, wall_ms: int) -> None:
+        behind = watermark - wall_ms
+        if behind <= CLOCK_BEHIND_WARN_MS:
+            return
+        now = time.monotonic()
+        if now - self._clock_warned_at.get(partition, -CLOCK_WARN_EVERY_S) < CLOCK_WARN_EVERY_S:
+            return
+        self._clock_warned_at[partition] = now
+        log.warning("clock of worker %s is %.3f s behind the watermark of event-log "
+                    "partition %d (recorded up to %d ms by an earlier owner or a faster "
+                    "clock): recording its events 1 ms after the watermark, not at the "
+                    "clock, until the clock passes it; check this host's time (NTP)",
+                    self.settings.worker_id, behind / 1000, partition, watermark)
+
+    def _ticks_due(self, wall_ms: int, skip=()) -> list[int]:
+        """Owned partitions where nothing was recorded for tick_ms, or for
+        tick_ms / 5 when a reader waits for an instant the clock has passed."""
+        every = self.settings.tick_ms
+        soon = max(1, every // 5)
+        due = []
+        with self._wanted_lock:
+            for p, store in self._stores.items():
+                wanted = self._wanted.get(p)
+                if wanted is not None and store.watermark >= wanted:
+                    del self._wanted[p]  # final as of it: the reader has its answer
+                    wanted = None
+                if p in skip:
+                    continue
+                idle_ms = wall_ms - store.watermark
+                if idle_ms >= every or (wanted is not None and wanted <= wall_ms
+                                        and idle_ms >= soon):
+                    due.append(p)
+        return due
+
+    def _produce_tick(self, partition: int, stamp: int, batch: Batch) -> None:
+        raw = codec.encode_tick(domain.PartitionTick(partition, stamp))
+        # Empty key: a tick belongs to no account; the partition is explicit.
+        self._producer.produce(self.settings.events_topic, raw, b"", partition=partition)
+        batch.advance(stamp)
+        metrics.TICKS.inc()
+
+    def _tick_idle(self) -> None:
+        """No commands: mark the time on owned partitions where nothing was
+        recorded for tick_ms, in a transaction of their own that is fenced
+        like a batch (it sends offsets with the group metadata)."""
+        wall_ms = self.now_ms()
+        due = self._ticks_due(wall_ms)
+        if not due:
+            return
+        offsets = self._fence_offsets()
+        if not offsets:
+            return  # cannot be fenced yet: try again on the next turn
+        txn_deadline_s = self.settings.transaction_timeout_ms / 1000
+        self._event_offsets.clear()
+        try:
+            self._producer.begin_transaction()
+        except KafkaException as exc:
+            raise Rebuild(f"begin_transaction: {exc.args[0]}") from None
+        batches: dict[int, Batch] = {}
+        try:
+            for p in due:
+                batches[p] = Batch(self._stores[p])
+                self._produce_tick(p, self._stamp(p, wall_ms), batches[p])
+            self._flush(txn_deadline_s)
+            self._retry(self._producer.send_offsets_to_transaction, offsets,
+                        self._consumer.consumer_group_metadata(), deadline_s=txn_deadline_s)
+            self._retry(self._producer.commit_transaction, deadline_s=txn_deadline_s)
+        except KafkaException as exc:  # abortable (fenced, for one)
+            self._abort(exc, {})
+            return
+        self._producer.poll(0)
+        self._retrying = False
+        self._apply(batches)
         metrics.TRANSACTIONS.labels("committed").inc()
-        metrics.TRANSACTION_SECONDS.observe(time.perf_counter() - started)
-        metrics.BATCH_SIZE.observe(len(messages))
+
+    def _fence_offsets(self) -> list[TopicPartition]:
+        """Offsets a tick-only transaction can send: the ones our last
+        transactions committed, else the group's committed offsets of the
+        partitions we own (unchanged by sending them again), else the start
+        of one partition when nothing was ever committed there."""
+        s = self.settings
+        owned = [(t, p) for p in sorted(self._stores) for t in (s.commands_topic, s.legs_topic)]
+        if not owned:
+            return []
+        known = [TopicPartition(t, p, self._positions[(t, p)]) for t, p in owned
+                 if (t, p) in self._positions]
+        if known:
+            return known
+        try:
+            committed = self._consumer.committed([TopicPartition(t, p) for t, p in owned],
+                                                 timeout=KAFKA_CALL_S)
+            for tp in committed:
+                if tp.error is None and tp.offset >= 0:
+                    self._positions[(tp.topic, tp.partition)] = tp.offset
+            if not any(key in self._positions for key in owned):
+                # Nothing committed yet: where this consumer starts anyway.
+                t, p = owned[0]
+                low, _high = self._consumer.get_watermark_offsets(
+                    TopicPartition(t, p), timeout=KAFKA_CALL_S)
+                self._positions[(t, p)] = low
+        except KafkaException as exc:
+            log.info("no offsets to fence a tick with yet: %s", exc.args[0])
+            return []
+        return [TopicPartition(t, p, self._positions[(t, p)]) for t, p in owned
+                if (t, p) in self._positions]
 
     def _flush(self, deadline_s: float) -> None:
         deadline = time.monotonic() + deadline_s
@@ -519,7 +727,8 @@ class Processor:
             if time.monotonic() > deadline:
                 raise Rebuild("events not delivered within the transaction timeout")
 
-    def _handle(self, msg, partition: int, batch: Batch, now_ms: int) -> None:
+    def _handle(self, msg, partition: int, batch: Batch, now_ms: int) -> bool:
+        """Apply one consumed record; True if it wrote records to the event log."""
         try:
             if msg.topic() == self.settings.legs_topic:
                 problem = self._legs.problem(msg.key(), msg.value(), msg.headers())
@@ -540,7 +749,7 @@ class Processor:
             problem = f"internal error: {exc!r}"
         if problem is not None:
             self._dead_letter(msg, problem)
-            return
+            return False
         key = msg.key()
         for raw in records:
             self._producer.produce(self.settings.events_topic, raw, key, partition=partition)
@@ -551,6 +760,7 @@ class Processor:
                                    partition=partition_for(leg_key, self.settings.partitions),
                                    headers=self._legs.headers(leg_key, raw))
         metrics.EVENTS.inc(len(records))
+        return bool(records)
 
     def _dead_letter(self, msg, problem: str) -> None:
         log.warning("dead-lettering %s[%d]@%d: %s", msg.topic(), msg.partition(),
@@ -600,6 +810,9 @@ class Processor:
         self._catch_up(numbers)
         metrics.RECOVERY_SECONDS.observe(time.perf_counter() - started)
         metrics.ASSIGNED_PARTITIONS.set(len(self._stores))
+        wall_ms = self.now_ms()
+        for p in numbers:
+            self._warn_clock(p, self._stores[p].watermark, wall_ms)
         self._serving.update({p: self._stores[p] for p in numbers})
         self._state = CONSUMING
         self.caught_up.set()
@@ -607,6 +820,7 @@ class Processor:
     def _on_revoke(self, consumer, partitions) -> None:
         log.info("revoked partitions %s", [tp.partition for tp in partitions])
         for tp in partitions:
+            self._positions.pop((tp.topic, tp.partition), None)
             self._serving.pop(tp.partition, None)
             store = self._stores.pop(tp.partition, None)
             if store is not None:
@@ -698,6 +912,7 @@ class Processor:
         """Drop the clients (bounded: a consumer can hang leaving a group whose
         broker is gone) and close every store."""
         self._serving.clear()
+        self._positions.clear()
         consumer, producer = self._consumer, self._producer
         self._consumer = self._producer = None
         if consumer is not None:

@@ -28,6 +28,17 @@ plus every later event with ``recorded_at_ms <= T``. A snapshot that is late
 a warning and ``ledger_snapshot_fallbacks_total``, for an older one or for
 offset 0: slower, never wrong. ``--from-scratch`` ignores snapshots; both
 give the same file.
+
+**Final.** Recorded times strictly increase from one transaction to the next
+on each partition (``streams/processor.py``), so the state as of T is final
+once every partition has a committed record stamped after T: nothing
+stamped at or before T can be added there any more. ``ledger replay --as-of
+T`` reads each partition to its end and then waits (``--timeout-ms``) for
+the partitions that are not final as of T yet, taking in what they still
+record at or before T; if one stays short it exits non-zero naming it,
+rather than write a ledger that may change. Idle partitions get a
+``PartitionTick`` every LEDGER_TICK_MS, so a T a moment ago is final within
+about that long while workers run.
 """
 
 from __future__ import annotations
@@ -41,7 +52,7 @@ import sys
 import time
 import zlib
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ledger import domain
@@ -64,6 +75,19 @@ class Ledger:
     max_recorded_at_ms: int
     in_flight: Counter  # currency -> money debited by transfers, not yet credited/refunded
     external: Counter  # currency -> external credits - external debits
+    # partition -> newest recorded_at read on it, ticks included (not in snapshots)
+    watermarks: dict[int, int] = field(default_factory=dict)
+
+    def saw(self, partition: int, recorded_at_ms: int) -> None:
+        if recorded_at_ms > self.watermarks.get(partition, -1):
+            self.watermarks[partition] = recorded_at_ms
+
+    def complete_up_to(self, partitions: int) -> int | None:
+        """The instant up to which every partition read has all its records
+        here (None if a partition had no record read)."""
+        if len(self.watermarks) < partitions:
+            return None
+        return min(self.watermarks.values())
 
     @classmethod
     def empty(cls, partitions: int) -> "Ledger":
@@ -71,6 +95,7 @@ class Ledger:
 
     def apply(self, partition: int, offset: int, record) -> None:
         self.offsets[partition] = offset + 1
+        self.saw(partition, record.recorded_at_ms)
         if isinstance(record, domain.CommandRejected):
             return
         state = self.accounts.get(record.account_id)
@@ -196,20 +221,31 @@ class Progress:
 
 
 def rebuild(settings: Settings, as_of_ms: int | None = None, use_snapshots: bool = True,
-            until_offsets: dict[int, int] | None = None, progress: bool | None = None) -> Ledger:
+            until_offsets: dict[int, int] | None = None, progress: bool | None = None,
+            final_wait_s: float | None = None) -> Ledger:
     """The whole ledger as of ``as_of_ms`` (None: now), from snapshot + log.
 
     ``until_offsets`` stops each partition at an offset (used by verify to
     compare with a store that has reached exactly that point).
+    ``final_wait_s`` (with ``as_of_ms``): make it the final answer (module
+    doc, Final): wait up to this long for every partition to be final as of
+    ``as_of_ms``, else raise :class:`streams.eventlog.NotFinal`.
     """
     base = newest_snapshot(settings, as_of_ms) if use_snapshots and until_offsets is None \
         else None
     ledger = base or Ledger.empty(settings.partitions)
     bar = Progress("replay", progress)
-    for partition, offset, record in read_log(settings, start_offsets=ledger.offsets,
-                                               stop_offsets=until_offsets):
+    final = as_of_ms is not None and final_wait_s is not None and until_offsets is None
+    for partition, offset, record in read_log(
+            settings, start_offsets=ledger.offsets, stop_offsets=until_offsets, ticks=True,
+            final_after_ms=as_of_ms if final else None, wait_s=final_wait_s or 0.0):
         bar.tick()
+        if isinstance(record, domain.PartitionTick):
+            ledger.offsets[partition] = offset + 1
+            ledger.saw(partition, record.recorded_at_ms)
+            continue
         if as_of_ms is not None and record.recorded_at_ms > as_of_ms:
+            ledger.saw(partition, record.recorded_at_ms)
             # Later than T. Per account recorded_at never decreases, so this
             # skips exactly the account's events after T.
             ledger.offsets[partition] = offset + 1

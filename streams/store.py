@@ -21,6 +21,11 @@ data dir: ``<data_dir>/<events topic>/p<N>``. It holds
     b"m" b"events_offset"                -> u64be: next event-log offset to
                                             read when catching up
     b"m" b"format"                       -> u32be: STORE_FORMAT of the layout
+    b"m" b"watermark"                    -> u64be: the partition's watermark, the
+                                            newest recorded_at_ms of any record
+                                            (event, rejection, tick) applied
+                                            here; written with the data it
+                                            covers, in the same WriteBatch
 
 Nothing outside this module knows a key or a stored field: readers use the
 typed read API (:meth:`PartitionStore.outcome`, :meth:`~PartitionStore.transfer`,
@@ -35,6 +40,14 @@ same change has committed. A batch stages its changes in a :class:`Batch`
 with the new ``events_offset``, in one atomic ``WriteBatch``. A crash before
 that loses only the overlay; catch-up from ``events_offset`` (idempotent by
 sequence and command_id) brings the store back to the log.
+
+**Completeness.** Every record of a partition is stamped later than every
+record committed on that partition before it (``domain.stamp_after``,
+``streams/processor.py``), and the store applies whole committed batches in
+log order. So once the store holds a record stamped W, it holds every record
+of the partition stamped at or before W, and no record it does not hold will
+ever be stamped at or before W: any question "as of T" with T <= W
+(:attr:`PartitionStore.watermark`) has its final answer here.
 """
 
 from __future__ import annotations
@@ -56,9 +69,10 @@ from streams import metrics
 
 # The layout above. Bump it with any change of keys or values: a store of
 # another format is rebuilt from the log at open.
-STORE_FORMAT = 2
+STORE_FORMAT = 3  # 3: the watermark
 _FORMAT_KEY = b"mformat"
 _EVENTS_OFFSET_KEY = b"mevents_offset"
+_WATERMARK_KEY = b"mwatermark"
 _U64 = struct.Struct(">Q")
 _U32 = struct.Struct(">I")
 _U64_MAX = 2**64 - 1
@@ -191,6 +205,7 @@ class PartitionStore:
             # RocksDB read-only mode takes no lock: safe beside a running worker.
             # It is also a point-in-time view: what was written when it opened.
             self._db = Rdict(str(path), options, access_type=AccessType.read_only())
+            self._watermark = self._read_watermark()
             return
         path.mkdir(parents=True, exist_ok=True)
         options.create_if_missing(True)
@@ -206,6 +221,11 @@ class PartitionStore:
                 Rdict.destroy(str(path))
                 self._db = Rdict(str(path), options)
             self._db.put(_FORMAT_KEY, _U32.pack(STORE_FORMAT))
+        self._watermark = self._read_watermark()
+
+    def _read_watermark(self) -> int:
+        raw = self._db.get(_WATERMARK_KEY)
+        return 0 if raw is None else _U64.unpack(raw)[0]
 
     def _is_empty(self) -> bool:
         it = self._db.iter()
@@ -251,6 +271,16 @@ class PartitionStore:
         if as_of_ms is not None:
             version = self.version_at(account_id, as_of_ms)
         return self.state_at_version(account_id, version or 0)
+
+    @property
+    def watermark(self) -> int:
+        """Epoch ms: every record of the partition recorded at or before it is
+        here, and none recorded at or before it will ever be added (module
+        doc, Completeness). 0 before the first record. Kept in memory, set
+        only after the WriteBatch that carries it is written: a reader that
+        reads the watermark first and then the data sees at least what it
+        promises."""
+        return self._watermark
 
     @property
     def events_offset(self) -> int:
@@ -333,17 +363,24 @@ class PartitionStore:
             wb.put(key, value)
         if events_offset is not None:
             wb.put(_EVENTS_OFFSET_KEY, _U64.pack(events_offset))
+        watermark = batch.watermark
+        if watermark > self._watermark:
+            wb.put(_WATERMARK_KEY, _U64.pack(watermark))
         self._db.write(wb)
+        if watermark > self._watermark:
+            self._watermark = watermark
 
 
 class Batch:
     """Uncommitted changes to one partition's store, readable before commit."""
 
-    __slots__ = ("store", "writes", "_states", "_outcomes", "_transfers")
+    __slots__ = ("store", "writes", "watermark", "_states", "_outcomes", "_transfers")
 
     def __init__(self, store: PartitionStore):
         self.store = store
         self.writes: dict[bytes, bytes] = {}
+        # The newest recorded_at_ms of the records in this batch (0: none).
+        self.watermark = 0
         self._states: dict[str, domain.AccountState | None] = {}
         self._outcomes: dict[str, dict | None] = {}
         self._transfers: dict[str, dict | None] = {}
@@ -370,6 +407,11 @@ class Batch:
         except KeyError:
             entry = self._transfers[key] = self.store.transfer(from_account_id, transfer_id)
             return entry
+
+    def advance(self, recorded_at_ms: int) -> None:
+        """A record stamped ``recorded_at_ms`` is part of this batch."""
+        if recorded_at_ms > self.watermark:
+            self.watermark = recorded_at_ms
 
     def put_transfer(self, entry: TransferEntry) -> None:
         self._transfers[(entry.from_account_id, entry.transfer_id)] = entry

@@ -1,21 +1,183 @@
-"""GET /v1/accounts/{account_id} and GET /v1/accounts/{account_id}/events."""
+"""GET /v1/accounts/{account_id} and GET /v1/accounts/{account_id}/events.
+
+**Answers that never change their mind.** The store of a partition knows
+every event recorded up to its *watermark* W and will never be given another
+one recorded at or before W (``streams/store.py``, Completeness). So:
+
+* ``?as_of=T`` (and an event page with ``?to=T``) is answered only once
+  T <= W, and is then final: the same bytes later, through any worker, after
+  any crash, takeover, restart or rebuild. For T beyond W the view waits for
+  W to pass T, up to ``timeout_ms`` (default 2,000, at most 10,000; at once
+  if T cannot be reached in that time), then answers 503
+  ``{"error": "as_of_not_final", "complete_up_to", "as_of"}`` with
+  Retry-After: never a state that may still change. A waiting read asks the
+  core for a tick on the partition as soon as the clock has passed T
+  (``Processor.want_final``), so "as of now" waits about a loop turn and a
+  commit even on an idle partition.
+* A read without ``as_of`` is the state as of the store's watermark, which
+  is the state as of the account's last event known then: it says so with
+  ``as_of`` = ``complete_up_to`` = that event's time, and asking again with
+  ``?as_of=`` that instant gives the same bytes, forever.
+* ``complete_up_to`` in an answer: every event of the account recorded at or
+  before it is in the answer (and, for an as-of answer, none after ``as_of``
+  is). It names the instant the answer is about (T, or the last event's
+  time), not the answering store's watermark, which may be later: the store
+  that answers, and when, must not change the bytes. How far each worker's
+  watermarks trail its clock is ``ledger_watermark_lag_seconds``.
+* ``?version=N`` addresses an event, not an instant: once event N exists its
+  answer never changes (and carries neither field); before, it is 404
+  ``unknown_version``.
+"""
 
 from __future__ import annotations
 
-from streams.api import errors
+import asyncio
+import math
+import time
+
+from rocksdict import DbClosedError
+
+from streams import metrics
+from streams.api import errors, forwarding
 from streams.api import requests as req
-from streams.api.base import LedgerView, endpoint
+from streams.api.base import RELAYED_STATUSES, LedgerView, endpoint
+from streams.api.errors import ApiError
 from streams.api.forwarding import Target
 from streams.shapes import account_json, event_json, rfc3339_ms
 
 EVENTS_LIMIT_DEFAULT = 100
 EVENTS_LIMIT_MAX = 1_000
+# ?as_of=T / ?to=T: how long a read may wait for T to become final.
+AS_OF_TIMEOUT_MS_DEFAULT = 2_000
+AS_OF_TIMEOUT_MS_MAX = 10_000
+WAIT_POLL_S = 0.005  # how often a waiting read looks at the watermark
+NOT_FINAL = "as_of_not_final"
 
 
-class Account(LedgerView):
+def parse_timeout_ms(query) -> int:
+    """``timeout_ms``: 0 (do not wait) to AS_OF_TIMEOUT_MS_MAX."""
+    if "timeout_ms" not in query:
+        return AS_OF_TIMEOUT_MS_DEFAULT
+    if query["timeout_ms"] == "0":
+        return 0
+    return req.parse_positive_int("timeout_ms", query["timeout_ms"], AS_OF_TIMEOUT_MS_MAX)
+
+
+def retry_after_s(t_ms: int, watermark_ms: int) -> int:
+    """Whole seconds until the watermark may have passed T (at least 1)."""
+    return max(1, math.ceil((t_ms - watermark_ms) / 1000))
+
+
+def not_final(t_ms: int, watermark_ms: int, field: str) -> ApiError:
+    return ApiError(
+        503, NOT_FINAL,
+        f"{field} {rfc3339_ms(t_ms)} is not final yet: events recorded at or before it "
+        f"may still be committed (this partition is complete up to "
+        f"{rfc3339_ms(watermark_ms)}); ask again later",
+        headers={"Retry-After": str(retry_after_s(t_ms, watermark_ms))},
+        complete_up_to=rfc3339_ms(watermark_ms), as_of=rfc3339_ms(t_ms))
+
+
+def settled_state(store, account_id: str):
+    """The account as of the store's watermark (None: no such account then).
+
+    The watermark is read first: everything at or before it is already in the
+    store. A batch applied meanwhile may have moved the account past it; then
+    it is read as of the watermark."""
+    watermark = store.watermark
+    state = store.account(account_id)
+    if state is not None and state.updated_at_ms > watermark:
+        state = store.state_at(account_id, as_of_ms=watermark)
+    return state
+
+
+def as_of_json(state, t_ms: int) -> dict:
+    """An account answer about an instant: final once T is."""
+    at = rfc3339_ms(t_ms)
+    return {**account_json(state), "as_of": at, "complete_up_to": at}
+
+
+class FinalView(LedgerView):
+    """A lookup answered by the owner of the account's partition once the
+    instant it asks about is final there."""
+
+    async def from_owner_when_final(self, request, partition: int, target: Target, local,
+                                    t_ms: int | None, timeout_ms: int, field: str):
+        """Like :meth:`LedgerView.from_owner`, but with ``t_ms`` the owner's
+        store must be final as of it first: wait for its watermark (at most
+        ``timeout_ms``, the forwarded request included), else 503
+        as_of_not_final."""
+        started = time.monotonic()
+        deadline = started + timeout_ms / 1000
+        store = self.shared.store_for(partition)
+        if store is not None and t_ms is not None:
+            store = await self._until_final(partition, store, t_ms, started, deadline, field)
+        if store is not None:
+            try:
+                return local(store)
+            except DbClosedError:
+                pass  # revoked while we read: answer as a non-owner would
+        if forwarding.is_forwarded(request):
+            raise errors.partition_unavailable(partition)  # never forwarded twice
+        owner = await self.shared.owner(partition)
+        if owner is None or owner[0] == self.shared.settings.worker_id:
+            raise errors.partition_unavailable(partition)
+        query, wait_s = dict(target.query), 0.0
+        if t_ms is not None:
+            # The owner waits what is left of this request's time.
+            wait_s = max(0.0, deadline - time.monotonic())
+            query["timeout_ms"] = str(int(wait_s * 1000))
+        answer = await self.shared.forward(
+            owner[1], Target(target.segments, query, target.allowed),
+            timeout_s=forwarding.FORWARD_TIMEOUT_S + wait_s)
+        if answer is None or answer.status not in RELAYED_STATUSES:
+            raise errors.partition_unavailable(partition)
+        headers = None
+        if answer.status == 503:
+            headers = dict(errors.RETRY_SOON)
+            if answer.body.get("error") == NOT_FINAL and t_ms is not None:
+                try:
+                    watermark = req.parse_instant("complete_up_to",
+                                                  answer.body.get("complete_up_to"))
+                    headers = {"Retry-After": str(retry_after_s(t_ms, watermark))}
+                except req.InvalidRequest:
+                    pass
+        return self.json(self.public(answer.body), status=answer.status, headers=headers)
+
+    async def _until_final(self, partition: int, store, t_ms: int, started: float,
+                           deadline: float, field: str):
+        """The store once its watermark is at or past ``t_ms`` (None if the
+        partition was revoked meanwhile: its new owner answers); raises 503
+        as_of_not_final when that does not happen by ``deadline``, at once
+        if it cannot (T further ahead of the clock than the time left)."""
+        waited = False
+        while True:
+            watermark = store.watermark
+            if watermark >= t_ms:
+                if waited:
+                    metrics.AS_OF_WAIT_SECONDS.observe(time.monotonic() - started)
+                return store
+            left_ms = (deadline - time.monotonic()) * 1000
+            if left_ms <= 0 or t_ms > max(self.shared.processor.now_ms(), watermark) + left_ms:
+                metrics.AS_OF_NOT_FINAL.inc()
+                raise not_final(t_ms, watermark, field)
+            if not waited:
+                # Ask the core to mark the time on this partition as soon as
+                # its clock has passed T, rather than at its next tick.
+                self.shared.processor.want_final(partition, t_ms)
+                waited = True
+            await asyncio.sleep(min(WAIT_POLL_S, left_ms / 1000))
+            current = self.shared.store_for(partition)
+            if current is not store:
+                if current is None:
+                    return None
+                store = current
+
+
+class Account(FinalView):
     """An account's state: current, ``?as_of=T`` or ``?version=N``."""
 
-    FORWARDED_QUERY = frozenset(("as_of", "version"))
+    FORWARDED_QUERY = frozenset(("as_of", "version", "timeout_ms"))
 
     @endpoint
     async def get(self, request, account_id: str):
@@ -33,33 +195,35 @@ class Account(LedgerView):
         if version is not None:
             wanted = req.parse_positive_int("version", version)
             query["version"] = str(wanted)
+        timeout_ms = parse_timeout_ms(q)
 
         def local(store):
-            if t_ms is not None:
+            if t_ms is not None:  # final: the store's watermark is at or past T
                 state = store.state_at(account_id, as_of_ms=t_ms)
                 if state is None:
                     raise errors.unknown("account", f"account {account_id!r} did not exist "
                                                     f"at {rfc3339_ms(t_ms)}")
-            elif wanted is not None:
+                return self.json(as_of_json(state, t_ms))
+            if wanted is not None:
                 state = store.state_at(account_id, version=wanted)
                 if state is None or state.version < wanted:
                     raise errors.unknown("version",
                                          f"account {account_id!r} has no version {wanted}")
-            else:
-                state = store.account(account_id)
-                if state is None:
-                    raise errors.unknown("account", f"account {account_id!r} does not exist")
-            return self.json(account_json(state))
+                return self.json(account_json(state))
+            state = settled_state(store, account_id)
+            if state is None:
+                raise errors.unknown("account", f"account {account_id!r} does not exist")
+            return self.json(as_of_json(state, state.updated_at_ms))
 
         target = Target(("v1", "accounts", account_id), query, self.FORWARDED_QUERY)
-        return await self.from_owner(request, self.shared.partition_of(account_id),
-                                     target, local)
+        return await self.from_owner_when_final(request, self.shared.partition_of(account_id),
+                                                target, local, t_ms, timeout_ms, "as_of")
 
 
-class AccountEvents(LedgerView):
+class AccountEvents(FinalView):
     """An account's events in sequence order, a page at a time."""
 
-    FORWARDED_QUERY = frozenset(("from", "to", "limit", "cursor"))
+    FORWARDED_QUERY = frozenset(("from", "to", "limit", "cursor", "timeout_ms"))
 
     @endpoint
     async def get(self, request, account_id: str):
@@ -70,6 +234,7 @@ class AccountEvents(LedgerView):
         cursor = req.parse_cursor("cursor", q["cursor"]) if "cursor" in q else None
         from_ms = req.parse_instant("from", q["from"]) if "from" in q else None
         to_ms = req.parse_instant("to", q["to"]) if "to" in q else None
+        timeout_ms = parse_timeout_ms(q)
         query = {"limit": str(limit)}
         if cursor is not None:
             query["cursor"] = req.encode_cursor(*cursor)
@@ -79,21 +244,29 @@ class AccountEvents(LedgerView):
             query["to"] = str(to_ms)
 
         def local(store):
-            current = store.account(account_id)
-            if current is None:
-                raise errors.unknown("account", f"account {account_id!r} does not exist")
+            if to_ms is not None:  # final: the store's watermark is at or past it
+                last = store.version_at(account_id, to_ms)
+                if last == 0:
+                    raise errors.unknown("account", f"account {account_id!r} did not exist "
+                                                    f"at {rfc3339_ms(to_ms)}")
+                complete_up_to = to_ms
+            else:
+                current = settled_state(store, account_id)
+                if current is None:
+                    raise errors.unknown("account", f"account {account_id!r} does not exist")
+                last, complete_up_to = current.version, current.updated_at_ms
             if cursor is not None:
-                first, last = cursor[0], min(cursor[1], current.version)
+                first, last = cursor[0], min(cursor[1], last)
             else:
                 first = 1 if from_ms is None else store.version_at(account_id, from_ms - 1) + 1
-                last = current.version if to_ms is None else store.version_at(account_id, to_ms)
             end = min(last, first + limit - 1)
             events = store.events(account_id, range(first, end + 1)) if first <= end else []
             return self.json({"account_id": account_id,
                               "events": [event_json(e) for e in events],
                               "next_cursor": req.encode_cursor(end + 1, last)
-                              if end < last else None})
+                              if end < last else None,
+                              "complete_up_to": rfc3339_ms(complete_up_to)})
 
         target = Target(("v1", "accounts", account_id, "events"), query, self.FORWARDED_QUERY)
-        return await self.from_owner(request, self.shared.partition_of(account_id),
-                                     target, local)
+        return await self.from_owner_when_final(request, self.shared.partition_of(account_id),
+                                                target, local, to_ms, timeout_ms, "to")

@@ -176,7 +176,11 @@ ISSUED = 1_700_000_000_000
 ENCODED_COMMANDS = [codec.encode_command(c, ISSUED) for c in SAMPLE_COMMANDS]
 ENCODED_LEGS = [codec.encode_leg(leg, ISSUED) for leg in SAMPLE_LEGS]
 ENCODED_OUTCOMES = [codec.encode_outcome(o, HASH) for o in SAMPLE_OUTCOMES]
-ENCODED_ALL = ENCODED_COMMANDS + ENCODED_LEGS + ENCODED_OUTCOMES
+# Not account records: time marked on an event-log partition (tick.avsc).
+SAMPLE_TICKS = [domain.PartitionTick(0, 1_700_000_000_005), domain.PartitionTick(5, 0),
+                domain.PartitionTick(2**31, 2**63 - 1)]
+ENCODED_TICKS = [codec.encode_tick(t) for t in SAMPLE_TICKS]
+ENCODED_ALL = ENCODED_COMMANDS + ENCODED_LEGS + ENCODED_OUTCOMES + ENCODED_TICKS
 
 
 def test_strategies_cover_every_domain_type():
@@ -359,6 +363,8 @@ def _samples_by_schema() -> dict[str, list[tuple[bytes, object]]]:
     for outcome, raw in zip(SAMPLE_OUTCOMES, ENCODED_OUTCOMES, strict=True):
         expected = {**_avro_fields(outcome), "command_hash": HASH}
         by_name.setdefault(f"ledger.v1.{type(outcome).__name__}", []).append((raw, expected))
+    for tick, raw in zip(SAMPLE_TICKS, ENCODED_TICKS, strict=True):
+        by_name.setdefault("ledger.v1.PartitionTick", []).append((raw, asdict(tick)))
     return by_name
 
 
@@ -384,7 +390,8 @@ def test_every_schema_file_is_used_by_the_codec():
     assert len({raw[:codec.HEADER_LENGTH] for raw in ENCODED_COMMANDS}) == 1
     assert len({raw[:codec.HEADER_LENGTH] for raw in ENCODED_LEGS}) == 1
     assert len({raw[:codec.HEADER_LENGTH] for raw in ENCODED_OUTCOMES}) == len(SAMPLE_OUTCOMES)
-    assert len(produced) == len(SAMPLE_OUTCOMES) + 2
+    assert len({raw[:codec.HEADER_LENGTH] for raw in ENCODED_TICKS}) == 1
+    assert len(produced) == len(SAMPLE_OUTCOMES) + 3
     # and the codec reads every one of them back (decoding is exercised below)
     for raw, command in zip(ENCODED_COMMANDS, SAMPLE_COMMANDS, strict=True):
         assert codec.decode_command(raw) == (command, ISSUED)
@@ -392,6 +399,23 @@ def test_every_schema_file_is_used_by_the_codec():
         assert codec.decode_leg(raw) == (leg, ISSUED)
     for raw, outcome in zip(ENCODED_OUTCOMES, SAMPLE_OUTCOMES, strict=True):
         assert codec.decode_outcome(raw) == (outcome, HASH)
+    for raw, tick in zip(ENCODED_TICKS, SAMPLE_TICKS, strict=True):
+        assert codec.decode_tick(raw) == tick
+
+
+def test_a_tick_is_told_apart_by_its_header_and_is_no_account_record():
+    """Readers of the event log skip ticks by codec.is_tick; decode_outcome
+    refuses them, and decode_tick refuses everything else."""
+    assert all(codec.is_tick(raw) for raw in ENCODED_TICKS)
+    assert not any(codec.is_tick(raw) for raw in ENCODED_COMMANDS + ENCODED_LEGS
+                   + ENCODED_OUTCOMES)
+    assert not codec.is_tick(None) and not codec.is_tick(b"") and not codec.is_tick("x")
+    for raw in ENCODED_TICKS:
+        with pytest.raises(CodecError, match="PartitionTick is not a log record"):
+            codec.decode_outcome(raw)
+    for raw in ENCODED_COMMANDS + ENCODED_LEGS + ENCODED_OUTCOMES:
+        with pytest.raises(CodecError, match="is not a ledger.v1.PartitionTick"):
+            codec.decode_tick(raw)
 
 
 def test_every_schema_file_is_named_after_its_record():
@@ -400,6 +424,7 @@ def test_every_schema_file_is_named_after_its_record():
     expected = {
         "command.avsc": "ledger.v1.LedgerCommand",
         "leg.avsc": "ledger.v1.LedgerLeg",
+        "tick.avsc": "ledger.v1.PartitionTick",
         **{f"events/{cls.type}.avsc": f"ledger.v1.{cls.__name__}" for cls in OUTCOME_STRATEGIES},
     }
     assert expected == names
@@ -466,7 +491,7 @@ def test_framing_marker_fingerprint_and_body(path):
 # Errors: CodecError and nothing else
 # --------------------------------------------------------------------------
 
-DECODERS = [codec.decode_command, codec.decode_leg, codec.decode_outcome]
+DECODERS = [codec.decode_command, codec.decode_leg, codec.decode_outcome, codec.decode_tick]
 COMMAND_HEADER = ENCODED_COMMANDS[0][: codec.HEADER_LENGTH]
 LEG_HEADER = ENCODED_LEGS[0][: codec.HEADER_LENGTH]
 ALL_HEADERS = sorted({raw[: codec.HEADER_LENGTH] for raw in ENCODED_ALL})
@@ -735,6 +760,10 @@ def test_oversized_input_raises_codec_error(decode):
 
 def _decode_or_codec_error(decode, data):
     try:
+        if decode is codec.decode_tick:
+            tick = decode(data)
+            assert codec.decode_tick(codec.encode_tick(tick)) == tick
+            return
         decoded, issued_or_hash = decode(data)
     except CodecError:
         return

@@ -165,13 +165,13 @@ def test_query_parameters(doc):
     assert post["wait"]["schema"]["enum"] == [0, 1]
     assert post["timeout_ms"]["schema"]["type"] == "integer"
     account = params("/v1/accounts/{account_id}", "get")
-    assert {"account_id", "as_of", "version"} == set(account)
+    assert {"account_id", "as_of", "version", "timeout_ms"} == set(account)
     assert account["version"]["schema"]["minimum"] == 1
     assert [0, req.INSTANT_MS_MAX] == [
         s.get("minimum") for s in account["as_of"]["schema"]["anyOf"] if "minimum" in s] + [
         s.get("maximum") for s in account["as_of"]["schema"]["anyOf"] if "maximum" in s]
     events = params("/v1/accounts/{account_id}/events", "get")
-    assert {"account_id", "from", "to", "limit", "cursor"} == set(events)
+    assert {"account_id", "from", "to", "limit", "cursor", "timeout_ms"} == set(events)
     assert (events["limit"]["schema"]["minimum"], events["limit"]["schema"]["maximum"]) == (1, 1000)
     # Lookups by command or transfer id name the account: required.
     for path in ("/v1/commands/{command_id}", "/v1/transfers/{transfer_id}"):
@@ -187,6 +187,8 @@ def test_limits_agree_with_the_views():
 
     assert (openapi.EVENTS_LIMIT_DEFAULT, openapi.EVENTS_LIMIT_MAX) == (
         accounts.EVENTS_LIMIT_DEFAULT, accounts.EVENTS_LIMIT_MAX)
+    assert (openapi.AS_OF_TIMEOUT_MS_DEFAULT, openapi.AS_OF_TIMEOUT_MS_MAX) == (
+        accounts.AS_OF_TIMEOUT_MS_DEFAULT, accounts.AS_OF_TIMEOUT_MS_MAX)
     assert (openapi.WAIT_TIMEOUT_MS_DEFAULT, openapi.WAIT_TIMEOUT_MS_MAX) == (
         commands.WAIT_TIMEOUT_MS_DEFAULT, commands.WAIT_TIMEOUT_MS_MAX)
 
