@@ -26,6 +26,7 @@ from mode import Service
 
 from streams.config import Settings
 from streams.processor import Processor
+from streams import readmodels
 from streams.api import auth as api_auth, register_views, tls as api_tls
 
 log = logging.getLogger("ledger.app")
@@ -84,13 +85,15 @@ def create_app(settings: Settings) -> faust.App:
         # https when LEDGER_WEB_TLS_CERT is set (streams/api/tls.py).
         web_ssl_context=api_tls.server_context(settings),
         # Faust's /router and /table pages would answer without a token; the
-        # ledger uses neither table_route nor Faust tables.
+        # ledger uses no table_route; its read models' tables are served by
+        # its own views (streams/api/ledger_views.py), behind its auth.
         web_router_enabled=False,
         web_tables_enabled=False,
         datadir=str(settings.data_dir / "faust"),
         autodiscover=False,
         topic_partitions=settings.partitions,
-        # Faust's own state holds nothing of the ledger's; see the module doc.
+        # The money path keeps no Faust state (see the module doc); the read
+        # models' tables name their own rocksdb store (streams/readmodels.py).
         store="memory://",
         # Faust's consumer group must not hold a restarted worker back: static
         # membership lets the same worker id rejoin at once, and the session
@@ -101,6 +104,8 @@ def create_app(settings: Settings) -> faust.App:
         broker_heartbeat_interval=min(3.0, settings.session_timeout_ms / 3000),
         broker_rebalance_timeout=settings.session_timeout_ms / 1000,
     )
+    # Read models: Faust agents and tables over the event log (issue 12).
+    readmodels.register(app, settings)
     processor = Processor(settings)
     app.ledger_processor = processor
 

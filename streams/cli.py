@@ -1,16 +1,17 @@
-"""The ``ledger`` command.
+"""The ledger command.
 
     ledger kafka install|start|stop|status   the local single-node broker
     ledger topics                            create the ledger topics
     ledger worker                            run a Faust worker (the core + HTTP)
-    ledger send credit ACCOUNT --amount N   send one command (--wait for its outcome)
+    ledger send TYPE ACCOUNT [...]           send one command (--wait for its outcome)
     ledger events [--account ID]             print the committed event log as JSON lines
     ledger replay --as-of T --out FILE       every account as of T (JSON lines)
     ledger verify                            invariants of the log + live RocksDB state
     ledger snapshot [--every S]              write a ledger-wide snapshot
+    ledger statement ACCOUNT --month YYYY-MM an account's daily statements (CSV or JSON)
     ledger demo                              all of the above, end to end
 
-Settings come from the environment (see ``streams.config`` and README.md).
+Settings come from the environment (streams/config.py; README.md lists them).
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from dataclasses import asdict
@@ -108,35 +108,58 @@ def cmd_worker(args) -> int:
     return 0
 
 
+# The CLI's short names for two command types; every other name is the
+# command type itself (ledger.domain.COMMAND_TYPES is the one list).
+_SEND_ALIASES = {"open": "open_account", "close": "close_account"}
+EXIT_APPLIED, EXIT_ERROR, EXIT_USAGE, EXIT_REJECTED = 0, 1, 2, 3
+
+
 def cmd_send(args) -> int:
+    import uuid
+
     from ledger import domain
-    from streams.client import LedgerClient
+    from streams.client import LedgerClient, LedgerClientError
 
+    kind = domain.COMMAND_TYPES[_SEND_ALIASES.get(args.type, args.type)]
+    fields = kind.__dataclass_fields__
+    given = {"amount_minor": ("--amount", args.amount), "currency": ("--currency", args.currency),
+             "to_account_id": ("--to", args.to)}
+    missing = [flag for name, (flag, value) in given.items() if name in fields and value is None]
+    if missing:
+        print(f"ledger send {args.type}: {', '.join(missing)} required", file=sys.stderr)
+        return EXIT_USAGE
+    values = {"command_id": args.command_id or str(uuid.uuid4()),
+              "account_id": args.account_id, "from_account_id": args.account_id,
+              "to_account_id": args.to, "amount_minor": args.amount,
+              "currency": args.currency, "overdraft_limit_minor": args.overdraft_limit}
+    command = kind(**{name: values[name] for name in fields if name in values})
     settings = _settings_with_local_broker(start=False)
-    cid = args.command_id or None
-    if args.type == "open":
-        command = domain.OpenAccount(cid, args.account_id, args.currency, args.overdraft_limit)
-    elif args.type == "credit":
-        command = domain.Credit(cid, args.account_id, args.amount, args.currency)
-    elif args.type == "debit":
-        command = domain.Debit(cid, args.account_id, args.amount, args.currency)
-    else:
-        command = domain.CloseAccount(cid, args.account_id)
-    if command.command_id is None:
-        import uuid
-
-        command = type(command)(**{**asdict(command), "command_id": str(uuid.uuid4())})
-    with LedgerClient(settings, watch_outcomes=args.wait) as client:
-        result = client.send(command, wait=args.wait, timeout_s=args.timeout)
-    if args.wait:
-        print(json.dumps(_outcome_json(result)))
-        return 0 if result.status == "applied" else 3
-    print(json.dumps({"command_id": result, "status": "accepted"}))
-    return 0
+    try:
+        with LedgerClient(settings, watch_outcomes=args.wait) as client:
+            if not args.wait:
+                client.send(command)
+                print(json.dumps({"command_id": command.command_id, "status": "accepted"}))
+                return EXIT_APPLIED
+            if isinstance(command, domain.Transfer):
+                client.send(command)
+                client.flush(args.timeout)
+                result = client.wait_for_transfer(command.from_account_id,
+                                                  command.command_id, args.timeout)
+                ok = result.status == "completed"
+            else:
+                result = client.send(command, wait=True, timeout_s=args.timeout)
+                ok = result.status == "applied"
+    except LedgerClientError as exc:
+        print(f"ledger send: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    print(json.dumps(_outcome_json(result)))
+    return EXIT_APPLIED if ok else EXIT_REJECTED
 
 
 def _outcome_json(outcome) -> dict:
-    return {"command_id": outcome.command_id, "status": outcome.status,
+    first = ({"transfer_id": outcome.transfer_id} if hasattr(outcome, "transfer_id")
+             else {"command_id": outcome.command_id})
+    return {**first, "status": outcome.status,
             "reason": outcome.reason,
             "events": [{"type": e.type, **asdict(e)} for e in outcome.events]}
 
@@ -151,9 +174,17 @@ def cmd_events(args) -> int:
     return 0
 
 
+EXIT_NOT_FINAL = 3  # ledger replay --as-of T: some partition is not final as of T yet
+
+
 def cmd_replay(args) -> int:
+    """Every account as of T, final: the same file whenever and wherever it
+    is run (streams/replay.py, Final). Without --as-of, as of the end of the
+    log, which says up to when it is complete."""
     from streams.api.requests import InvalidRequest, parse_instant
+    from streams.eventlog import NotFinal
     from streams import replay
+    from streams.shapes import rfc3339_ms
 
     settings = _settings_with_local_broker(start=False)
     try:
@@ -161,10 +192,33 @@ def cmd_replay(args) -> int:
     except InvalidRequest as exc:
         print(f"ledger replay: {exc.message}", file=sys.stderr)
         return 2
+    if args.timeout_ms < 0:
+        print("ledger replay: --timeout-ms must not be negative", file=sys.stderr)
+        return 2
     started = time.monotonic()
-    ledger = replay.rebuild(settings, as_of_ms, use_snapshots=not args.from_scratch)
+    try:
+        ledger = replay.rebuild(settings, as_of_ms, use_snapshots=not args.from_scratch,
+                                final_wait_s=args.timeout_ms / 1000)
+    except NotFinal as exc:
+        parts = "; ".join(
+            f"partition {p}: " + ("no record read" if w is None else
+                                  f"recorded only up to {rfc3339_ms(w)}")
+            for p, w in exc.watermarks.items())
+        print(f"ledger replay: not final as of {rfc3339_ms(as_of_ms)} after waiting "
+              f"{args.timeout_ms} ms: a record at or before it may still be committed on "
+              f"partitions {', '.join(str(p) for p in exc.watermarks)} ({parts}). Nothing "
+              f"written; run it again later (are the workers of those partitions "
+              f"running?)", file=sys.stderr)
+        return EXIT_NOT_FINAL
     count = replay.write_accounts(ledger, Path(args.out))
-    print(f"wrote {count} accounts as of {args.as_of or 'now'} to {args.out} "
+    if as_of_ms is not None:
+        what = f"as of {rfc3339_ms(as_of_ms)} (final)"
+    else:
+        complete = ledger.complete_up_to(settings.partitions)
+        what = "as of the end of the log" + (
+            f" (every record up to {rfc3339_ms(complete)} is in; later ones may be too)"
+            if complete is not None else "")
+    print(f"wrote {count} accounts {what} to {args.out} "
           f"in {time.monotonic() - started:.1f}s", file=sys.stderr)
     return 0
 
@@ -192,6 +246,53 @@ def cmd_snapshot(args) -> int:
         time.sleep(args.every)
 
 
+STATEMENT_COLUMNS = ("date", "account_id", "currency", "opening_balance", "credited",
+                     "debited", "transfer_in", "transfer_out", "refunds", "closing_balance",
+                     "events", "first_sequence", "last_sequence")
+
+
+def cmd_statement(args) -> int:
+    """One month of an account's daily statements, from a worker's HTTP API
+    (GET /v1/accounts/{id}/statements; any worker forwards to the owner)."""
+    import calendar
+    import csv
+    import re
+    import urllib.error
+    from datetime import date
+    from urllib.parse import quote, urlencode
+
+    match = re.fullmatch(r"([0-9]{4})-([0-9]{2})", args.month)
+    if match is None or not 1 <= int(match.group(2)) <= 12 or int(match.group(1)) < 1:
+        print("ledger statement: --month must be YYYY-MM", file=sys.stderr)
+        return 2
+    year, month = int(match.group(1)), int(match.group(2))
+    first = date(year, month, 1)
+    last = date(year, month, calendar.monthrange(year, month)[1])
+    url = (f"{args.url.rstrip('/')}/v1/accounts/{quote(args.account_id, safe='')}/statements?"
+           + urlencode({"from": first.isoformat(), "to": last.isoformat()}))
+    token = args.token or os.environ.get("LEDGER_API_TOKEN")
+    request = urllib.request.Request(
+        url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(request, timeout=args.timeout) as response:
+            body = json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        print(f"ledger statement: {exc.code} {exc.read().decode(errors='replace')}",
+              file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as exc:
+        print(f"ledger statement: cannot read {url}: {exc}", file=sys.stderr)
+        return 1
+    if args.format == "json":
+        print(json.dumps(body, indent=2))
+    else:
+        writer = csv.DictWriter(sys.stdout, fieldnames=STATEMENT_COLUMNS, extrasaction="ignore",
+                                lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(body["days"])
+    return 0
+
+
 def cmd_kafka(args) -> int:
     from streams import localkafka
 
@@ -213,26 +314,69 @@ def _wait_http(url: str, timeout_s: float) -> dict:
         time.sleep(0.3)
 
 
+def _demo_dir() -> Path:
+    from streams import localkafka
+
+    return localkafka.default_cache_dir() / "demo"
+
+
+def _stop_demo_worker(demo_dir: Path) -> bool:
+    """Stop the demo's worker by the pid it recorded (never by name)."""
+    pid_file = demo_dir / "worker.pid"
+    try:
+        pid = int(pid_file.read_text())
+    except (OSError, ValueError):
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        cmdline = b""
+    stopped = False
+    if b"streams.cli" in cmdline:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+            time.sleep(0.1)
+        stopped = True
+    pid_file.unlink(missing_ok=True)
+    return stopped
+
+
 def cmd_demo(args) -> int:
-    """Start broker (unless KAFKA_BOOTSTRAP_SERVERS), topics and a worker; run a story."""
+    """Start broker (unless KAFKA_BOOTSTRAP_SERVERS), topics and a worker; run a
+    story; leave the worker running for the README's by-hand steps."""
     import uuid
 
     from streams.client import LedgerClient
     from streams.topics import ensure_topics
 
+    demo_dir = _demo_dir()
+    if args.action == "stop":
+        print("stopped the demo's worker" if _stop_demo_worker(demo_dir)
+              else "no demo worker running")
+        return 0
+    _stop_demo_worker(demo_dir)  # the previous run's, which holds the port
     settings = _settings_with_local_broker(start=True)
     if not os.environ.get("LEDGER_TOPIC_PREFIX"):
         # A fresh ledger per demo run, so its output is the same every time.
         settings = settings.with_(topic_prefix=f"demo-{uuid.uuid4().hex[:8]}")
-    data_dir = Path(tempfile.mkdtemp(prefix="ledger-demo-"))
-    settings = settings.with_(data_dir=data_dir, worker_id="demo-1")
+    data_dir = demo_dir / settings.topic_prefix
+    settings = settings.with_(data_dir=data_dir, worker_id="demo-1",
+                              snapshot_root=demo_dir / "snapshots")
     print(f"kafka: {settings.bootstrap_servers}; topics: {settings.topic_prefix}.*")
     ensure_topics(settings)
+    data_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **settings.to_env()}
     log_path = data_dir / "worker.log"
     with open(log_path, "w") as log_file:
         worker = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], env=env,
-                                  stdout=log_file, stderr=subprocess.STDOUT)
+                                  stdout=log_file, stderr=subprocess.STDOUT,
+                                  start_new_session=True)  # outlives this command
+    (demo_dir / "worker.pid").write_text(f"{worker.pid}\n")
+    # What the by-hand steps source to see this ledger (no secrets: paths only).
+    (demo_dir / "env").write_text("".join(
+        f"export {k}={v}\n" for k, v in settings.to_env().items()
+        if not k.startswith("LEDGER_KAFKA_")))
     try:
         print(f"worker pid {worker.pid}, log {log_path}; waiting for it to own its partitions")
         _wait_http(f"http://{settings.web_host}:{settings.web_port}/v1/health", 90)
@@ -245,6 +389,8 @@ def cmd_demo(args) -> int:
             ("debit bob 80.00 (overdraft is 50.00)",
              lambda c: c.debit("bob", 80_00, "EUR", wait=True)),
             ("credit alice 5.00 in USD", lambda c: c.credit("alice", 5_00, "USD", wait=True)),
+            ("transfer alice -> bob 20.00",
+             lambda c: c.transfer("alice", "bob", 20_00, "EUR", wait=True)),
         ]
         with LedgerClient(settings) as client:
             for title, step in story:
@@ -261,13 +407,12 @@ def cmd_demo(args) -> int:
         for partition, offset, record in read_log(settings):
             fields = {k: v for k, v in asdict(record).items() if k != "account_id"}
             print(f"  p{partition}@{offset} {record.account_id:<6} {record.type:<17} {fields}")
-    finally:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-    print("demo done; the broker keeps running (`ledger kafka stop` stops it)")
+    except BaseException:
+        _stop_demo_worker(demo_dir)
+        raise
+    print(f"demo done. Its worker keeps serving http://{settings.web_host}:"
+          f"{settings.web_port} (`. {demo_dir / 'env'}` points the ledger command at it);\n"
+          "stop it with `ledger demo stop`, the broker with `ledger kafka stop`")
     return 0
 
 
@@ -300,16 +445,31 @@ def main(argv=None) -> int:
     p.add_argument("--loglevel", default="info")
     p.set_defaults(func=cmd_worker)
 
-    p = sub.add_parser("send", help="send one command")
-    p.add_argument("type", choices=["open", "credit", "debit", "close"])
-    p.add_argument("account_id")
-    p.add_argument("--amount", type=int, default=0,
-                   help="minor units (cents), an integer")
-    p.add_argument("--currency", default="EUR")
-    p.add_argument("--overdraft-limit", type=int, default=0)
-    p.add_argument("--command-id", help="idempotency key (default: a new UUID)")
+    p = sub.add_parser(
+        "send", help="send one command",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Send one command to the ledger.",
+        epilog="exit codes: 0 applied (a transfer: completed) or accepted without --wait;\n"
+               "3 rejected (a transfer: failed); 1 error or no outcome within --timeout;\n"
+               "2 a required option is missing.\n\n"
+               "examples:\n"
+               "  ledger send open alice --currency EUR --overdraft-limit 5000\n"
+               "  ledger send credit alice --amount 2500 --currency EUR --wait\n"
+               "  ledger send transfer alice --to bob --amount 100 --currency EUR --wait\n"
+               "  ledger send close alice")
+    from ledger.domain import COMMAND_TYPES
+
+    p.add_argument("type", choices=sorted([*_SEND_ALIASES, *COMMAND_TYPES]))
+    p.add_argument("account_id", help="the account (a transfer's source)")
+    p.add_argument("--to", help="a transfer's destination account")
+    p.add_argument("--amount", type=int, help="minor units (cents), an integer")
+    p.add_argument("--currency", help="ISO 4217 code, e.g. EUR")
+    p.add_argument("--overdraft-limit", type=int, default=0,
+                   help="open only, minor units (default 0)")
+    p.add_argument("--command-id", help="idempotency key (default: a new UUID); sent again "
+                                        "to the same account, the command is applied once")
     p.add_argument("--wait", action="store_true", help="wait for and print the outcome")
-    p.add_argument("--timeout", type=float, default=30.0)
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds (default 30)")
     p.set_defaults(func=cmd_send)
 
     p = sub.add_parser("events", help="print the committed event log")
@@ -321,6 +481,9 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True, help="output file (JSON lines, sorted by account)")
     p.add_argument("--from-scratch", action="store_true",
                    help="ignore ledger-wide snapshots; read the log from offset 0")
+    p.add_argument("--timeout-ms", type=int, default=2000,
+                   help="with --as-of: how long to wait for every partition to be final "
+                        f"as of T (else exit {EXIT_NOT_FINAL}, naming them); default 2000")
     p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser("verify", help="check the log's invariants and the live RocksDB state")
@@ -337,7 +500,19 @@ def main(argv=None) -> int:
                    help="keep running, one snapshot every this many seconds")
     p.set_defaults(func=cmd_snapshot)
 
-    p = sub.add_parser("demo", help="start everything locally and run a short story")
+    p = sub.add_parser("statement", help="an account's daily statements for one month "
+                                         "(from a worker's HTTP API)")
+    p.add_argument("account_id")
+    p.add_argument("--month", required=True, help="YYYY-MM")
+    p.add_argument("--format", choices=["csv", "json"], default="csv")
+    p.add_argument("--url", default="http://127.0.0.1:6066", help="a worker's HTTP address")
+    p.add_argument("--token", help="API bearer token (default: LEDGER_API_TOKEN)")
+    p.add_argument("--timeout", type=float, default=30.0)
+    p.set_defaults(func=cmd_statement)
+
+    p = sub.add_parser("demo", help="start everything locally and run a short story; "
+                                    "`ledger demo stop` stops its worker")
+    p.add_argument("action", nargs="?", choices=["run", "stop"], default="run")
     p.set_defaults(func=cmd_demo)
 
     args = parser.parse_args(argv)

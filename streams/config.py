@@ -121,6 +121,21 @@ class Settings:
     # The secret that authenticates lookups forwarded between workers
     # (streams/api/forwarding.py). None: derived from the leg key.
     forward_secret_file: Path | None = None
+    # Read models (streams/readmodels.py): Faust agents folding the event log
+    # into totals and account statements. Off (LEDGER_READ_MODELS=0) the
+    # worker runs the money path and HTTP only. Statement days are calendar
+    # days in this IANA time zone (LEDGER_STATEMENT_TZ).
+    read_models: bool = True
+    statement_tz: str = "UTC"
+    # An event-log partition where nothing was recorded for this long gets a
+    # PartitionTick from its owner (after a fifth of it when an as-of read
+    # waits for it): the bound on how far an idle partition's watermark
+    # trails the clock (streams/processor.py, LEDGER_TICK_MS).
+    tick_ms: int = 500
+    # Tests only: added to this worker's clock (ms; negative: behind), to
+    # show that a worker whose clock is behind never records anything at or
+    # before a partition's published watermark (LEDGER_CLOCK_OFFSET_MS).
+    clock_offset_ms: int = 0
 
     @property
     def snapshot_dir(self) -> Path:
@@ -203,6 +218,10 @@ class Settings:
             web_tls_key=_path_env("LEDGER_WEB_TLS_KEY"),
             web_tls_ca=_path_env("LEDGER_WEB_TLS_CA"),
             forward_secret_file=_path_env("LEDGER_FORWARD_SECRET_FILE"),
+            read_models=_env("LEDGER_READ_MODELS", "1") != "0",
+            statement_tz=_env("LEDGER_STATEMENT_TZ", d.statement_tz),
+            tick_ms=int(_env("LEDGER_TICK_MS", str(d.tick_ms))),
+            clock_offset_ms=int(_env("LEDGER_CLOCK_OFFSET_MS", str(d.clock_offset_ms))),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -221,6 +240,10 @@ class Settings:
             "LEDGER_SNAPSHOT_DIR": str(self.snapshot_root),
             "LEDGER_LEG_AUTH": "1" if self.leg_auth else "0",
             "LEDGER_CREATE_TOPICS": "1" if self.create_topics else "0",
+            "LEDGER_READ_MODELS": "1" if self.read_models else "0",
+            "LEDGER_STATEMENT_TZ": self.statement_tz,
+            "LEDGER_TICK_MS": str(self.tick_ms),
+            "LEDGER_CLOCK_OFFSET_MS": str(self.clock_offset_ms),
         }
         if self.replication_factor is not None:
             env["LEDGER_REPLICATION_FACTOR"] = str(self.replication_factor)

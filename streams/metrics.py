@@ -76,3 +76,96 @@ def command_counter(command_type: str, outcome: str):
 @functools.lru_cache(maxsize=None)
 def rejection_counter(reason: str):
     return REJECTIONS.labels(reason)
+
+
+# -- Read models (streams/readmodels.py): Faust agents over the event log ------
+LEDGER_MONEY = Gauge(
+    "ledger_money_minor",
+    "Money in minor units by currency and kind (balances, in_flight, external_credits, "
+    "external_debits) over the event-log partitions whose read models this worker "
+    "holds: sum over workers for the ledger",
+    ["currency", "kind"],
+)
+INVARIANT_OK = Gauge(
+    "ledger_invariant_ok",
+    "1 while the money invariant holds for the currency over the whole ledger (as this "
+    "worker gathers it from every read-model owner), 0 once it is broken",
+    ["currency"],
+)
+READ_MODEL_LAG = Gauge(
+    "ledger_read_model_lag_events",
+    "Committed event-log offsets a read model has not folded yet, by model and partition",
+    ["model", "partition"],
+)
+READ_MODEL_EVENTS = Counter(
+    "ledger_read_model_events_total", "Event-log records folded into a read model", ["model"]
+)
+READ_MODEL_REPLAYED = Counter(
+    "ledger_read_model_replayed_total",
+    "Event-log records read again and skipped: the table value already held their offset",
+    ["model"],
+)
+READ_MODEL_RECOVERED = Counter(
+    "ledger_read_model_recovered_records_total",
+    "Committed event-log records Faust's consumer did not deliver, read from the log "
+    "instead (checked for every batch)",
+    ["model"],
+)
+READ_MODEL_UNDECODABLE = Counter(
+    "ledger_read_model_undecodable_total",
+    "Event-log records that did not decode (folded as moving no money)",
+)
+READ_MODEL_MISSING_PARTITIONS = Gauge(
+    "ledger_read_model_missing_partitions",
+    "Event-log partitions whose totals no worker gave in this worker's last ledger-wide check",
+)
+
+
+@functools.lru_cache(maxsize=None)
+def read_model_events(model: str):
+    return READ_MODEL_EVENTS.labels(model)
+
+
+@functools.lru_cache(maxsize=None)
+def read_model_replayed(model: str):
+    return READ_MODEL_REPLAYED.labels(model)
+
+
+@functools.lru_cache(maxsize=None)
+def read_model_lag(model: str, partition: int):
+    return READ_MODEL_LAG.labels(model, str(partition))
+
+
+# -- Final answers as of a time (issue 15): partition watermarks ---------------
+WATERMARK_LAG = Gauge(
+    "ledger_watermark_lag_seconds",
+    "How far the partition's final watermark (every record recorded at or before it "
+    "is committed and applied to this worker's store) trails this worker's clock, by "
+    "event-log partition; NaN for a partition this worker does not serve. Negative: "
+    "the worker's clock is behind the watermark a previous owner published",
+    ["partition"],
+)
+TICKS = Counter(
+    "ledger_partition_ticks_total",
+    "PartitionTick records written: time marked on an event-log partition where "
+    "nothing else was recorded for LEDGER_TICK_MS",
+)
+STAMPED_AFTER_WATERMARK = Counter(
+    "ledger_stamped_after_watermark_total",
+    "Batches (per partition) stamped 1 ms after the partition's watermark instead of "
+    "the worker's clock, because the clock was at or behind the watermark",
+)
+AS_OF_WAIT_SECONDS = Histogram(
+    "ledger_as_of_wait_seconds",
+    "Time an as-of read (as_of=T, events to=T) waited for the watermark to pass T",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10),
+)
+AS_OF_NOT_FINAL = Counter(
+    "ledger_as_of_not_final_total",
+    "As-of reads answered 503 as_of_not_final: T not final within timeout_ms",
+)
+
+
+@functools.lru_cache(maxsize=None)
+def read_model_recovered(model: str):
+    return READ_MODEL_RECOVERED.labels(model)

@@ -87,7 +87,24 @@ def settings(kafka_bootstrap, tmp_path, leg_key_file) -> Settings:
 
     s = ledger_settings(kafka_bootstrap, tmp_path, leg_key_file)
     ensure_topics(s)
-    return s
+    yield s
+    delete_topics(s)
+
+
+def delete_topics(settings: Settings) -> None:
+    """Drop a test ledger's topics (Faust's included): one broker serves the
+    whole suite, and every partition holds files open on it."""
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient(settings.kafka())
+    names = [name for name in admin.list_topics(timeout=10).topics
+             if name.startswith((f"{settings.topic_prefix}.", f"{settings.topic_prefix}-"))]
+    if names:
+        for future in admin.delete_topics(names, operation_timeout=30).values():
+            try:
+                future.result()
+            except Exception:  # already gone, or the broker is busy: not the test's result
+                pass
 
 
 def start_workers(pool: "Workers", base: Settings, tmp_path: Path, count: int,

@@ -27,6 +27,9 @@ def test_compose_restarts_the_worker_and_checks_its_health():
     assert app.STOP_DEADLINE_S < grace_s
     assert "/secrets/leg.key" == worker["environment"]["LEDGER_LEG_KEY_FILE"]
     assert "ledger-secrets:/secrets:ro" in worker["volumes"]
+    # The write API needs a token; the tokens file comes from the secrets volume.
+    assert "/secrets/api.tokens" == worker["environment"]["LEDGER_API_TOKENS"]
+    assert "api.tokens" in " ".join(services["leg-key"]["command"])
     # No unauthenticated write API on every interface.
     assert all(str(p).startswith("127.0.0.1:") for p in worker["ports"])
 

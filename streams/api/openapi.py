@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 
 from ledger import domain
+from streams.api import auth
 from streams.api import requests as req
 
 OPENAPI_VERSION = "3.0.3"
@@ -30,6 +31,10 @@ WAIT_TIMEOUT_MS_MAX = 60_000
 # GET /v1/accounts/{account_id}/events?limit=...
 EVENTS_LIMIT_DEFAULT = 100
 EVENTS_LIMIT_MAX = 1_000
+# GET /v1/accounts/{account_id}?as_of=T (and /events?to=T): how long to wait
+# for T to become final (streams.api.accounts).
+AS_OF_TIMEOUT_MS_DEFAULT = 2_000
+AS_OF_TIMEOUT_MS_MAX = 10_000
 
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
@@ -272,16 +277,36 @@ def _schemas() -> dict:
                             "maximum": INT64_MAX,
                             "description": "Money debited here by transfers not yet settled."},
             "updated_at": {"type": "string", "format": "date-time"},
+            "as_of": {"type": "string", "format": "date-time",
+                      "description": "The instant this state is as of: the as_of asked "
+                                     "for, or, for a read without as_of, the time of the "
+                                     "account's last event known to the answering store "
+                                     "(the state as of its watermark). Final: ?as_of= "
+                                     "this instant gives the same bytes, forever, through "
+                                     "any worker. Absent when asked by version."},
+            "complete_up_to": {"type": "string", "format": "date-time",
+                               "description": "Every event of the account recorded at or "
+                                              "before this instant is in the answer (here "
+                                              "equal to as_of: the answer is about that "
+                                              "instant, whichever worker answers, however "
+                                              "far its store is). Absent when asked by "
+                                              "version."},
         },
     }
     schemas["EventPage"] = {
         "type": "object",
-        "required": ["account_id", "events", "next_cursor"],
+        "required": ["account_id", "events", "next_cursor", "complete_up_to"],
         "properties": {
             "account_id": _account_id(),
             "events": {"type": "array", "items": _ref("Event")},
             "next_cursor": {"type": "string", "nullable": True,
                             "description": "Pass as ?cursor= for the next page; null at the end."},
+            "complete_up_to": {"type": "string", "format": "date-time",
+                               "description": "Every event of the account recorded at or "
+                                              "before this instant is in the range these "
+                                              "pages walk: `to` when given (the page is "
+                                              "then final), else the time of the account's "
+                                              "last event known to the answering store."},
         },
     }
     schemas["Health"] = {
@@ -318,16 +343,24 @@ def _schemas() -> dict:
         "required": ["error"],
         "properties": {
             "error": {"type": "string",
-                      "description": "unknown_account, unknown_version, unknown_command, "
+                      "description": "unauthorized, forbidden, "
+                                     "unknown_account, unknown_version, unknown_command, "
                                      "unknown_transfer, body_too_large, "
                                      "unsupported_media_type, partition_unavailable, "
-                                     "kafka_unavailable, outcome_timeout."},
+                                     "as_of_not_final, kafka_unavailable, "
+                                     "outcome_timeout."},
             "detail": {"type": "string"},
             "partition": {"type": "integer", "minimum": 0,
                           "description": "partition_unavailable: the partition with no "
                                          "reachable owner."},
             "command_id": {"type": "string",
                            "description": "kafka_unavailable, outcome_timeout: the command."},
+            "complete_up_to": {"type": "string", "format": "date-time",
+                               "description": "as_of_not_final: the instant up to which the "
+                                              "answering store knows every event of the "
+                                              "account's partition (its watermark)."},
+            "as_of": {"type": "string", "format": "date-time",
+                      "description": "as_of_not_final: the instant asked about."},
         },
         "additionalProperties": True,
     }
@@ -364,6 +397,28 @@ def _unavailable() -> dict:
     response["headers"] = {"Retry-After": {"schema": {"type": "integer", "minimum": 1},
                                            "description": "Seconds to wait: 1."}}
     return response
+
+
+def _unavailable_or_not_final(field: str) -> dict:
+    response = _error(
+        "Either no worker can answer for the partition of this account right now (error "
+        "partition_unavailable, with partition; Retry-After: 1), or the instant " + field
+        + " is not final yet (error as_of_not_final, with complete_up_to and as_of): "
+        "events recorded at or before it may still be committed, and it did not become "
+        "final within timeout_ms. Never a state that may change; Retry-After says when "
+        "to ask again.")
+    response["headers"] = {"Retry-After": {"schema": {"type": "integer", "minimum": 1},
+                                           "description": "Seconds to wait."}}
+    return response
+
+
+def _timeout_param(field: str) -> dict:
+    return _query_param("timeout_ms", {"type": "integer", "minimum": 0,
+                                       "maximum": AS_OF_TIMEOUT_MS_MAX,
+                                       "default": AS_OF_TIMEOUT_MS_DEFAULT},
+                        f"How long to wait for {field} to become final (the answering "
+                        "store's watermark to pass it) before answering 503 "
+                        "as_of_not_final; 0: do not wait.")
 
 
 def _as_of_param(description: str) -> dict:
@@ -469,19 +524,25 @@ def _paths() -> dict:
                 "summary": "An account's committed state, now or in the past.",
                 "parameters": [
                     account_param,
-                    _as_of_param("State as of this instant: " + _INSTANT_RANGE
-                             + ". Not together with version."),
+                    _as_of_param("State as of this instant (every event recorded at or "
+                                 "before it): " + _INSTANT_RANGE + ". Answered only once "
+                                 "final, then the same forever. Not together with "
+                                 "version."),
                     _query_param("version", {"type": "integer", "format": "int64",
                                              "minimum": 1, "maximum": INT64_MAX},
                                  "State after this event sequence. Not together with as_of."),
+                    _timeout_param("as_of"),
                 ],
                 "responses": {
-                    "200": _json(_ref("Account"), "The account."),
-                    "400": _invalid("Malformed account id, as_of or version, or both given."),
+                    "200": _json(_ref("Account"), "The account: as of as_of, right after "
+                                 "event version, or (neither given) as of the last event "
+                                 "known to the answering store, which as_of names."),
+                    "400": _invalid("Malformed account id, as_of, version or timeout_ms, "
+                                    "or both as_of and version given."),
                     "404": _error("No such account (unknown_account), none yet at that "
                                   "time (unknown_account), or no such version "
                                   "(unknown_version)."),
-                    "503": _unavailable(),
+                    "503": _unavailable_or_not_final("as_of"),
                 },
             }
         },
@@ -496,20 +557,25 @@ def _paths() -> dict:
                                  + _INSTANT_RANGE + ". Default: the first."),
                     _query_param("to", {"type": "string", "maxLength": 64},
                                  "Events recorded at or before this instant: "
-                                 + _INSTANT_RANGE + ". Default: the latest."),
+                                 + _INSTANT_RANGE + ". Answered only once final, then "
+                                 "the same forever. Default: the latest."),
                     _query_param("limit", {"type": "integer", "minimum": 1,
                                            "maximum": EVENTS_LIMIT_MAX,
                                            "default": EVENTS_LIMIT_DEFAULT},
                                  "Events per page."),
                     _query_param("cursor", {"type": "string", "maxLength": 66},
                                  "next_cursor of the previous page (opaque; a cursor "
-                                 "we did not give is 400 malformed). Wins over from/to."),
+                                 "we did not give is 400 malformed). Wins over from (and "
+                                 "over to, which still bounds it)."),
+                    _timeout_param("to"),
                 ],
                 "responses": {
                     "200": _json(_ref("EventPage"), "A page of events."),
-                    "400": _invalid("Malformed account id, from, to, limit or cursor."),
-                    "404": _error("No such account (error unknown_account)."),
-                    "503": _unavailable(),
+                    "400": _invalid("Malformed account id, from, to, limit, cursor or "
+                                    "timeout_ms."),
+                    "404": _error("No such account (error unknown_account), or none yet at "
+                                  "`to`."),
+                    "503": _unavailable_or_not_final("to"),
                 },
             }
         },
@@ -547,6 +613,272 @@ def _paths() -> dict:
     }
 
 
+# --------------------------------------------------------------------------
+# Read models (streams/readmodels.py, streams/api/ledger_views.py)
+# --------------------------------------------------------------------------
+
+# GET /v1/accounts/{account_id}/statements: at most this many days per answer
+# (streams.readmodels.STATEMENT_DAYS_MAX; tests/streams/test_read_models.py).
+STATEMENT_DAYS_MAX = 366
+_TOTALS_KINDS = ("credited", "debited", "transfer_debited", "transfer_credited",
+                 "transfer_refunded", "transfer_completed")
+
+
+def _int64(description: str, minimum: int = INT64_MIN) -> dict:
+    return {"type": "integer", "format": "int64", "minimum": minimum, "maximum": INT64_MAX,
+            "description": description}
+
+
+def _read_model_schemas() -> dict:
+    money = "Minor units."
+    partition_sums = {
+        "type": "object",
+        "description": "Sums of amounts by kind of event, one currency, one partition.",
+        "required": list(_TOTALS_KINDS),
+        "properties": {k: _int64(money, 0) for k in _TOTALS_KINDS},
+    }
+    return {
+        "MoneyTotals": {
+            "type": "object",
+            "required": ["balances", "in_flight", "external_credits", "external_debits",
+                         "pending_out", "invariant_ok", "problems"],
+            "properties": {
+                "balances": _int64("Sum of all balances. " + money),
+                "in_flight": _int64("Debited by transfers, not yet credited or refunded. "
+                                    + money),
+                "external_credits": _int64("Credits from outside the ledger. " + money, 0),
+                "external_debits": _int64("Debits to outside the ledger. " + money, 0),
+                "pending_out": _int64("Debited by transfers, not yet completed or "
+                                      "refunded at their sources. " + money),
+                "invariant_ok": {"type": "boolean",
+                                 "description": "balances + in_flight == external_credits - "
+                                                "external_debits, pending_out >= 0 in every "
+                                                "partition, and in flight >= 0 ledger-wide "
+                                                "(judged lag-free)."},
+                "problems": {"type": "array", "items": {"type": "string"},
+                             "description": "Why invariant_ok is false."},
+            },
+        },
+        "LedgerTotals": {
+            "type": "object",
+            "required": ["currencies", "invariant_ok", "partitions", "missing_partitions",
+                         "complete"],
+            "properties": {
+                "currencies": {"type": "object", "additionalProperties": _ref("MoneyTotals"),
+                               "description": "Per currency code."},
+                "invariant_ok": {"type": "boolean", "description": "For every currency."},
+                "partitions": {
+                    "type": "object",
+                    "description": "Per event-log partition: the offsets the sums cover.",
+                    "additionalProperties": {
+                        "type": "object",
+                        "required": ["offset", "records", "lag", "caught_up", "worker_id"],
+                        "properties": {
+                            "offset": _int64("Last event-log offset folded (-1: none).", -1),
+                            "records": _int64("Log records folded (events and "
+                                              "rejections).", 0),
+                            "lag": _int64("Committed offsets not yet folded.", 0),
+                            "caught_up": {"type": "boolean"},
+                            "worker_id": {"type": "string"},
+                        },
+                    },
+                },
+                "missing_partitions": {"type": "array",
+                                       "items": {"type": "integer", "minimum": 0},
+                                       "description": "Partitions no worker could answer "
+                                                      "for: the sums leave them out."},
+                "complete": {"type": "boolean",
+                             "description": "No partition is missing."},
+            },
+        },
+        "LocalTotals": {
+            "type": "object",
+            "required": ["worker_id", "partitions"],
+            "properties": {
+                "worker_id": {"type": "string"},
+                "partitions": {
+                    "type": "object",
+                    "additionalProperties": {
+                        "type": "object",
+                        "required": ["offset", "records", "position", "end", "caught_up",
+                                     "currencies"],
+                        "properties": {
+                            "offset": _int64("Last event-log offset folded (-1: none).", -1),
+                            "records": _int64("Log records folded.", 0),
+                            "position": _int64("Every committed record below it is "
+                                               "folded.", 0),
+                            "end": {**_int64("The log's last stable offset.", 0),
+                                    "nullable": True},
+                            "caught_up": {"type": "boolean"},
+                            "currencies": {"type": "object",
+                                           "additionalProperties": partition_sums},
+                        },
+                    },
+                },
+            },
+        },
+        "StatementDay": {
+            "type": "object",
+            "required": ["date", "account_id", "currency", "opening_balance", "credited",
+                         "debited", "transfer_in", "transfer_out", "refunds",
+                         "closing_balance", "events", "first_sequence", "last_sequence"],
+            "properties": {
+                "date": {"type": "string", "format": "date"},
+                "account_id": _account_id(),
+                "currency": _currency(),
+                "opening_balance": _int64("Balance before the day's first event. " + money),
+                "credited": _int64("External credits. " + money, 0),
+                "debited": _int64("External debits. " + money, 0),
+                "transfer_in": _int64("Transfers credited here. " + money, 0),
+                "transfer_out": _int64("Transfers debited here. " + money, 0),
+                "refunds": _int64("Failed transfers paid back here. " + money, 0),
+                "closing_balance": _int64("Balance after the day's last event. " + money),
+                "events": _int64("Events of the account that day.", 1),
+                "first_sequence": _int64("Sequence of the day's first event.", 1),
+                "last_sequence": _int64("Sequence of the day's last event.", 1),
+            },
+        },
+        "StatementPage": {
+            "type": "object",
+            "required": ["account_id", "time_zone", "from", "to", "days", "partition",
+                         "position", "caught_up"],
+            "properties": {
+                "account_id": _account_id(),
+                "time_zone": {"type": "string",
+                              "description": "Days are calendar days here "
+                                             "(LEDGER_STATEMENT_TZ)."},
+                "from": {"type": "string", "format": "date"},
+                "to": {"type": "string", "format": "date"},
+                "days": {"type": "array", "items": _ref("StatementDay"),
+                         "description": "Days with events, in order; a day without "
+                                        "events has no entry."},
+                "partition": {"type": "integer", "minimum": 0},
+                "position": _int64("The read model has folded every committed record "
+                                   "of the partition below this offset.", 0),
+                "caught_up": {"type": "boolean"},
+            },
+        },
+    }
+
+
+def _read_models_unavailable(what: str) -> dict:
+    return _error(what + " (error partition_unavailable, with Retry-After: 1), or this "
+                  "worker runs without read models (error read_models_disabled).")
+
+
+def _read_model_paths() -> dict:
+    day = {"type": "string", "format": "date", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$"}
+    return {
+        "/v1/ledger/totals": {
+            "get": {
+                "operationId": "getLedgerTotals",
+                "summary": "Ledger-wide money per currency and the invariant, from the "
+                           "read models of every partition (gathered from their owners).",
+                "responses": {
+                    "200": _json(_ref("LedgerTotals"), "The totals; missing_partitions "
+                                                       "names what no worker gave."),
+                    "503": _error("This worker runs without read models (error "
+                                  "read_models_disabled)."),
+                },
+            }
+        },
+        "/v1/ledger/totals/local": {
+            "get": {
+                "operationId": "getLocalLedgerTotals",
+                "summary": "This worker's partitions of the totals (what /v1/ledger/totals "
+                           "asks each owner); never forwarded.",
+                "responses": {
+                    "200": _json(_ref("LocalTotals"), "Sums by kind per partition."),
+                    "503": _error("This worker runs without read models (error "
+                                  "read_models_disabled)."),
+                },
+            }
+        },
+        "/v1/accounts/{account_id}/statements": {
+            "get": {
+                "operationId": "getAccountStatements",
+                "summary": "An account's statement per calendar day: opening balance, "
+                           "flows by kind, closing balance.",
+                "parameters": [
+                    _path_param("account_id", _account_id(), "Account id."),
+                    _query_param("from", day, "First day (included), YYYY-MM-DD.",
+                                 required=True),
+                    _query_param("to", day, f"Last day (included), YYYY-MM-DD; at most "
+                                            f"{STATEMENT_DAYS_MAX} days from `from`.",
+                                 required=True),
+                ],
+                "responses": {
+                    "200": _json(_ref("StatementPage"), "The days with events."),
+                    "400": _invalid("Malformed account id, from or to (missing, "
+                                    "malformed), to before from (out_of_range) or more "
+                                    f"than {STATEMENT_DAYS_MAX} days (too_large)."),
+                    "503": _read_models_unavailable(
+                        "No worker can answer for the account's partition right now"),
+                },
+            }
+        },
+    }
+
+
+# --------------------------------------------------------------------------
+# Who may call (streams.api.auth)
+# --------------------------------------------------------------------------
+
+BEARER = "bearerAuth"
+# Public with or without LEDGER_API_TOKENS: no money data in them.
+PUBLIC_PATHS = frozenset(("/v1/health", "/v1/openapi.json", "/metrics"))
+# The scope each HTTP method needs (as streams.api.base.LedgerView.SCOPES).
+METHOD_SCOPES = {"get": auth.READ, "head": auth.READ, "post": auth.WRITE}
+
+
+def _security_schemes() -> dict:
+    return {BEARER: {
+        "type": "http",
+        "scheme": "bearer",
+        "description": (
+            "A token from the worker's LEDGER_API_TOKENS file, sent as "
+            "Authorization: Bearer <token>. Scopes: read (every GET but /v1/health, "
+            "/v1/openapi.json and /metrics), write (POST /v1/commands); each operation "
+            "names its scope in x-required-scope. Without LEDGER_API_TOKENS the API is "
+            "open and bound to loopback."
+        ),
+    }}
+
+
+def _challenge_header(description: str) -> dict:
+    return {"WWW-Authenticate": {"schema": {"type": "string"}, "description": description}}
+
+
+def _unauthorized() -> dict:
+    response = _error("No bearer token, or not a known one (error unauthorized). "
+                      "Only when the worker has LEDGER_API_TOKENS.")
+    response["headers"] = _challenge_header('Bearer realm="ledger" (with '
+                                            'error="invalid_token" for an unknown token).')
+    return response
+
+
+def _forbidden(scope: str) -> dict:
+    response = _error(f"The bearer token lacks the {scope} scope (error forbidden).")
+    response["headers"] = _challenge_header(
+        f'Bearer realm="ledger", error="insufficient_scope", scope="{scope}".')
+    return response
+
+
+def _secured(paths: dict) -> dict:
+    """Every operation but the public ones: bearer security, its scope, 401 and 403."""
+    for path, item in paths.items():
+        for method, operation in item.items():
+            if path in PUBLIC_PATHS:
+                operation["security"] = []
+                continue
+            scope = METHOD_SCOPES.get(method, auth.WRITE)
+            operation["security"] = [{BEARER: []}]
+            operation["x-required-scope"] = scope
+            operation["responses"].setdefault("401", _unauthorized())
+            operation["responses"].setdefault("403", _forbidden(scope))
+    return paths
+
+
 _DOCUMENT = {
     "openapi": OPENAPI_VERSION,
     "info": {
@@ -557,8 +889,10 @@ _DOCUMENT = {
             "exactly once per command_id; money is an integer count of minor units."
         ),
     },
-    "paths": _paths(),
-    "components": {"schemas": _schemas()},
+    "paths": _secured({**_paths(), **_read_model_paths()}),
+    "components": {"schemas": {**_schemas(), **_read_model_schemas()},
+                   "securitySchemes": _security_schemes()},
+    "security": [{BEARER: []}],
 }
 
 

@@ -25,6 +25,7 @@ import time
 import pytest
 
 from streams import localkafka
+from streams.processor import LOOP_STALL_S
 from streams.topics import ensure_topics
 from tests.conftest import ledger_settings, start_workers
 from tests.streams.faultload import (HealthWatch, Sender, apply_all, check_against_model,
@@ -74,7 +75,7 @@ def test_broker_killed_twice_under_load(broker, tmp_path, leg_key_file, workers,
         time.sleep(kill_at)  # load keeps flowing meanwhile (a pace, not a wait for a condition)
         down = time.monotonic()
         kill9(broker)
-        time.sleep(4)  # the outage itself
+        time.sleep(LOOP_STALL_S + 3)  # the outage itself, long enough to be noticed
         broker = localkafka.start_broker(broker.run_dir, port=port, controller_port=controller_port)
         back = time.monotonic()
         recoveries.append(first_new_event_after(base, RECOVERY_LIMIT_S))
@@ -89,10 +90,13 @@ def test_broker_killed_twice_under_load(broker, tmp_path, leg_key_file, workers,
     health.stop.set()
     health.join()
 
-    # Health said 503 (or the worker was unreachable) during each outage.
+    # Health said 503 (or the worker was unreachable) during each outage, from
+    # the moment a worker must have noticed: a Kafka call times out, the
+    # statistics (every second) show no broker up, or the loop stalls.
+    noticed_s = LOOP_STALL_S + 1
     for down, back in outages:
         during = [(round(t - down, 1), u[-5:], s, r) for t, u, s, r in health.samples
-                  if down + 3 < t < back]
+                  if down + noticed_s < t < back]
         assert during and all(s != 200 for _t, _u, s, _r in during), during
     # Both workers are healthy again at the end.
     for worker in w:
