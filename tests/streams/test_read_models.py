@@ -534,6 +534,11 @@ def test_a_forged_credit_breaks_the_invariant_within_10s(settings, workers, ledg
     wait_for(lambda: metric(worker, "ledger_invariant_ok", currency="EUR") == 0.0,
              timeout_s=10, what="ledger_invariant_ok{currency=EUR} == 0", every_s=0.1)
     print(f"invariant broken after {time.monotonic() - committed:.2f}s")
+    # /v1/ledger/totals gathers its own ledger-wide views (the in-flight
+    # check pairs two of them so lag never looks like created money): wait
+    # for it to judge too, within the same bound.
+    wait_for(lambda: get(worker, "/v1/ledger/totals")[1]["invariant_ok"] is False,
+             timeout_s=10, what="/v1/ledger/totals says EUR is broken", every_s=0.1)
     status, totals = get(worker, "/v1/ledger/totals")
     assert status == 200 and totals["invariant_ok"] is False
     eur, usd = totals["currencies"]["EUR"], totals["currencies"]["USD"]
