@@ -99,9 +99,20 @@ def _quorum_state(node) -> dict:
 def _topic_config(admin, topic: str) -> dict[str, str]:
     from confluent_kafka.admin import ConfigResource, ResourceType
 
+    from confluent_kafka import KafkaError, KafkaException
+
     resource = ConfigResource(ResourceType.TOPIC, topic)
-    configs = admin.describe_configs([resource])[resource].result(30)
-    return {name: entry.value for name, entry in configs.items()}
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            configs = admin.describe_configs([resource])[resource].result(30)
+            return {name: entry.value for name, entry in configs.items()}
+        except KafkaException as exc:
+            # The broker asked may not have the new topic's metadata yet.
+            if exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART \
+                    or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def test_three_nodes_form_a_three_voter_quorum(cluster):
