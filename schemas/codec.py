@@ -254,8 +254,17 @@ _PAYLOAD_NAMES = {
 _PAYLOAD_BY_TYPE = {cls: name for name, cls in _PAYLOAD_NAMES.items()}
 
 
+HISTORY_DIR = SCHEMA_DIR / "history"
+
+
 def schema_files() -> list[Path]:
-    return sorted(SCHEMA_DIR.rglob("*.avsc"))
+    """The current schemas: the ones the codec writes."""
+    return sorted(p for p in SCHEMA_DIR.rglob("*.avsc") if HISTORY_DIR not in p.parents)
+
+
+def history_files() -> list[Path]:
+    """Frozen copies of every writer schema ever released (never deleted)."""
+    return sorted(HISTORY_DIR.glob("*.avsc"))
 
 
 def _write(schema: _Schema, record: dict) -> bytes:
