@@ -192,6 +192,9 @@ class LocalBroker:
     # properties file (read it with read_client_properties).
     client_properties: dict[str, Path] = field(default_factory=dict)
     ca_path: Path | None = None
+    # Benchmarks only (start_broker(plaintext_port=...)): a second, loopback
+    # PLAINTEXT listener on the secured broker, None otherwise.
+    plaintext_bootstrap: str | None = None
 
 
 @dataclass
@@ -350,12 +353,15 @@ def _server_properties(
     node_id: int = 1,
     voters: dict[int, int] | None = None,
     tls: _BrokerTls | None = None,
+    plaintext_port: int | None = None,
 ) -> str:
     """The config of one node.
 
     ``voters`` (node id -> controller port) makes it one node of a static
     multi-voter quorum; None is the single node.  ``tls`` makes the client
-    listener SASL_SSL with ACLs.
+    listener SASL_SSL with ACLs; ``plaintext_port`` (with ``tls`` only, for
+    scripts/bench's TLS cost measurement) adds a loopback PLAINTEXT listener,
+    whose clients are ``User:ANONYMOUS``, a super user: never on a shared host.
     """
     if voters is None:
         quorum = f"""\
@@ -405,15 +411,18 @@ listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"""
     else:
         # The broker's own password is in here: the file is written mode 0600.
         # Kafka logs its config with password values (sasl.jaas.config) hidden.
+        bench = (f",BENCH://{_HOST}:{plaintext_port}", ",BENCH:PLAINTEXT") \
+            if plaintext_port else ("", "")
         listeners = f"""\
 # Clients: SASL_SSL (SCRAM-SHA-512 over TLS).  The broker talks to itself
 # (e.g. transaction markers) over the same listener as {BROKER_PRINCIPAL}.
-# The controller listener stays PLAINTEXT on loopback.
-listeners=CLIENT://{_HOST}:{port},CONTROLLER://{_HOST}:{controller_port}
-advertised.listeners=CLIENT://{_HOST}:{port}
+# The controller listener stays PLAINTEXT on loopback.  A BENCH listener, if
+# any, is scripts/bench's loopback PLAINTEXT comparison (ANONYMOUS, super user).
+listeners=CLIENT://{_HOST}:{port}{bench[0]},CONTROLLER://{_HOST}:{controller_port}
+advertised.listeners=CLIENT://{_HOST}:{port}{bench[0]}
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=CLIENT
-listener.security.protocol.map=CLIENT:SASL_SSL,CONTROLLER:PLAINTEXT
+listener.security.protocol.map=CLIENT:SASL_SSL,CONTROLLER:PLAINTEXT{bench[1]}
 sasl.enabled.mechanisms={SASL_MECHANISM}
 sasl.mechanism.inter.broker.protocol={SASL_MECHANISM}
 listener.name.client.{SASL_MECHANISM.lower()}.sasl.jaas.config=\
@@ -1046,6 +1055,7 @@ def start_broker(
     cache_dir: Path | None = None,
     secure: bool | None = None,
     topic_prefix: str = DEFAULT_TOPIC_PREFIX,
+    plaintext_port: int | None = None,
 ) -> LocalBroker:
     """Start a broker whose config, data and logs live in ``run_dir``.
 
@@ -1058,6 +1068,11 @@ def start_broker(
     ``secure=True`` makes a secured broker (module docstring) and grants
     ``ledger_acls(topic_prefix)``; None means "as the run dir was formatted"
     (plaintext for a new one).  A run dir cannot change between the two.
+
+    ``plaintext_port`` (secured broker only; off by default) adds a loopback
+    PLAINTEXT listener on that port (0: a free one), for measuring what TLS
+    costs on the same broker (scripts/bench --compare tls): its clients are
+    ``User:ANONYMOUS``, a super user, so it is for benchmarks only.
     """
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -1082,6 +1097,11 @@ def start_broker(
     if port == controller_port:
         raise RuntimeError("port and controller_port must differ")
     _check_ports_free((port, controller_port))
+    if plaintext_port is not None:
+        if not secure:
+            raise RuntimeError("plaintext_port is a second listener of a secured broker")
+        plaintext_port = plaintext_port or free.pop()
+        _check_ports_free((plaintext_port,))
 
     data_dir = run_dir / "data"
     tls = scram = None
@@ -1091,7 +1111,8 @@ def start_broker(
         tls = _BrokerTls(ca=ca, keystore=keystore, broker_password=passwords[BROKER_PRINCIPAL])
         scram = passwords
     _write_private(run_dir / "server.properties",
-                   _server_properties(port, controller_port, data_dir, tls=tls))
+                   _server_properties(port, controller_port, data_dir, tls=tls,
+                                      plaintext_port=plaintext_port))
     _format_storage(java, classpath, run_dir, data_dir, scram=scram)
     _mode_file(run_dir).write_text("secure\n" if secure else "plaintext\n")
 
@@ -1103,6 +1124,8 @@ def start_broker(
     if secure:
         broker = LocalBroker(pid=proc.pid, bootstrap=bootstrap, run_dir=run_dir,
                              **_secure_fields(run_dir))
+        if plaintext_port:
+            broker.plaintext_bootstrap = f"{_HOST}:{plaintext_port}"
         _write_client_properties(run_dir, bootstrap, passwords, tls.ca)
         probe_config = _superuser_config(run_dir, bootstrap)
 
