@@ -44,15 +44,10 @@ from streams.eventlog import read_log
 from streams.partitioner import partition_for
 from streams.shapes import account_json, event_json, rfc3339_ms
 from tests.conftest import free_port
-
-try:
-    from openapi_schema_validator import OAS30Validator
-except ImportError:  # pragma: no cover - depends on the environment
-    OAS30Validator = None
+from tests.streams.httpkit import start_pair, validate, wait_split
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
-DOC = openapi.openapi_document()
 ACCOUNTS = [f"fin-{i}" for i in range(8)]
 FUNDING = 10_000_000
 
@@ -93,32 +88,6 @@ def wait_for(condition, what: str, timeout_s: float = 90, every_s: float = 0.2):
             return value
         assert time.monotonic() < deadline, f"not within {timeout_s}s: {what}"
         time.sleep(every_s)
-
-
-def serving(*workers_) -> dict:
-    """partition -> worker, when every partition is served by exactly one of them."""
-    owners = {}
-    for w in workers_:
-        h = health(w)
-        if not h or h["status"] != "ok":
-            return {}
-        for p in h["partitions"]:
-            if p in owners:
-                return {}
-            owners[p] = w
-    return owners if sorted(owners) == list(range(6)) else {}
-
-
-def validate(template: str, status: int, body: dict, headers: dict) -> None:
-    """The answer is what the OpenAPI document says this route answers."""
-    response = DOC["paths"][template]["get"]["responses"][str(status)]
-    if "headers" in response and status == 503:
-        assert "Retry-After" in headers, headers
-    if OAS30Validator is None:
-        return
-    schema = response["content"]["application/json"]["schema"]
-    errors = list(OAS30Validator({**schema, "components": DOC["components"]}).iter_errors(body))
-    assert errors == [], (template, status, [e.message for e in errors])
 
 
 def open_and_fund(settings) -> None:
@@ -334,12 +303,10 @@ def check_time_never_goes_backwards(settings) -> dict[int, int]:
 
 
 def test_as_of_answers_never_change(settings, workers):
-    w1 = workers.start(settings.with_(worker_id="w1"), wait=False)
-    w2 = workers.start(settings.with_(worker_id="w2", data_dir=settings.data_dir.parent / "w2",
-                                      web_port=free_port()), wait=False)
+    w1, w2 = start_pair(workers, settings)
     w1.wait_ready()
     w2.wait_ready()
-    wait_for(lambda: serving(w1, w2), "two workers sharing the partitions")
+    wait_split(w1, w2)
     open_and_fund(settings)
     sampler = LagSampler([w1, w2])
     sampler.start()
@@ -354,12 +321,12 @@ def test_as_of_answers_never_change(settings, workers):
         wait_for(lambda: len(prober.answers) >= 150, "150 answers under load", 60)
         busy_lag_to = len(sampler.samples)
         workers.kill(w1)  # kill -9 under load
-        wait_for(lambda: serving(w2), "w2 taking over every partition", 120)
+        wait_split(w2, timeout_s=120)
         n = len(prober.answers)
         wait_for(lambda: len(prober.answers) >= n + 100, "100 answers after the takeover", 60)
         w1 = workers.start(w1.settings, wait=False)  # restarted under its id: takes back
         w1.wait_ready(120)
-        wait_for(lambda: serving(w1, w2), "two workers sharing the partitions again", 120)
+        wait_split(w1, w2, timeout_s=120)
         n = len(prober.answers)
         wait_for(lambda: len(prober.answers) >= n + 100, "100 answers after the restart", 60)
         prober.workers = [w1, w2]
@@ -386,7 +353,7 @@ def test_as_of_answers_never_change(settings, workers):
     shutil.rmtree(w2.settings.data_dir)
     w2 = workers.start(w2.settings, wait=False)
     w2.wait_ready(120)
-    wait_for(lambda: serving(w1, w2), "two workers sharing the partitions after the rebuild")
+    wait_split(w1, w2)
     assert [] == ask_again(answers, [w2, w1])
     check_time_never_goes_backwards(settings)
 
@@ -411,7 +378,7 @@ def test_takeover_by_a_slow_clock_never_records_before_the_watermark(settings, w
                               web_port=free_port(), clock_offset_ms=-5_000)
         w2 = workers.start(slow, wait=False)
         w2.wait_ready(120)
-        owners = wait_for(lambda: serving(w1, w2), "the slow worker taking partitions", 120)
+        owners = wait_split(w1, w2, timeout_s=120)
         taken_at, before = now_ms(), len(prober.answers)
         # Until w2's clock passes the watermarks it took over (5 s), its
         # partitions advance 1 ms a batch; then with its clock, 5 s behind
@@ -471,6 +438,7 @@ def test_replay_as_of_a_moment_ago_is_final(settings, workers, ledger_cli, tmp_p
     assert (tmp_path / "during.jsonl").read_bytes() == (tmp_path / "after.jsonl").read_bytes()
     again = ledger_cli(settings, "replay", "--as-of", str(ahead), "--out",
                        str(tmp_path / "ahead-after.jsonl"))
+    assert 0 == again.returncode, again.stderr
     assert (tmp_path / "ahead.jsonl").read_bytes() == (tmp_path / "ahead-after.jsonl").read_bytes()
     # And both are the fold of the final log.
     events = log_events(settings)
@@ -502,12 +470,10 @@ def test_wait_then_answer_or_503_as_of_not_final(settings, workers):
     # Ticks off (one an hour): a partition's watermark moves only when
     # something is recorded there, so "not final yet" can be held on purpose.
     quiet = settings.with_(tick_ms=3_600_000)
-    w1 = workers.start(quiet.with_(worker_id="w1"), wait=False)
-    w2 = workers.start(quiet.with_(worker_id="w2", data_dir=settings.data_dir.parent / "w2",
-                                   web_port=free_port()), wait=False)
+    w1, w2 = start_pair(workers, quiet)
     w1.wait_ready()
     w2.wait_ready()
-    owners = wait_for(lambda: serving(w1, w2), "two workers sharing the partitions")
+    owners = wait_split(w1, w2)
     account = ACCOUNTS[0]
     owner = owners[partition_for(account.encode(), 6)]
     other = w2 if owner is w1 else w1
@@ -522,7 +488,7 @@ def test_wait_then_answer_or_503_as_of_not_final(settings, workers):
     body = json.loads(current)
     assert (200, rfc3339_ms(opened_at), rfc3339_ms(opened_at)) == (
         status, body["as_of"], body["complete_up_to"])
-    validate("/v1/accounts/{account_id}", 200, body, {})
+    validate("/v1/accounts/{account_id}", "get", 200, body, {})
     for w in (owner, other):
         assert (200, current) == get(w, base)[:2]
         assert (200, current) == get(w, f"{base}?as_of={body['as_of']}")[:2]
@@ -540,7 +506,7 @@ def test_wait_then_answer_or_503_as_of_not_final(settings, workers):
         assert answer["as_of"] == rfc3339_ms(t)
         assert int(headers["Retry-After"]) >= 1
         assert 0.4 <= elapsed < 3, elapsed  # waited its timeout, then said so
-        validate("/v1/accounts/{account_id}", 503, answer, headers)
+        validate("/v1/accounts/{account_id}", "get", 503, answer, headers)
     status, raw, headers = get(owner, f"{base}?as_of={t}&timeout_ms=0")
     assert 503 == status and b"as_of_not_final" in raw
     # An instant the clock cannot reach within the timeout: at once.
@@ -553,7 +519,7 @@ def test_wait_then_answer_or_503_as_of_not_final(settings, workers):
         assert int(headers["Retry-After"]) >= 55
     status, raw, headers = get(other, f"{base}/events?to={far}")
     assert (503, "as_of_not_final") == (status, json.loads(raw)["error"])
-    validate("/v1/accounts/{account_id}/events", 503, json.loads(raw), headers)
+    validate("/v1/accounts/{account_id}/events", "get", 503, json.loads(raw), headers)
 
     # The wait path: a read of T waits until something recorded after T
     # makes T final, then answers (the state as of T: without that credit).
@@ -584,7 +550,7 @@ def test_wait_then_answer_or_503_as_of_not_final(settings, workers):
     page = json.loads(raw)
     assert (200, rfc3339_ms(t), ["account_opened"]) == (
         status, page["complete_up_to"], [e["type"] for e in page["events"]])
-    validate("/v1/accounts/{account_id}/events", 200, page, {})
+    validate("/v1/accounts/{account_id}/events", "get", 200, page, {})
     status, raw, _ = get(owner, f"{base}/events")
     page = json.loads(raw)
     assert ["account_opened", "credited"] == [e["type"] for e in page["events"]]

@@ -19,7 +19,6 @@ import http.client
 import json
 import secrets
 import signal
-import socket
 import ssl
 import subprocess
 import time
@@ -28,17 +27,11 @@ import pytest
 
 from streams import legauth
 from streams.api import auth, forwarding
-from streams.api.openapi import openapi_document
-from streams.partitioner import partition_for
-
-try:
-    from openapi_schema_validator import OAS30Validator
-except ImportError:  # pragma: no cover - depends on the environment
-    OAS30Validator = None
+from tests.streams.httpkit import (DOC, health, owner_of, send, start_pair, validate,
+                                   wait_split)
 
 pytestmark = pytest.mark.kafka
 
-DOC = openapi_document()
 ACCOUNTS = [f"acct-{i}" for i in range(6)]
 
 
@@ -64,32 +57,6 @@ def write_tokens(path, lines: list[str]) -> None:
     path.write_text("# ledger API tokens\n\n" + "\n".join(lines) + "\n")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def send(worker, method: str, path: str, body: bytes | None = None,
-         headers: dict | None = None, context: ssl.SSLContext | None = None):
-    """(status, JSON body or text, headers) of one request, path sent as given."""
-    host, port = worker.settings.web_host, worker.settings.web_port
-    host = "127.0.0.1" if host == "0.0.0.0" else host
-    conn = http.client.HTTPSConnection(host, port, timeout=30, context=context) \
-        if context is not None else http.client.HTTPConnection(host, port, timeout=30)
-    try:
-        conn.request(method, path, body=body, headers=headers or {})
-        response = conn.getresponse()
-        data = response.read()
-        try:
-            parsed = json.loads(data)
-        except ValueError:
-            parsed = data.decode(errors="replace")
-        return response.status, parsed, response.headers
-    finally:
-        conn.close()
-
-
 def authz(caller: str | None) -> dict:
     return {} if caller is None else {"Authorization": caller}
 
@@ -98,30 +65,6 @@ def post_command(worker, body: dict, caller: str | None, wait: bool = True, cont
     return send(worker, "POST", "/v1/commands" + ("?wait=1&timeout_ms=20000" if wait else ""),
                 json.dumps(body).encode(),
                 {"Content-Type": "application/json", **authz(caller)}, context)
-
-
-def health(worker, context=None):
-    try:
-        body = send(worker, "GET", "/v1/health", context=context)[1]
-        return body if isinstance(body, dict) else None
-    except OSError:
-        return None
-
-
-def wait_split(w1, w2, context=None) -> dict:
-    """Wait until the two workers share the 6 partitions; partition -> worker."""
-    deadline, stable = time.monotonic() + 90, 0
-    while stable < 2:
-        for w in (w1, w2):
-            assert w.process.poll() is None, w.log_tail()
-        assert time.monotonic() < deadline, (health(w1, context), health(w2, context))
-        h1, h2 = health(w1, context), health(w2, context)
-        split = (h1 and h2 and h1["status"] == h2["status"] == "ok"
-                 and h1["partitions"] and h2["partitions"]
-                 and sorted(h1["partitions"] + h2["partitions"]) == list(range(6)))
-        stable = stable + 1 if split else 0
-        time.sleep(0.3)
-    return {p: w for w in (w1, w2) for p in health(w, context)["partitions"]}
 
 
 def wait_up(worker, context=None, timeout_s: float = 60) -> None:
@@ -133,25 +76,6 @@ def wait_up(worker, context=None, timeout_s: float = 60) -> None:
             return
         time.sleep(0.2)
     raise AssertionError(worker.log_tail())
-
-
-def owner_of(owners, account_id: str):
-    return owners[partition_for(account_id.encode(), 6)]
-
-
-def validate(template: str, method: str, status: int, body, headers) -> None:
-    """The answer is one the OpenAPI document lists for this operation."""
-    response = DOC["paths"][template][method]["responses"].get(str(status))
-    assert response is not None, (template, method, status)
-    if "headers" in response:
-        for name in response["headers"]:
-            assert name in headers, (template, status, name)
-    if OAS30Validator is None or "application/json" not in response.get("content", {}):
-        return
-    schema = response["content"]["application/json"]["schema"]
-    problems = list(OAS30Validator({**schema, "components": DOC["components"]})
-                    .iter_errors(body))
-    assert problems == [], (template, status, [p.message for p in problems])
 
 
 def assert_no_tokens_logged(workers, tokens=ALL_TOKENS) -> None:
@@ -185,9 +109,7 @@ def secured_pair(settings, workers, tmp_path):
     write_tokens(tokens, [f"{READ} read", f"{WRITE} write", f"# {UNKNOWN} read (commented out)",
                           f"{BOTH}   write,read"])
     base = settings.with_(api_tokens_file=tokens)
-    w1 = workers.start(base.with_(worker_id="w1"), wait=False)
-    w2 = workers.start(base.with_(worker_id="w2", data_dir=settings.data_dir.parent / "w2",
-                                  web_port=free_port()), wait=False)
+    w1, w2 = start_pair(workers, base)
     w1.wait_ready()
     w2.wait_ready()
     owners = wait_split(w1, w2)
@@ -472,11 +394,9 @@ def test_tls_serves_https_and_workers_forward_over_it(settings, workers, tmp_pat
     write_tokens(tokens, [f"{BOTH} read,write"])
     base = settings.with_(api_tokens_file=tokens, web_tls_cert=cert, web_tls_key=key,
                           forward_secret_file=secret_file)
-    w1 = workers.start(base.with_(worker_id="w1"), wait=False)
-    w2 = workers.start(base.with_(worker_id="w2", data_dir=settings.data_dir.parent / "w2",
-                                  web_port=free_port()), wait=False)
+    w1, w2 = start_pair(workers, base)
     trusted = ssl.create_default_context(cafile=str(cert))
-    owners = wait_split(w1, w2, trusted)
+    owners = wait_split(w1, w2, context=trusted)
 
     # Plain http is not served; a client that does not trust the cert fails.
     with pytest.raises((OSError, http.client.HTTPException)):

@@ -15,10 +15,7 @@ partition_unavailable with Retry-After, never a 404.
 from __future__ import annotations
 
 import base64
-import http.client
 import json
-import socket
-import time
 from urllib.parse import quote, urlencode
 
 import pytest
@@ -27,18 +24,12 @@ from hypothesis import HealthCheck, given, settings as hsettings, strategies as 
 
 from streams import legauth
 from streams.api import auth, forwarding
-from streams.api.openapi import openapi_document
 from streams.partitioner import partition_for
 from streams.topics import watermarks
-
-try:
-    from openapi_schema_validator import OAS30Validator
-except ImportError:  # pragma: no cover - depends on the environment
-    OAS30Validator = None
+from tests.streams.httpkit import owner_of, send, start_pair, validate, wait_split
 
 pytestmark = pytest.mark.kafka
 
-DOC = openapi_document()
 ACCOUNTS = [f"acct-{i}" for i in range(8)]
 
 
@@ -46,60 +37,16 @@ def b64(text: str) -> str:
     return base64.urlsafe_b64encode(text.encode()).decode()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def send(worker, method: str, raw_path: str, body: bytes | None = None,
-         headers: dict | None = None):
-    """(status, JSON body or text, headers), the path sent exactly as given."""
-    conn = http.client.HTTPConnection(worker.settings.web_host, worker.settings.web_port,
-                                      timeout=30)
-    try:
-        conn.request(method, raw_path, body=body, headers=headers or {})
-        response = conn.getresponse()
-        data = response.read()
-        try:
-            parsed = json.loads(data)
-        except ValueError:
-            parsed = data.decode(errors="replace")
-        return response.status, parsed, response.headers
-    finally:
-        conn.close()
-
-
 def post_json(worker, body: dict, query: str = "?wait=1&timeout_ms=20000"):
     return send(worker, "POST", "/v1/commands" + query, json.dumps(body).encode(),
                 {"Content-Type": "application/json"})
 
 
-def health(worker):
-    try:
-        status, body, _ = send(worker, "GET", "/v1/health")
-        return body if isinstance(body, dict) else None
-    except OSError:
-        return None
-
-
 @pytest.fixture
 def pair(settings, workers):
     """Two workers, each serving half of the partitions, and some data."""
-    w1 = workers.start(settings.with_(worker_id="w1"), wait=False)
-    w2 = workers.start(settings.with_(worker_id="w2", data_dir=settings.data_dir.parent / "w2",
-                                      web_port=free_port()), wait=False)
-    w1.wait_ready()
-    w2.wait_ready()
-    deadline, stable = time.monotonic() + 90, 0
-    while stable < 2:
-        assert time.monotonic() < deadline, (health(w1), health(w2))
-        h1, h2 = health(w1), health(w2)
-        split = (h1 and h2 and h1["status"] == h2["status"] == "ok"
-                 and h1["partitions"] and h2["partitions"]
-                 and sorted(h1["partitions"] + h2["partitions"]) == list(range(6)))
-        stable = stable + 1 if split else 0
-        time.sleep(0.3)
+    w1, w2 = start_pair(workers, settings)
+    owners = wait_split(w1, w2)
     for i, account in enumerate(ACCOUNTS):
         status, body, _ = post_json(w1 if i % 2 else w2, {
             "command_id": f"open-{account}", "type": "open_account", "account_id": account,
@@ -114,16 +61,11 @@ def pair(settings, workers):
                                      "to_account_id": ACCOUNTS[1], "amount": 200,
                                      "currency": "EUR"})
     assert (200, "applied") == (status, body["status"]), body
-    owners = {p: w for w in (w1, w2) for p in health(w)["partitions"]}
     return w1, w2, owners
 
 
-def owner_of(owners, account_id: str):
-    return owners[partition_for(account_id.encode(), 6)]
-
-
 def published(settings) -> int:
-    probe = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": "probe"})
+    probe = Consumer(settings.kafka(**{"group.id": "probe"}))
     try:
         return sum(watermarks(probe, settings.commands_topic, p)[1] for p in range(6))
     finally:
@@ -237,20 +179,6 @@ POST_TABLE = [
                                      "account_id": "..", "currency": "EUR"}).encode(),
      400, ERR, "account_id", "malformed"),
 ]
-
-
-def validate(template: str, method: str, status: int, body, headers) -> None:
-    """The answer is what the OpenAPI document says this route answers."""
-    response = DOC["paths"][template][method]["responses"].get(str(status))
-    assert response is not None, (template, method, status)
-    if status == 503 and "headers" in response:
-        assert "Retry-After" in headers
-    if OAS30Validator is None:
-        return
-    schema = response["content"]["application/json"]["schema"]
-    errors = list(OAS30Validator({**schema, "components": DOC["components"]})
-                  .iter_errors(body))
-    assert errors == [], (template, status, [e.message for e in errors])
 
 
 def check(expected, answer, label):
