@@ -53,14 +53,19 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import copy
+import dataclasses
 import datetime as dt
 import importlib.util
+import itertools
 import json
 import os
 import platform
 import random
 import shutil
+import shlex
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -80,7 +85,7 @@ from ledger import domain  # noqa: E402
 from schemas import codec  # noqa: E402
 from streams import legauth  # noqa: E402
 from streams.localkafka import free_port  # noqa: E402
-from streams.config import Settings  # noqa: E402
+from streams.config import Settings, kafka_properties_from_env  # noqa: E402
 from streams.topics import ensure_topics  # noqa: E402
 
 PYTHON = sys.executable
@@ -113,10 +118,10 @@ class Processes:
         self.started: list[tuple[str, subprocess.Popen]] = []
 
     def start(self, name: str, argv: list[str], env: dict, log_path: Path,
-              stdout_pipe: bool = False) -> subprocess.Popen:
+              stdout_pipe: bool = False, cwd: Path = REPO) -> subprocess.Popen:
         with open(log_path, "wb") as log_file:
             proc = subprocess.Popen(
-                argv, env=env, cwd=REPO, stdin=subprocess.DEVNULL,
+                argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE if stdout_pipe else log_file,
                 stderr=log_file,
                 # Own session: Ctrl-C reaches only this script, whose finally
@@ -196,10 +201,9 @@ class Loader:
     """Transactional producer that pre-loads records, optionally holding the
     last transaction open until :meth:`release`."""
 
-    def __init__(self, bootstrap: str, transactional_id: str):
+    def __init__(self, settings: Settings, transactional_id: str):
         self._errors: list[str] = []
-        self._producer = Producer({
-            "bootstrap.servers": bootstrap,
+        self._producer = Producer(settings.kafka(**{
             "transactional.id": transactional_id,
             # Long enough to hold the backlog while workers start.
             "transaction.timeout.ms": 300_000,
@@ -207,8 +211,9 @@ class Loader:
             "acks": "all",
             "linger.ms": 20,
             "partitioner": "murmur2_random",  # as every ledger producer
-            "queue.buffering.max.messages": 500_000,
-        })
+            "queue.buffering.max.messages": 1_000_000,
+            "queue.buffering.max.kbytes": 1_048_576,
+        }))
         self._producer.init_transactions(30)
         self.held = False
 
@@ -247,33 +252,14 @@ class Loader:
             self.held = False
 
 
-def create_topics(bootstrap: str, names: list[str], partitions: int) -> None:
-    from confluent_kafka.admin import AdminClient, NewTopic
-
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    futures = admin.create_topics([NewTopic(n, partitions, 1) for n in names],
-                                  operation_timeout=30)
-    for future in futures.values():
-        future.result()
-    deadline = time.monotonic() + 30
-    while True:
-        topics = admin.list_topics(timeout=10).topics
-        if all(n in topics and len(topics[n].partitions) == partitions and
-               all(p.leader >= 0 for p in topics[n].partitions.values()) for n in names):
-            return
-        if time.monotonic() > deadline:
-            raise BenchError(f"topics {names} have no leaders")
-        time.sleep(0.1)
-
-
-def delete_topics(bootstrap: str, prefix: str) -> int:
+def delete_topics(admin: Settings, prefix: str) -> int:
     """Delete this run's topics (on a cluster that outlives the run)."""
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    names = [t for t in admin.list_topics(timeout=10).topics if t.startswith(prefix)]
+    client = AdminClient(admin.kafka())
+    names = [t for t in client.list_topics(timeout=10).topics if t.startswith(prefix)]
     if names:
-        for future in admin.delete_topics(names, operation_timeout=30).values():
+        for future in client.delete_topics(names, operation_timeout=30).values():
             with contextlib.suppress(Exception):
                 future.result()
     return len(names)
@@ -289,8 +275,9 @@ class LogWatcher(threading.Thread):
     for the checks after the clock stops.
     """
 
-    def __init__(self, bootstrap: str, topic: str, partitions: int, *, keep: bool = False,
+    def __init__(self, reader: Settings, topic: str, *, keep: bool = False,
                  decode_types: tuple = (), latency: bool = False):
+        partitions = reader.partitions
         super().__init__(name=f"watch-{topic}", daemon=True)
         self.topic = topic
         self.keep, self.decode_types, self.latency = keep, decode_types, latency
@@ -302,13 +289,14 @@ class LogWatcher(threading.Thread):
         self.last_progress = time.monotonic()
         self._cond = threading.Condition()
         self._stop_event = threading.Event()
-        self._consumer = Consumer({
-            "bootstrap.servers": bootstrap,
-            "group.id": f"bench-watch-{uuid.uuid4().hex}",
+        self._consumer = Consumer(reader.kafka(**{
+            # Assigned, never committed; named as a client of the ledger
+            # (<prefix>-client-*) so that the app principal's ACLs cover it.
+            "group.id": f"{reader.topic_prefix}-client-bench-{uuid.uuid4().hex}",
             "enable.auto.commit": False,
             "isolation.level": "read_committed",
             "fetch.wait.max.ms": 20,  # as the worker: see streams/processor.py
-        })
+        }))
         self._consumer.assign([TopicPartition(topic, p, confluent_kafka.OFFSET_BEGINNING)
                                for p in range(partitions)])
         self._waiters: list[list] = []  # [predicate, event, done_at]
@@ -555,16 +543,152 @@ def wait_workers_ready(workers: list[Worker], partitions: int) -> float:
 
 
 # --------------------------------------------------------------------------
+# Where a scenario runs: a Kafka target and the principals its clients use
+# --------------------------------------------------------------------------
+
+# Every Kafka client of the bench takes its configuration from a Settings
+# (Settings.kafka()), one per role:
+#   worker  the worker processes (Settings.to_env()) and the ceiling loop;
+#   app     the loader (a transactional producer, transactional.id
+#           <prefix>-loader), the latency generator, the outcome watchers;
+#   admin   creates the topics (streams.topics.ensure_topics) and deletes them.
+ROLES = ("worker", "app", "admin")
+ROLE_CONFIG_ENV = {role: f"BENCH_{role.upper()}_KAFKA_CONFIG" for role in ROLES}
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+@dataclasses.dataclass
+class Target:
+    """A Kafka cluster and the client properties of each role on it."""
+
+    name: str
+    bootstrap: str
+    properties: dict  # role -> tuple of (librdkafka property, value)
+    # Called once per topic prefix before it is used (ACLs on a secured
+    # broker this bench started); None when nothing needs granting.
+    grant: object = None
+    describe: str = ""
+    broker_pids: list = dataclasses.field(default_factory=list)
+
+    def settings(self, role: str, **fields) -> Settings:
+        return Settings(bootstrap_servers=self.bootstrap,
+                        kafka_properties=self.properties[role], **fields)
+
+
+def _split_bootstrap(props: dict) -> tuple[str | None, tuple]:
+    props = dict(props)
+    bootstrap = props.pop("bootstrap.servers", None)
+    return bootstrap, tuple(sorted(props.items()))
+
+
+def target_from_env(environ=os.environ) -> Target | None:
+    """The cluster of KAFKA_BOOTSTRAP_SERVERS / LEDGER_KAFKA_CONFIG /
+    LEDGER_KAFKA_* (streams.config), None when neither names a cluster (the
+    bench then starts its own broker). One principal serves every role unless
+    BENCH_{WORKER,APP,ADMIN}_KAFKA_CONFIG names a properties file for a role."""
+    env_bootstrap = environ.get("KAFKA_BOOTSTRAP_SERVERS") or None
+    bootstrap, common = _split_bootstrap(kafka_properties_from_env(environ))
+    properties = {}
+    for role in ROLES:
+        path = environ.get(ROLE_CONFIG_ENV[role])
+        if path:
+            role_env = {**environ, "LEDGER_KAFKA_CONFIG": path}
+            role_bootstrap, properties[role] = _split_bootstrap(
+                kafka_properties_from_env(role_env))
+            bootstrap = bootstrap or role_bootstrap
+        else:
+            properties[role] = common
+    bootstrap = env_bootstrap or bootstrap
+    if not bootstrap:
+        return None
+    secured = dict(common).get("security.protocol", "PLAINTEXT")
+    return Target("ext", bootstrap, properties, describe=f"external cluster {bootstrap} "
+                  f"({secured})")
+
+
+def plain_target(name: str, bootstrap: str, describe: str, pids=()) -> Target:
+    return Target(name, bootstrap, {role: () for role in ROLES}, describe=describe,
+                  broker_pids=list(pids))
+
+
+def secured_target(name: str, broker) -> Target:
+    """The principals of a secured broker this bench started: ledger-worker,
+    ledger-app and ledger-admin, with the ledger's ACLs granted for each
+    scenario's prefix, plus the loader's transactional id for the app."""
+    from streams import localkafka
+
+    properties = {}
+    for role, principal in localkafka.CLIENT_PRINCIPALS.items():
+        _b, properties[role] = _split_bootstrap(
+            localkafka.read_client_properties(broker.client_properties[principal]))
+
+    def grant(prefix: str) -> None:
+        from confluent_kafka.admin import (AclBinding, AclOperation, AclPermissionType,
+                                           AdminClient, ResourcePatternType, ResourceType)
+
+        localkafka.grant_ledger_acls(broker, prefix)
+        # The bench's loader holds a transaction open: a transactional id for
+        # the app principal, which the ledger's own ACLs do not give it.
+        admin = AdminClient(localkafka._superuser_config(broker.run_dir, broker.bootstrap))
+        bindings = [AclBinding(ResourceType.TRANSACTIONAL_ID, f"{prefix}-loader",
+                               ResourcePatternType.LITERAL,
+                               f"User:{localkafka.CLIENT_PRINCIPALS['app']}", "*", op,
+                               AclPermissionType.ALLOW)
+                    for op in (AclOperation.WRITE, AclOperation.DESCRIBE)]
+        for future in admin.create_acls(bindings, request_timeout=30).values():
+            future.result()
+
+    return Target(name, broker.bootstrap, properties, grant=grant,
+                  describe=f"secured broker {broker.bootstrap} (SASL_SSL, SCRAM-SHA-512, "
+                           f"ACLs; principals ledger-worker/-app/-admin)",
+                  broker_pids=[broker.pid])
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, all its threads (librdkafka's too)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine spent busy (all cores), from /proc/stat."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return (sum(values) - values[3] - values[4]) / CLK_TCK
+
+
+def rss_mb(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        return None
+    return None
+
+
+def loadavg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def median(values):
+    return statistics.median(values) if values else None
+
+
+# --------------------------------------------------------------------------
 # Scenarios
 # --------------------------------------------------------------------------
 
 
 class Context:
-    def __init__(self, args, bootstrap: str, tmp: Path):
+    def __init__(self, args, target: Target, tmp: Path):
         self.args = args
-        self.bootstrap = bootstrap
+        self.target = target
         self.tmp = tmp
         self.run_id = uuid.uuid4().hex[:6]
+        self.seq = itertools.count(1)
         # The workers' shared secret for transfer legs (streams/legauth.py).
         self.leg_key_file = tmp / "leg.key"
         self.leg_key_file.write_text(legauth.new_key() + "\n")
@@ -577,17 +701,45 @@ class Context:
         self.cd_encoded = encode(self.cd_commands)
         self.cd_ids = {c.command_id for c in self.cd_commands}
 
-    def settings(self, name: str) -> Settings:
-        return Settings(bootstrap_servers=self.bootstrap,
-                        topic_prefix=f"bench-{self.run_id}-{name}",
-                        partitions=self.args.partitions,
-                        batch_size_max=self.args.batch_size,
-                        leg_key_file=self.leg_key_file)
+    @property
+    def bootstrap(self) -> str:
+        return self.target.bootstrap
 
-    def loader(self, prefix: str) -> Loader:
-        loader = Loader(self.bootstrap, f"{prefix}-loader")
+    def on(self, target: Target) -> "Context":
+        """The same workload, processes and loaders, on another target."""
+        other = copy.copy(self)
+        other.target = target
+        return other
+
+    def settings(self, name: str) -> Settings:
+        """The worker settings of a fresh scenario (its own topic prefix, and
+        its ACLs on a secured broker); ``role()`` gives the other principals'."""
+        prefix = f"bench-{self.run_id}-{self.target.name}-{name}-{next(self.seq)}"
+        if self.target.grant is not None:
+            self.target.grant(prefix)
+        return self.target.settings(
+            "worker", topic_prefix=prefix, partitions=self.args.partitions,
+            batch_size_max=self.args.batch_size, leg_key_file=self.leg_key_file,
+            # The bench creates every topic first, as the admin (ensure_topics).
+            create_topics=False,
+            # On by default as in `ledger worker`; off measures the money path
+            # alone (LEDGER_READ_MODELS=0), the job of a reference ledger.
+            read_models=self.args.read_models == "on")
+
+    def role(self, settings: Settings, role: str) -> Settings:
+        return settings.with_(kafka_properties=self.target.properties[role],
+                              create_topics=True)
+
+    def create_topics(self, settings: Settings) -> None:
+        ensure_topics(self.role(settings, "admin"))
+
+    def loader(self, settings: Settings) -> Loader:
+        loader = Loader(self.role(settings, "app"), f"{settings.topic_prefix}-loader")
         self.loaders.append(loader)
         return loader
+
+    def watcher(self, settings: Settings, **kw) -> "LogWatcher":
+        return LogWatcher(self.role(settings, "app"), settings.events_topic, **kw)
 
     def drop_loader(self, loader: Loader) -> None:
         """Abort its transaction if still held, and let the producer go."""
@@ -596,32 +748,42 @@ class Context:
             self.loaders.remove(loader)
 
 
-def run_ceiling(ctx: Context, producer_config: dict | None = None) -> dict:
+def run_ceiling(ctx: Context, records: int | None = None,
+                producer_config: dict | None = None) -> dict:
+    """One ceiling run over ``records`` records (the credit/debit backlog,
+    repeated as often as needed). The loop reads ``<prefix>.commands`` and
+    writes ``<prefix>.events`` as the worker principal, in group
+    ``<prefix>-worker``: the ledger's topics, configs and ACLs."""
     args = ctx.args
-    prefix = f"bench-{ctx.run_id}-ceiling" + ("-tuned" if producer_config else "")
+    settings = ctx.settings("ceiling" + ("-tuned" if producer_config else ""))
+    prefix = settings.topic_prefix
     label = "ceiling" + (f" {producer_config}" if producer_config else "")
-    topic_in, topic_out = f"{prefix}.in", f"{prefix}.out"
-    create_topics(ctx.bootstrap, [topic_in, topic_out], args.partitions)
-    n = len(ctx.cd_encoded)
-    say(f"{label}: pre-loading {n:,} command records (held transaction)")
-    loader = ctx.loader(prefix)
+    topic_in, topic_out = settings.commands_topic, settings.events_topic
+    ctx.create_topics(settings)
+    base = ctx.cd_encoded
+    n = max(records or len(base), 1)
+    work = (base * (n // len(base) + 1))[:n]
+    say(f"{label}: pre-loading {n:,} command records (held transaction); load average "
+        f"{loadavg()}")
+    load = loadavg()
+    loader = ctx.loader(settings)
     try:
-        loader.load(topic_in, ctx.cd_encoded, hold=True)
+        loader.load(topic_in, work, hold=True)
     except BaseException:
         ctx.drop_loader(loader)
         raise
-    watcher = LogWatcher(ctx.bootstrap, topic_out, args.partitions)
+    watcher = ctx.watcher(settings)
     watcher.start()
     lines: list[str] = []
     ready = threading.Event()
     log_path = ctx.tmp / f"{prefix}.log"
     proc = ctx.procs.start("ceiling", [
         PYTHON, str(REPO / "scripts" / "bench_ceiling.py"),
-        "--bootstrap", ctx.bootstrap, "--input", topic_in, "--output", topic_out,
-        "--group", f"{prefix}-group", "--transactional-id", f"{prefix}-copier",
+        "--input", topic_in, "--output", topic_out,
+        "--group", settings.group_id, "--transactional-id", f"{prefix}-worker-ceiling",
         "--batch-size", str(args.batch_size), "--partitions", str(args.partitions),
         "--expect", str(n)],
-        {**os.environ, "PYTHONPATH": str(REPO),
+        {**os.environ, "PYTHONPATH": str(REPO), **settings.to_env(),
          "BENCH_CEILING_PRODUCER_CONFIG": json.dumps(producer_config or {})}, log_path,
         stdout_pipe=True)
 
@@ -639,6 +801,7 @@ def run_ceiling(ctx: Context, producer_config: dict | None = None) -> dict:
             if proc.poll() is not None or time.monotonic() - t > READY_TIMEOUT_S:
                 raise BenchError(f"{label} loop did not start:\n{tail(log_path)}")
         say(f"{label}: loop owns its partitions; releasing the backlog")
+        cpu0 = proc_cpu_seconds(proc.pid)
         t0, commit_s = loader.release()
 
         def alive():
@@ -646,6 +809,7 @@ def run_ceiling(ctx: Context, producer_config: dict | None = None) -> dict:
                 raise BenchError(f"ceiling loop exited {proc.returncode}:\n{tail(log_path)}")
 
         t_end = watcher.wait_for(lambda w: w.count >= n, "ceiling output", check=alive)
+        cpu1 = proc_cpu_seconds(proc.pid)
         proc.wait(30)
         own = json.loads(lines[-1])
     finally:
@@ -661,16 +825,45 @@ def run_ceiling(ctx: Context, producer_config: dict | None = None) -> dict:
         "own_clock_seconds": round(own_seconds, 3),
         "rate_own_clock": round(n / own_seconds),
         "rate_first_consumed_to_last_visible": round(n / (t_end - own["first_consumed"])),
+        "cpu_us_per_record": round(1e6 * (cpu1 - cpu0) / n, 1),
         "transactions": own["transactions"],
         "loop_seconds": own["seconds"],
         "output_records": watcher.count,
+        "loadavg": load,
     }
     if producer_config:
         result["producer_config"] = producer_config
     say(f"{label}: {n:,} records in {seconds:.2f}s = {result['rate']:,}/s "
         f"(first consumed -> last visible: {result['rate_first_consumed_to_last_visible']:,}/s, "
-        f"{own['transactions']} transactions)")
+        f"{own['transactions']} transactions, {result['cpu_us_per_record']} CPU µs/record)")
     return result
+
+
+def run_ceilings(ctx: Context) -> dict:
+    """``--ceiling-runs`` runs of at least ``--ceiling-seconds`` each; the
+    median of those. A run that ends sooner is kept in the JSON, not counted,
+    and sizes the next one (its rate times 1.3 times the minimum)."""
+    args = ctx.args
+    records = args.ceiling_records or max(len(ctx.cd_encoded),
+                                          int(25_000 * args.ceiling_seconds * 1.3))
+    runs = []
+    for _attempt in range(args.ceiling_runs + 3):
+        r = run_ceiling(ctx, records)
+        r["counted"] = r["seconds"] >= args.ceiling_seconds
+        runs.append(r)
+        if not r["counted"]:
+            records = int(r["rate"] * args.ceiling_seconds * 1.3)
+        if sum(x["counted"] for x in runs) >= args.ceiling_runs:
+            break
+    counted = [r for r in runs if r["counted"]] or runs
+    rate = round(median([r["rate"] for r in counted]))
+    say(f"ceiling: median {rate:,} records/s of {[r['rate'] for r in counted]} "
+        f"({[r['seconds'] for r in counted]} s)")
+    return {"rate": rate, "rates": [r["rate"] for r in counted],
+            "seconds": [r["seconds"] for r in counted],
+            "records": [r["records"] for r in counted],
+            "cpu_us_per_record": median([r["cpu_us_per_record"] for r in counted]),
+            "loadavg": [r["loadavg"] for r in counted], "runs": runs}
 
 
 def verify_credit_debits(raw: list[bytes], expected_ids: set[str]) -> dict:
@@ -713,9 +906,10 @@ def run_ledger(ctx: Context, workers_n: int, kind: str = "credit_debit",
     args = ctx.args
     name = f"{kind.replace('_', '')}-{workers_n}w" + ("-profiled" if profile_out else "")
     settings = ctx.settings(name)
-    run_dir = ctx.tmp / name
+    run_dir = ctx.tmp / settings.topic_prefix
     run_dir.mkdir()
-    ensure_topics(settings)
+    ctx.create_topics(settings)
+    load = loadavg()
     if kind == "credit_debit":
         open_records, work, ids = ctx.cd_opens, ctx.cd_encoded, ctx.cd_ids
         n = len(work)
@@ -726,12 +920,12 @@ def run_ledger(ctx: Context, workers_n: int, kind: str = "credit_debit",
         commands = transfers(args.transfers, ctx.accounts, rng, "tr")
         work, ids = encode(commands), {c.command_id for c in commands}
         n = len(work)
-    label = f"ledger {kind} x{workers_n}" + (" (profiled)" if profile_out else "")
+    label = f"ledger {kind} x{workers_n} [{ctx.target.name}]" + \
+        (" (profiled)" if profile_out else "")
     say(f"{label}: pre-loading {len(open_records):,} opens (committed) + {n:,} commands "
-        f"(held transaction) into {settings.topic_prefix}.commands")
-    loader = ctx.loader(settings.topic_prefix)
-    watcher = LogWatcher(ctx.bootstrap, settings.events_topic, args.partitions, keep=True,
-                         decode_types=(domain.CommandRejected.type,))
+        f"(held transaction) into {settings.topic_prefix}.commands; load average {load}")
+    loader = ctx.loader(settings)
+    watcher = ctx.watcher(settings, keep=True, decode_types=(domain.CommandRejected.type,))
     watcher.start()
     workers: list[Worker] = []
     try:
@@ -754,6 +948,9 @@ def run_ledger(ctx: Context, workers_n: int, kind: str = "credit_debit",
         if profile_out is not None:
             Path(str(profile_out) + ".armed").touch()
         say(f"{label}: all ready; releasing {n:,} commands")
+        pids = [w.proc.pid for w in workers]
+        cpu0 = sum(proc_cpu_seconds(pid) for pid in pids)
+        busy0 = machine_busy_seconds()
         t0, commit_s = loader.release()
         if kind == "credit_debit":
             target = opens_n + n
@@ -762,6 +959,8 @@ def run_ledger(ctx: Context, workers_n: int, kind: str = "credit_debit",
             t_end = watcher.wait_for(
                 lambda w: sum(w.by_type[t] for t in FINAL_TRANSFER_TYPES)
                 + w.rejected_transfers >= n, "final transfer records", check=alive)
+        cpu_s = sum(proc_cpu_seconds(pid) for pid in pids) - cpu0
+        busy_s = machine_busy_seconds() - busy0
         worker_metrics = metrics_delta(metrics_before, metrics_of(workers))
         if profile_out is not None:
             deadline = time.monotonic() + 15
@@ -784,10 +983,19 @@ def run_ledger(ctx: Context, workers_n: int, kind: str = "credit_debit",
         "release_commit_seconds": round(commit_s, 3),
         "outcomes_before_release": before, "event_records": watcher.count - opens_n,
         "worker_metrics": worker_metrics,
+        # Worker processes' CPU time (all threads, librdkafka's included, from
+        # /proc/<pid>/stat) from release to the last outcome, per command.
+        "cpu_us_per_command": round(1e6 * cpu_s / n, 1),
+        "worker_cores": round(cpu_s / seconds, 2),
+        "machine_cores_busy": round(busy_s / seconds, 2),
+        "loadavg": load,
+        "target": ctx.target.name,
         "check": check, "check_seconds": round(time.monotonic() - check_started, 2),
         "topic_prefix": settings.topic_prefix,
     }
     say(f"{label}: {n:,} commands in {seconds:.2f}s = {result['rate']:,} commands/s; "
+        f"{result['cpu_us_per_command']} CPU µs/command, workers {result['worker_cores']} "
+        f"cores, machine {result['machine_cores_busy']} cores busy; "
         f"exactly-once check {'passed' if check['exactly_once'] else 'FAILED'} {check}")
     if not check["exactly_once"]:
         raise BenchError(f"{label}: exactly-once check failed: {check}")
@@ -804,26 +1012,26 @@ def percentile(sorted_values: list[float], q: float) -> float:
 def run_latency(ctx: Context, rate: float) -> dict:
     args = ctx.args
     settings = ctx.settings("latency")
-    run_dir = ctx.tmp / "latency"
+    run_dir = ctx.tmp / settings.topic_prefix
     run_dir.mkdir()
-    ensure_topics(settings)
+    ctx.create_topics(settings)
+    load = loadavg()
     total = max(1, int(rate * args.latency_seconds))
     rng = random.Random(args.seed + 2)
     commands = credit_debits(total, ctx.accounts, rng, "lat")
     work = encode(commands)
     say(f"latency: {len(ctx.cd_opens):,} opens, then open loop at {rate:,.0f} commands/s "
         f"for {args.latency_seconds:g}s ({total:,} commands), 1 worker")
-    loader = ctx.loader(settings.topic_prefix)
-    watcher = LogWatcher(ctx.bootstrap, settings.events_topic, args.partitions, latency=True)
+    loader = ctx.loader(settings)
+    watcher = ctx.watcher(settings, latency=True)
     watcher.start()
-    producer = Producer({
+    producer = Producer(ctx.role(settings, "app").kafka(**{
         # The client's producer settings (streams/client.py).
-        "bootstrap.servers": ctx.bootstrap,
         "enable.idempotence": True,
         "acks": "all",
         "linger.ms": 2,
         "partitioner": "murmur2_random",
-    })
+    }))
     workers: list[Worker] = []
     try:
         loader.load(settings.commands_topic, ctx.cd_opens, hold=False)
@@ -895,12 +1103,121 @@ def run_latency(ctx: Context, rate: float) -> dict:
         "send_lag_p99_ms": round(percentile(lags, 99), 2),
         "send_lag_max_ms": round(lags[-1], 2),
         "worker_metrics": worker_metrics,
+        "loadavg": load,
         "timeline": timeline,
     }
     say(f"latency: p50 {result['p50_ms']} ms, p95 {result['p95_ms']} ms, "
         f"p99 {result['p99_ms']} ms ({len(latencies):,}/{total:,} outcomes; "
         f"sender lag p99 {result['send_lag_p99_ms']} ms)")
     return result
+
+
+def run_reference(ctx: Context, threads: int) -> dict:
+    """One run of the external reference driver (``--reference-cmd``) against
+    this target's broker, on fresh topics of its own prefix. The driver prints
+    its result as a JSON line with a ``rate``; it runs in the bench's
+    temporary directory (its state and logs land there, not in the repo)."""
+    args = ctx.args
+    prefix = f"bench-{ctx.run_id}-{ctx.target.name}-ref{threads}t-{next(ctx.seq)}"
+    argv = [part.format(bootstrap=ctx.bootstrap, prefix=prefix, threads=threads)
+            for part in shlex.split(args.reference_cmd)]
+    cwd = ctx.tmp / prefix
+    cwd.mkdir()
+    load = loadavg()
+    label = f"{args.reference_name} x{threads} [{ctx.target.name}]"
+    say(f"{label}: {shlex.join(argv)}; load average {load}")
+    log_path = cwd / "driver.log"
+    proc = ctx.procs.start(label, argv, {**os.environ}, log_path, stdout_pipe=True, cwd=cwd)
+    try:
+        out, _ = proc.communicate(timeout=args.reference_timeout)
+    except subprocess.TimeoutExpired:
+        ctx.procs.stop([proc])
+        raise BenchError(f"{label}: no result after {args.reference_timeout:.0f}s:\n"
+                         f"{tail(log_path)}")
+    found = None
+    for line in out.decode(errors="replace").splitlines():
+        with contextlib.suppress(ValueError):
+            value = json.loads(line)
+            if isinstance(value, dict) and "rate" in value:
+                found = value
+    if proc.returncode != 0 or found is None:
+        raise BenchError(f"{label}: exited {proc.returncode} without a JSON line with a "
+                         f"rate:\n{tail(log_path)}")
+    result = {"system": args.reference_name, "threads": threads, "rate": found["rate"],
+              "seconds": found.get("seconds"), "commands": found.get("commands"),
+              "check": found.get("check"), "loadavg": load, "target": ctx.target.name,
+              "command": shlex.join(argv), "driver": found}
+    say(f"{label}: {result['rate']:,} commands/s")
+    return result
+
+
+def run_alternating(ctx: Context, attempt, workers_n: int, repeat: int,
+                    reference_threads: int | None) -> tuple[list, list]:
+    """``repeat`` ledger runs with ``workers_n`` workers, alternating with
+    reference runs (``reference_threads``, None: none), ABBA order."""
+    ledger, reference = [], []
+    for i in range(repeat):
+        steps = ["ledger", "reference"] if i % 2 == 0 else ["reference", "ledger"]
+        for step in steps:
+            if step == "ledger":
+                r = attempt(f"ledger x{workers_n}", run_ledger, ctx, workers_n)
+                if r:
+                    ledger.append(r)
+            elif reference_threads is not None:
+                r = attempt(f"reference x{reference_threads}", run_reference, ctx,
+                            reference_threads)
+                if r:
+                    reference.append(r)
+    return ledger, reference
+
+
+def run_compare(ctxs: list[Context], attempt, workers_n: int, repeat: int) -> dict:
+    """The same one-worker backlog on each target in turn (ABBA...), ``repeat``
+    times each, and the RSS of each target's broker JVMs sampled meanwhile."""
+    runs: dict[str, list] = {c.target.name: [] for c in ctxs}
+    rss: dict[str, dict] = {c.target.name: {"max_mb": 0.0, "samples": []} for c in ctxs}
+    stop = threading.Event()
+
+    def sample():
+        while not stop.wait(1.0):
+            for c in ctxs:
+                values = [rss_mb(pid) for pid in c.target.broker_pids]
+                total = sum(v for v in values if v)
+                entry = rss[c.target.name]
+                entry["max_mb"] = max(entry["max_mb"], round(total, 1))
+                entry["last_per_jvm_mb"] = values
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        for i in range(repeat):
+            for c in (ctxs if i % 2 == 0 else list(reversed(ctxs))):
+                r = attempt(f"ledger x{workers_n} on {c.target.name}", run_ledger, c, workers_n)
+                if r:
+                    values = [rss_mb(pid) for pid in c.target.broker_pids]
+                    r["broker_rss_mb"] = values
+                    rss[c.target.name]["samples"].append(round(sum(v or 0 for v in values), 1))
+                    runs[c.target.name].append(r)
+    finally:
+        stop.set()
+        sampler.join(5)
+    out = {"workers": workers_n, "targets": {}}
+    for c in ctxs:
+        rs = runs[c.target.name]
+        out["targets"][c.target.name] = {
+            "describe": c.target.describe,
+            "rates": [r["rate"] for r in rs],
+            "median": median([r["rate"] for r in rs]),
+            "cpu_us_per_command": [r["cpu_us_per_command"] for r in rs],
+            "loadavg": [r["loadavg"] for r in rs],
+            "broker_jvms": len(c.target.broker_pids),
+            "broker_rss_mb_after_each_run": rss[c.target.name]["samples"],
+            "broker_rss_mb_max": rss[c.target.name]["max_mb"],
+            "broker_rss_mb_last_per_jvm": rss[c.target.name].get("last_per_jvm_mb"),
+        }
+    a, b = (out["targets"][c.target.name]["median"] for c in ctxs[:2])
+    out["ratio"] = round(b / a, 3) if a and b else None
+    out["ratio_of"] = f"{ctxs[1].target.name} / {ctxs[0].target.name}"
+    return out
 
 
 # --------------------------------------------------------------------------
@@ -945,42 +1262,116 @@ def machine_info(kafka_version: str) -> dict:
     }
 
 
-def print_table(results: dict, params: dict) -> None:
-    rows = [("scenario", "workers", "commands", "seconds", "per second")]
-    if "ceiling" in results:
-        c = results["ceiling"]
-        rows.append(("ceiling: plain transactional copy loop", "1", f"{c['records']:,}",
-                     f"{c['seconds']:.2f}", f"{c['rate']:,}"))
-    for r in results.get("ledger", []):
-        rows.append((f"ledger {r['scenario'].replace('_', '/')}", str(r["workers"]),
-                     f"{r['commands']:,}", f"{r['seconds']:.2f}", f"{r['rate']:,}"))
+def _rates(rs) -> str:
+    return " / ".join(f"{r['rate']:,}" for r in rs)
+
+
+def _loads(rs) -> str:
+    return " / ".join(f"{r['loadavg'][0]:.2f}" for r in rs)
+
+
+def _ratio(a, b) -> str:
+    return f"{a / b:.2f}" if a and b else "-"
+
+
+def summary_rows(results: dict) -> list[tuple]:
+    """One table: (measure, runs, median, per run, CPU µs, load average 1 min)."""
+    rows = []
+    ceiling = results.get("ceiling")
+    if ceiling:
+        rows.append((f"ceiling: plain transactional copy loop (runs >= "
+                     f"{results['params']['ceiling_seconds']:g} s)",
+                     str(len(ceiling["rates"])), f"{ceiling['rate']:,}/s",
+                     " / ".join(f"{r:,}" for r in ceiling["rates"]),
+                     f"{ceiling['cpu_us_per_record']}",
+                     " / ".join(f"{x[0]:.2f}" for x in ceiling["loadavg"])))
+    ledger = results.get("ledger", [])
+    refs = results.get("reference", [])
+    ref_name = results["params"].get("reference_name") or "reference"
+    for n in sorted({r["workers"] for r in ledger if r["scenario"] == "credit_debit"}):
+        rs = [r for r in ledger if r["scenario"] == "credit_debit" and r["workers"] == n]
+        m = median([r["rate"] for r in rs])
+        rows.append((f"ledger credit/debit, {n} worker{'s' if n > 1 else ''}", str(len(rs)),
+                     f"{round(m):,}/s", _rates(rs),
+                     f"{median([r['cpu_us_per_command'] for r in rs])}", _loads(rs)))
+        if ceiling:
+            rows.append((f"  ledger / ceiling, {n} worker{'s' if n > 1 else ''}", "",
+                         _ratio(m, ceiling["rate"]), "", "", ""))
+        ref = [r for r in refs if r["threads"] == n]
+        if ref:
+            rm = median([r["rate"] for r in ref])
+            rows.append((f"{ref_name}, {n} thread{'s' if n > 1 else ''}", str(len(ref)),
+                         f"{round(rm):,}/s", _rates(ref), "", _loads(ref)))
+            rows.append((f"  ledger / {ref_name}, {n} / {n}", "", _ratio(m, rm),
+                         " / ".join(_ratio(a["rate"], b["rate"]) for a, b in zip(rs, ref)),
+                         "", ""))
+    tr = [r for r in ledger if r["scenario"] == "transfer"]
+    if tr:
+        rows.append((f"ledger transfers (3 steps each), {tr[0]['workers']} worker",
+                     str(len(tr)), f"{round(median([r['rate'] for r in tr])):,}/s", _rates(tr),
+                     f"{median([r['cpu_us_per_command'] for r in tr])} per transfer",
+                     _loads(tr)))
+    for lat in results.get("latency", []):
+        rows.append((f"latency p50 / p95 / p99 at {lat['load_fraction']:.0%} load "
+                     f"({lat['target_rate']:,}/s, open loop)", "1",
+                     f"{lat['p50_ms']} / {lat['p95_ms']} / {lat['p99_ms']} ms",
+                     f"{lat['outcomes_seen']:,}/{lat['commands']:,} outcomes", "",
+                     f"{lat['loadavg'][0]:.2f}"))
     if "profiled" in results:
         r = results["profiled"]
-        rows.append(("ledger credit/debit UNDER PROFILER", "1", f"{r['commands']:,}",
-                     f"{r['seconds']:.2f}", f"{r['rate']:,}"))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        rows.append(("ledger credit/debit UNDER PROFILER (not comparable)", "1",
+                     f"{r['rate']:,}/s", "", "", ""))
+    return rows
+
+
+def compare_rows(compare: dict, labels: dict) -> list[tuple]:
+    rows = []
+    for name, t in compare["targets"].items():
+        rss = (f"{t['broker_rss_mb_max']:,.0f} MB max ({t['broker_jvms']} JVM"
+               f"{'s' if t['broker_jvms'] > 1 else ''})")
+        rows.append((labels.get(name, name), str(len(t["rates"])),
+                     f"{round(t['median']):,}/s" if t["median"] else "-",
+                     " / ".join(f"{r:,}" for r in t["rates"]),
+                     f"{median(t['cpu_us_per_command'])}",
+                     " / ".join(f"{x[0]:.2f}" for x in t["loadavg"]) + f"; {rss}"))
+    rows.append((f"  ratio {compare['ratio_of']}", "",
+                 f"{compare['ratio']}" if compare["ratio"] is not None else "-", "", "", ""))
+    return rows
+
+
+def print_rows(rows: list[tuple], header=("measure", "runs", "median", "per run",
+                                          "CPU µs/cmd", "load avg 1 min")) -> None:
+    rows = [header] + rows
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     print()
     for j, row in enumerate(rows):
-        print("  " + "  ".join(cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i])
-                               for i, cell in enumerate(row)))
+        print("  " + "  ".join(cell.ljust(widths[i]) if i in (0, 3, 5) else
+                               cell.rjust(widths[i]) for i, cell in enumerate(row)).rstrip())
         if j == 0:
             print("  " + "  ".join("-" * w for w in widths))
-    if "ratio" in results:
-        print(f"\n  ratio ledger/ceiling (1 worker, credit/debit): {results['ratio']:.3f}")
-    if "latency" in results:
-        lat = results["latency"]
-        print(f"  latency, open loop at {lat['target_rate']:,}/s for {lat['seconds']:g}s, "
-              f"1 worker: p50 {lat['p50_ms']} ms, p95 {lat['p95_ms']} ms, "
-              f"p99 {lat['p99_ms']} ms, max {lat['max_ms']} ms "
-              f"({lat['outcomes_seen']:,}/{lat['commands']:,} outcomes)")
-    print(f"  batch {params['batch_size']}, {params['partitions']} partitions, "
-          f"{params['accounts']:,} accounts\n")
+
+
+def print_table(results: dict, params: dict) -> None:
+    if "compare" in results:
+        print(f"\n  {results['compare']['title']}")
+        print_rows(compare_rows(results["compare"], results["compare"]["labels"]))
+    else:
+        print_rows(summary_rows(results))
+    print(f"\n  batch {params['batch_size']}, {params['partitions']} partitions, "
+          f"{params['accounts']:,} accounts, {params['commands']:,} commands per backlog, "
+          f"read models {params['read_models']}; "
+          f"{results['machine']['nproc']} cores shared by the broker(s), workers, "
+          f"generators and watchers (and anyone else on the machine: see the load "
+          f"averages)\n")
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         prog="scripts/bench", description=__doc__.split("\n\n")[0],
-        epilog="Environment: KAFKA_BOOTSTRAP_SERVERS (use a running cluster), "
+        epilog="Environment: KAFKA_BOOTSTRAP_SERVERS, LEDGER_KAFKA_CONFIG, LEDGER_KAFKA_* "
+               "(use that cluster, with those client properties, as streams.config "
+               "reads them); BENCH_WORKER_KAFKA_CONFIG, BENCH_APP_KAFKA_CONFIG, "
+               "BENCH_ADMIN_KAFKA_CONFIG (a properties file per role instead); "
                "BENCH_PROFILE=1 (same as --profile).")
     parser.add_argument("--commands", type=int, default=30_000,
                         help="credit/debit commands per backlog run (default 30000)")
@@ -992,10 +1383,40 @@ def parse_args(argv=None):
                         help="LEDGER_BATCH_SIZE_MAX, and the ceiling's consume batch")
     parser.add_argument("--workers", default="1,2,3",
                         help="worker counts for the credit/debit runs (default 1,2,3)")
+    parser.add_argument("--repeat", type=int, default=None,
+                        help="runs per worker count (default 3 with --reference-cmd or "
+                             "--compare, else 1); the table shows medians")
     parser.add_argument("--transfer-workers", type=int, default=1)
     parser.add_argument("--latency-seconds", type=float, default=15.0)
-    parser.add_argument("--latency-load", type=float, default=0.5,
-                        help="open-loop rate as a fraction of the 1-worker rate (0.5)")
+    parser.add_argument("--latency-loads", default="0.1,0.5",
+                        help="open-loop rates as fractions of the median 1-worker rate "
+                             "(default 0.1,0.5)")
+    parser.add_argument("--ceiling-runs", type=int, default=3)
+    parser.add_argument("--ceiling-seconds", type=float, default=10.0,
+                        help="minimum length of a counted ceiling run (default 10)")
+    parser.add_argument("--ceiling-records", type=int, default=0,
+                        help="records per ceiling run (default: sized for --ceiling-seconds)")
+    parser.add_argument("--reference-cmd", default=None,
+                        help="an external driver run against the same broker, alternating "
+                             "with the ledger's runs: a command line with {bootstrap}, "
+                             "{prefix} and optionally {threads}, printing a JSON line with "
+                             "its 'rate'")
+    parser.add_argument("--reference-name", default="reference")
+    parser.add_argument("--reference-workers", default=None,
+                        help="worker counts to pair with the reference (as its {threads}); "
+                             "default 1, or every --workers count if the command has "
+                             "{threads}")
+    parser.add_argument("--reference-timeout", type=float, default=600.0)
+    parser.add_argument("--compare", choices=("tls", "cluster"), default=None,
+                        help="only alternate one-worker runs on two Kafka setups started "
+                             "here: tls = one secured broker's SASL_SSL listener vs its "
+                             "loopback PLAINTEXT listener; cluster = a 3-node cluster "
+                             "(RF 3, min ISR 2, acks=all) vs a single broker")
+    parser.add_argument("--compare-workers", type=int, default=1)
+    parser.add_argument("--read-models", choices=("on", "off"), default="on",
+                        help="the workers' read models (Faust agents folding the log into "
+                             "totals and statements; LEDGER_READ_MODELS): on, as a worker "
+                             "runs by default, or off: the money path alone (default on)")
     parser.add_argument("--skip-transfers", action="store_true")
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--skip-ceiling", action="store_true")
@@ -1009,9 +1430,68 @@ def parse_args(argv=None):
                         help="keep the temporary directory (logs, data) even on success")
     args = parser.parse_args(argv)
     args.worker_counts = [int(x) for x in args.workers.split(",") if x.strip()]
+    args.latency_load_list = [float(x) for x in args.latency_loads.split(",") if x.strip()]
+    if args.repeat is None:
+        args.repeat = 3 if (args.reference_cmd or args.compare) else 1
+    if args.reference_workers:
+        args.reference_worker_counts = [int(x) for x in args.reference_workers.split(",")]
+    elif args.reference_cmd and "{threads}" in args.reference_cmd:
+        args.reference_worker_counts = list(args.worker_counts)
+    else:
+        args.reference_worker_counts = [1] if args.reference_cmd else []
     if args.transfers is None:
         args.transfers = max(1, args.commands // 3)
     return args
+
+
+def start_targets(args, tmp: Path, stack: list) -> tuple[list[Target], str]:
+    """The Kafka setups to measure on; what this run starts is appended to
+    ``stack`` as (kind, handle) and stopped by the caller."""
+    from streams import localkafka
+
+    if args.compare is None:
+        target = target_from_env()
+        if target is not None:
+            say(f"using {target.describe}")
+            return [target], "external cluster (version not probed)"
+    localkafka.ensure_jars(progress=say)
+    version = localkafka.KAFKA_VERSION
+    if args.compare == "tls":
+        say(f"starting a secured Kafka {version} broker with a loopback PLAINTEXT listener "
+            f"in {tmp}/kafka-secure")
+        broker = localkafka.start_broker(tmp / "kafka-secure", secure=True, plaintext_port=0)
+        stack.append(("broker", broker))
+        say(f"broker pid {broker.pid}: SASL_SSL {broker.bootstrap}, "
+            f"PLAINTEXT {broker.plaintext_bootstrap}")
+        return [plain_target("plaintext", broker.plaintext_bootstrap,
+                             f"PLAINTEXT listener {broker.plaintext_bootstrap} of the secured "
+                             f"broker (super user)", [broker.pid]),
+                secured_target("sasl_ssl", broker)], version
+    say(f"starting a private Kafka {version} broker in {tmp}/kafka")
+    broker = localkafka.start_broker(tmp / "kafka")
+    stack.append(("broker", broker))
+    say(f"broker pid {broker.pid} at {broker.bootstrap}")
+    single = plain_target("single", broker.bootstrap, f"single broker {broker.bootstrap} "
+                          f"(RF 1)", [broker.pid])
+    if args.compare != "cluster":
+        return [single], version
+    say(f"starting a private 3-node Kafka {version} cluster in {tmp}/cluster")
+    cluster = localkafka.start_cluster(tmp / "cluster")
+    stack.append(("cluster", cluster))
+    say(f"cluster pids {cluster.pids} at {cluster.bootstrap}")
+    return [single, plain_target("cluster3", cluster.bootstrap,
+                                 f"3-node cluster {cluster.bootstrap} (RF 3, min ISR 2, "
+                                 f"acks=all)", cluster.pids)], version
+
+
+COMPARE_TITLES = {
+    "tls": ("TLS cost: one worker over the secured broker's SASL_SSL listener vs its "
+            "loopback PLAINTEXT listener, same broker, alternating",
+            {"plaintext": "ledger x1 over PLAINTEXT", "sasl_ssl": "ledger x1 over SASL_SSL"}),
+    "cluster": ("Replication cost: one worker on a 3-node cluster (RF 3, min ISR 2, acks=all) "
+                "vs a single broker, same machine, alternating",
+                {"single": "ledger x1, single broker", "cluster3": "ledger x1, 3-node cluster"}),
+}
 
 
 def main(argv=None) -> int:
@@ -1024,32 +1504,22 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     started_at = dt.datetime.now(dt.timezone.utc)
     tmp = Path(tempfile.mkdtemp(prefix="ledger-bench-"))
-    broker = None
+    stack: list = []
     ctx = None
+    ctxs: list[Context] = []
     results: dict = {}
     errors: list[str] = []
     failed = False
+    machine = None
     try:
-        bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-        if bootstrap:
-            kafka_version = "external cluster (version not probed)"
-            say(f"using KAFKA_BOOTSTRAP_SERVERS={bootstrap}")
-        else:
-            from streams import localkafka
-
-            localkafka.ensure_jars(progress=say)
-            say(f"starting a private Kafka {localkafka.KAFKA_VERSION} broker in {tmp}/kafka")
-            broker = localkafka.start_broker(tmp / "kafka")
-            bootstrap = broker.bootstrap
-            kafka_version = localkafka.KAFKA_VERSION
-            say(f"broker pid {broker.pid} at {bootstrap}")
+        targets, kafka_version = start_targets(args, tmp, stack)
         machine = machine_info(kafka_version)
         code = code_version()
         say(f"{machine['nproc']} cores ({machine['cpu']}), load average "
-            f"{machine['loadavg_at_start'][0]:.2f}; broker, workers and load generator "
-            f"share them")
+            f"{loadavg()}; broker(s), workers and load generator share them")
         say(f"encoding {args.commands:,} credit/debit commands over {args.accounts:,} accounts")
-        ctx = Context(args, bootstrap, tmp)
+        ctx = Context(args, targets[0], tmp)
+        ctxs = [ctx] + [ctx.on(t) for t in targets[1:]]
 
         def attempt(name, fn, *fn_args, **kw):
             try:
@@ -1059,51 +1529,60 @@ def main(argv=None) -> int:
                 say(f"{name} FAILED: {exc}")
                 return None
 
-        if not args.skip_ceiling:
-            r = attempt("ceiling", run_ceiling, ctx)
-            if r:
-                results["ceiling"] = r
-        results["ledger"] = []
-        for n in args.worker_counts:
-            r = attempt(f"ledger x{n}", run_ledger, ctx, n)
-            if r:
-                results["ledger"].append(r)
-        if not args.skip_transfers:
-            r = attempt("transfers", run_ledger, ctx, args.transfer_workers, "transfer")
-            if r:
-                results["ledger"].append(r)
-        base = [r for r in results["ledger"] if r["scenario"] == "credit_debit"]
-        one = next((r for r in base if r["workers"] == 1), base[0] if base else None)
-        if one and "ceiling" in results:
-            results["ratio"] = round(one["rate"] / results["ceiling"]["rate"], 4)
-        if not args.skip_latency:
-            if one is None:
-                errors.append("latency: no credit/debit rate to base the load on")
-            else:
-                r = attempt("latency", run_latency, ctx, one["rate"] * args.latency_load)
+        if args.compare:
+            title, labels = COMPARE_TITLES[args.compare]
+            results["compare"] = run_compare(ctxs, attempt, args.compare_workers, args.repeat)
+            results["compare"].update(title=title, labels=labels, kind=args.compare)
+        else:
+            if not args.skip_ceiling:
+                r = attempt("ceiling", run_ceilings, ctx)
                 if r:
-                    r["load_fraction"] = args.latency_load
-                    r["of_rate"] = one["rate"]
-                    results["latency"] = r
-        if args.profile and importlib.util.find_spec("pyinstrument") is None:
-            errors.append("profile: pyinstrument is not installed")
-            say(f"--profile needs pyinstrument: {PYTHON} -m pip install pyinstrument")
-        elif args.profile:
-            profile_out = tmp / "profile"
-            r = attempt("profiled", run_ledger, ctx, 1, profile_out=profile_out)
-            if r:
-                results["profiled"] = r
-                for suffix in (".top.txt", ".txt"):
-                    src = Path(str(profile_out) + suffix)
-                    if src.exists():
-                        args.out.mkdir(parents=True, exist_ok=True)
-                        dest = args.out / (started_at.strftime("%Y%m%dT%H%M%SZ")
-                                           + "-profile" + suffix)
-                        shutil.copy(src, dest)
-                        r["profile" + suffix.replace(".", "_")] = str(dest)
-                top = Path(str(profile_out) + ".top.txt")
-                if top.exists():
-                    print(top.read_text())
+                    results["ceiling"] = r
+            results["ledger"] = []
+            results["reference"] = []
+            for n in args.worker_counts:
+                ref_threads = n if n in args.reference_worker_counts else None
+                ledger, reference = run_alternating(ctx, attempt, n, args.repeat, ref_threads)
+                results["ledger"] += ledger
+                results["reference"] += reference
+            if not args.skip_transfers:
+                r = attempt("transfers", run_ledger, ctx, args.transfer_workers, "transfer")
+                if r:
+                    results["ledger"].append(r)
+            base = [r for r in results["ledger"]
+                    if r["scenario"] == "credit_debit" and r["workers"] == 1]
+            one = median([r["rate"] for r in base])
+            if one and "ceiling" in results:
+                results["ratio"] = round(one / results["ceiling"]["rate"], 4)
+            results["latency"] = []
+            if not args.skip_latency:
+                if not one:
+                    errors.append("latency: no 1-worker credit/debit rate to base the load on")
+                for fraction in args.latency_load_list if one else []:
+                    r = attempt(f"latency {fraction:.0%}", run_latency, ctx, one * fraction)
+                    if r:
+                        r["load_fraction"] = fraction
+                        r["of_rate"] = one
+                        results["latency"].append(r)
+            if args.profile and importlib.util.find_spec("pyinstrument") is None:
+                errors.append("profile: pyinstrument is not installed")
+                say(f"--profile needs pyinstrument: {PYTHON} -m pip install pyinstrument")
+            elif args.profile:
+                profile_out = tmp / "profile"
+                r = attempt("profiled", run_ledger, ctx, 1, profile_out=profile_out)
+                if r:
+                    results["profiled"] = r
+                    for suffix in (".top.txt", ".txt"):
+                        src = Path(str(profile_out) + suffix)
+                        if src.exists():
+                            args.out.mkdir(parents=True, exist_ok=True)
+                            dest = args.out / (started_at.strftime("%Y%m%dT%H%M%SZ")
+                                               + "-profile" + suffix)
+                            shutil.copy(src, dest)
+                            r["profile" + suffix.replace(".", "_")] = str(dest)
+                    top = Path(str(profile_out) + ".top.txt")
+                    if top.exists():
+                        print(top.read_text())
     except KeyboardInterrupt:
         say("interrupted; stopping everything this run started")
         errors.append("interrupted")
@@ -1118,23 +1597,33 @@ def main(argv=None) -> int:
             for loader in ctx.loaders:
                 loader.abort()
             ctx.procs.stop_all()
-        if broker is None and ctx is not None:
+        if not stack and ctx is not None:
             with contextlib.suppress(Exception):
-                n = delete_topics(ctx.bootstrap, f"bench-{ctx.run_id}-")
+                admin = ctx.target.settings("admin")
+                n = delete_topics(admin, f"bench-{ctx.run_id}-")
                 say(f"deleted this run's {n} topics from {ctx.bootstrap}")
-        if broker is not None:
-            from streams import localkafka
+        from streams import localkafka
 
-            say(f"stopping broker pid {broker.pid}")
-            localkafka.stop_broker(broker)
+        for kind, handle in reversed(stack):
+            if kind == "cluster":
+                say(f"stopping cluster pids {handle.pids}")
+                localkafka.stop_cluster(handle)
+            else:
+                say(f"stopping broker pid {handle.pid}")
+                localkafka.stop_broker(handle)
         if not failed and ctx is not None:
-            params = {k: v for k, v in vars(args).items() if k not in ("out", "worker_counts")}
+            params = {k: v for k, v in vars(args).items() if k not in ("out",)}
             params["out"] = str(args.out)
             machine["loadavg_at_end"] = list(os.getloadavg())
+            results["params"] = params
+            results["machine"] = machine
             report = {"started_at": started_at.isoformat(timespec="seconds"),
                       "code": code,
                       "duration_seconds": round(time.monotonic() - T_START, 1),
-                      "machine": machine, "params": params, "results": results,
+                      "machine": machine, "params": params,
+                      "targets": {c.target.name: c.target.describe for c in ctxs},
+                      "results": {k: v for k, v in results.items()
+                                  if k not in ("params", "machine")},
                       "errors": errors}
             args.out.mkdir(parents=True, exist_ok=True)
             path = args.out / (started_at.strftime("%Y%m%dT%H%M%SZ") + ".json")

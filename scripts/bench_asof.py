@@ -134,8 +134,7 @@ def main() -> int:
         worker.wait(30)
 
     # Replay speed: the accounts' events (up to a cap) into the log, then rebuild.
-    producer = Producer({"bootstrap.servers": settings.bootstrap_servers, "linger.ms": 20,
-                         "enable.idempotence": True})
+    producer = Producer(settings.kafka(**{"linger.ms": 20, "enable.idempotence": True}))
     written = 0
     for account_id, (p, _times) in accounts.items():
         store = PartitionStore(root / f"p{p}", read_only=True)

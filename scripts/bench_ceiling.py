@@ -1,7 +1,12 @@
 """The ceiling for scripts/bench: a plain transactional copy loop, no ledger logic.
 
-    python scripts/bench_ceiling.py --bootstrap HOST:PORT --input T --output T \
-        --group G --transactional-id ID --batch-size 1000 --expect N
+    python scripts/bench_ceiling.py --input T --output T --group G \
+        --transactional-id ID --batch-size 1000 --partitions 6 --expect N
+
+Its clients take their configuration from ``streams.config.Settings``
+(KAFKA_BOOTSTRAP_SERVERS, LEDGER_KAFKA_CONFIG, LEDGER_KAFKA_*: scripts/bench
+gives it a worker's ``Settings.to_env()``), so it runs as the worker principal
+on a secured cluster; ``--bootstrap`` overrides the address.
 
 The same shape as the ledger's core (streams/processor.py) with everything
 ledger-specific taken out: one confluent-kafka consumer (read_committed,
@@ -27,13 +32,19 @@ import os
 import signal
 import sys
 import time
+from pathlib import Path
 
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition  # noqa: E402
+
+from streams.config import Settings  # noqa: E402
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--bootstrap", required=True)
+    parser.add_argument("--bootstrap", default=None,
+                        help="default: KAFKA_BOOTSTRAP_SERVERS (streams.config.Settings)")
     parser.add_argument("--input", required=True)
     parser.add_argument("--output", required=True)
     parser.add_argument("--group", required=True)
@@ -51,8 +62,10 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, on_term)
 
-    consumer = Consumer({
-        "bootstrap.servers": args.bootstrap,
+    settings = Settings.from_env()
+    if args.bootstrap:
+        settings = settings.with_(bootstrap_servers=args.bootstrap)
+    consumer = Consumer(settings.kafka(**{
         "group.id": args.group,
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
@@ -60,9 +73,8 @@ def main() -> int:
         "auto.offset.reset": "earliest",
         "partition.assignment.strategy": "range",
         "fetch.wait.max.ms": 20,  # as the ledger's consumer
-    })
-    producer = Producer({
-        "bootstrap.servers": args.bootstrap,
+    }))
+    producer = Producer(settings.kafka(**{
         "transactional.id": args.transactional_id,
         "transaction.timeout.ms": 60_000,
         "enable.idempotence": True,
@@ -71,7 +83,7 @@ def main() -> int:
         "retry.backoff.ms": 10,  # as the ledger's producer (streams/processor.py)
         # Experiments only (scripts/bench never sets it): extra producer settings.
         **json.loads(os.environ.get("BENCH_CEILING_PRODUCER_CONFIG", "{}")),
-    })
+    }))
     producer.init_transactions(30)
 
     assigned: set[int] = set()

@@ -47,11 +47,12 @@ class CompletionWatcher:
     def __init__(self, settings):
         self.completed: dict[str, float] = {}
         self._stop = threading.Event()
-        self._consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers,
-                                   "group.id": f"bench-{uuid.uuid4()}",
-                                   "isolation.level": "read_committed",
-                                   "fetch.wait.max.ms": 20,
-                                   "enable.auto.commit": False})
+        # Named as a ledger client (<prefix>-client-*): the app principal's ACLs.
+        self._consumer = Consumer(settings.kafka(**{
+            "group.id": f"{settings.topic_prefix}-client-bench-{uuid.uuid4()}",
+            "isolation.level": "read_committed",
+            "fetch.wait.max.ms": 20,
+            "enable.auto.commit": False}))
         topic = settings.events_topic
         self._consumer.assign([TopicPartition(topic, p, watermarks(self._consumer, topic, p)[1])
                                for p in range(settings.partitions)])
