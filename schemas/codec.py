@@ -5,14 +5,28 @@ Framing: Avro *single-object encoding* (Avro spec, "Single object encoding"):
     byte 0..1   0xC3 0x01                      marker and format version
     byte 2..9   CRC-64-AVRO fingerprint of the writer schema's parsing
                 canonical form, little-endian (fastavro ``fingerprint``)
-    byte 10..   fastavro schemaless binary body
+    byte 10..   the Avro binary body (what fastavro's schemaless writer
+                writes; encoded and decoded here by a plan compiled from
+                the schema, see below)
 
-The fingerprint names the exact writer schema, so a reader can hold several
-versions of a schema side by side and resolve old data to the new one; there
-is no registry to run. Every ``.avsc`` file under this folder is a known
-writer schema. A record whose marker or fingerprint is unknown, or whose body
-does not decode, raises :class:`CodecError` (the worker parks it on the
-dead-letter topic).
+The fingerprint names the exact writer schema; there is no registry to run.
+The ``.avsc`` files in this folder and in ``events/`` are the current
+schemas: the codec writes only those, and reads them with their own plan.
+``history/`` holds a frozen copy of every writer schema ever released
+(``<full name>.v<N>.avsc``, never deleted): a record whose header is one of
+those is decoded with the writer's schema and resolved into the current
+schema of the same full name (or alias) by the Avro spec's resolution rules:
+a field the reader added takes its default, a field the reader dropped is
+skipped, fields and records match by name or alias, union branches by full
+name (not position), an int is promoted to a long. The plan for each (writer,
+reader) pair is compiled at import, and a pair that does not resolve (a new
+field without a default, a changed type, a union branch the reader dropped)
+raises :class:`SchemaResolutionError` then: an old record is never misread.
+README.md "Schema evolution" says how a new version is rolled out.
+
+A record whose marker or fingerprint is unknown, or whose body does not
+decode, raises :class:`CodecError` (the worker parks it on the dead-letter
+topic).
 
 Domain objects are translated here and only here: the ``ledger`` package
 knows nothing of Avro.
@@ -20,6 +34,7 @@ knows nothing of Avro.
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +54,7 @@ class CodecError(ValueError):
     """Bytes that are not a record this ledger knows how to read."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # one object per loaded file: hashed by identity
 class _Schema:
     name: str  # full name, e.g. ledger.v1.Credited
     parsed: dict
@@ -48,14 +63,17 @@ class _Schema:
     read: object  # (bytes, pos) -> (value, pos)
 
 
+def _header(raw: dict) -> bytes:
+    canonical = to_parsing_canonical_form(raw)
+    return MAGIC + bytes.fromhex(fingerprint(canonical, "CRC-64-AVRO"))
+
+
 def _load(path: Path) -> _Schema:
     raw = json.loads(path.read_text())
     parsed = parse_schema(raw, _write_hint=False)
-    canonical = to_parsing_canonical_form(raw)
-    fp = bytes.fromhex(fingerprint(canonical, "CRC-64-AVRO"))
     write, read = _compile(parsed)
     return _Schema(name=f"{raw['namespace']}.{raw['name']}", parsed=parsed,
-                   header=MAGIC + fp, write=write, read=read)
+                   header=_header(raw), write=write, read=read)
 
 
 # --------------------------------------------------------------------------
@@ -137,7 +155,24 @@ def _read_boolean(buf: bytes, pos: int) -> tuple[bool, int]:
     return b == 1, pos + 1
 
 
+_INT_MIN, _INT_MAX = -(2**31), 2**31 - 1
+
+
+def _write_int(out: bytearray, n) -> None:
+    if type(n) is int and not _INT_MIN <= n <= _INT_MAX:  # noqa: E721
+        raise OverflowError(f"{n} does not fit an Avro int")
+    _write_long(out, n)
+
+
+def _read_int(buf: bytes, pos: int) -> tuple[int, int]:
+    n, pos = _read_long(buf, pos)
+    if not _INT_MIN <= n <= _INT_MAX:
+        raise CodecError(f"{n} does not fit an Avro int")
+    return n, pos
+
+
 _PRIMITIVES = {
+    "int": (_write_int, _read_int),  # no current schema has one; an old one may
     "long": (_write_long, _read_long),
     "string": (_write_string, _read_string),
     "boolean": (_write_boolean, _read_boolean),
@@ -195,23 +230,204 @@ def _compile(schema):
                     write_value(out, value)
             out.append(0)
 
-        def read_map(buf: bytes, pos: int):
-            mapping = {}
-            while True:
-                count, pos = _read_long(buf, pos)
-                if count == 0:
-                    return mapping, pos
-                if count < 0:  # a block with its size in bytes after the count
-                    count = -count
-                    _size, pos = _read_long(buf, pos)
-                for _ in range(count):
-                    key, pos = _read_string(buf, pos)
-                    if key in mapping:
-                        raise CodecError(f"map key {key!r} appears twice")
-                    mapping[key], pos = read_value(buf, pos)
-
-        return write_map, read_map
+        return write_map, _map_reader(read_value)
     raise NotImplementedError(f"Avro type {kind!r} is not used by the ledger")
+
+
+def _map_reader(read_value):
+    def read_map(buf: bytes, pos: int):
+        mapping = {}
+        while True:
+            count, pos = _read_long(buf, pos)
+            if count == 0:
+                return mapping, pos
+            if count < 0:  # a block with its size in bytes after the count
+                count = -count
+                _size, pos = _read_long(buf, pos)
+            for _ in range(count):
+                key, pos = _read_string(buf, pos)
+                if key in mapping:
+                    raise CodecError(f"map key {key!r} appears twice")
+                mapping[key], pos = read_value(buf, pos)
+
+    return read_map
+
+
+# --------------------------------------------------------------------------
+# Schema resolution: reading data written with an older schema
+# --------------------------------------------------------------------------
+#
+# Avro spec, "Schema Resolution", for the cases the ledger supports. A plan
+# is compiled once per (writer, reader) pair, at import; a pair the rules do
+# not resolve raises SchemaResolutionError then, so an old record is never
+# misread at run time.
+
+
+class SchemaResolutionError(ValueError):
+    """A writer schema whose data cannot be read as its reader schema."""
+
+
+_PROMOTIONS = {("int", "long"): "int"}  # (writer, reader) -> how to read
+
+
+def _kind(schema) -> str:
+    if isinstance(schema, list):
+        return "union"
+    if isinstance(schema, str):
+        return schema
+    return schema["type"]
+
+
+def _names(schema) -> set[str]:
+    """A named type's full name and its aliases (qualified by its namespace)."""
+    name = schema["name"]
+    namespace = name.rpartition(".")[0]
+    aliases = {a if "." in a or not namespace else f"{namespace}.{a}"
+               for a in schema.get("aliases", ())}
+    return {name, *aliases}
+
+
+def _matches(writer, reader) -> bool:
+    """Whether a writer branch selects this reader branch of a union."""
+    w, r = _kind(writer), _kind(reader)
+    if w == r == "record":
+        return writer["name"] in _names(reader)
+    if w == r == "map":
+        return True
+    return w == r and w in _PRIMITIVES or (w, r) in _PROMOTIONS
+
+
+def _default(schema, value, where: str):
+    """The codec's value for a JSON default of a reader field (Avro spec:
+    a union's default is of its first branch)."""
+    kind = _kind(schema)
+    if kind in ("long", "int") and type(value) is int:  # noqa: E721
+        return value
+    if kind == "string" and type(value) is str:  # noqa: E721
+        return value
+    if kind == "boolean" and type(value) is bool:  # noqa: E721
+        return value
+    if kind == "map" and isinstance(value, dict):
+        return {k: _default(schema["values"], v, f"{where}[{k!r}]") for k, v in value.items()}
+    if kind == "record" and isinstance(value, dict):
+        record = {}
+        for field in schema["fields"]:
+            name = field["name"]
+            if name in value:
+                record[name] = _default(field["type"], value[name], f"{where}.{name}")
+            elif "default" in field:
+                record[name] = _default(field["type"], field["default"], f"{where}.{name}")
+            else:
+                raise SchemaResolutionError(f"{where}: default has no {name!r}")
+        return record
+    if kind == "union" and schema:
+        first = schema[0]
+        return (first["name"], _default(first, value, where))
+    raise SchemaResolutionError(f"{where}: default {value!r} is not a {kind}")
+
+
+def _constant(value):
+    if isinstance(value, (dict, tuple)):
+        return lambda: copy.deepcopy(value)  # each record gets its own
+    return lambda: value
+
+
+def _resolve(writer, reader, where: str):
+    """A read function, (bytes, pos) -> (value, pos), that decodes data
+    written with ``writer`` into the shape of ``reader``."""
+    w, r = _kind(writer), _kind(reader)
+    if w == "union" or r == "union":
+        return _resolve_union(writer, reader, where)
+    if w == r == "record":
+        return _resolve_record(writer, reader, where)
+    if w == r == "map":
+        read_value = _resolve(writer["values"], reader["values"], f"{where}{{}}")
+        return _map_reader(read_value)
+    if w == r and w in _PRIMITIVES:
+        return _PRIMITIVES[w][1]
+    if (w, r) in _PROMOTIONS:
+        return _PRIMITIVES[_PROMOTIONS[w, r]][1]
+    raise SchemaResolutionError(f"{where}: writer type {w} does not resolve to {r}")
+
+
+def _resolve_record(writer, reader, where: str):
+    if writer["name"] not in _names(reader):
+        raise SchemaResolutionError(f"{where}: {writer['name']} is not a {reader['name']}")
+    where = reader["name"]
+    by_name = {}
+    for field in reader["fields"]:
+        by_name.setdefault(field["name"], field)
+    by_alias = {a: field for field in reader["fields"] for a in field.get("aliases", ())}
+    steps = []  # (reader field name, or None to drop the writer's field; read)
+    for wfield in writer["fields"]:
+        rfield = by_name.get(wfield["name"]) or by_alias.get(wfield["name"])
+        if rfield is None:  # removed from the reader: read past it
+            steps.append((None, _compile(wfield["type"])[1]))
+            continue
+        name = rfield["name"]
+        if any(step_name == name for step_name, _read in steps):
+            raise SchemaResolutionError(f"{where}.{name}: two writer fields read into it")
+        steps.append((name, _resolve(wfield["type"], rfield["type"], f"{where}.{name}")))
+    written = {name for name, _read in steps}
+    defaults = []
+    for rfield in reader["fields"]:
+        name = rfield["name"]
+        if name in written:
+            continue
+        if "default" not in rfield:
+            raise SchemaResolutionError(
+                f"{where}.{name}: not in the writer schema and has no default")
+        defaults.append((name, _constant(_default(rfield["type"], rfield["default"],
+                                                  f"{where}.{name}"))))
+
+    def read_record(buf: bytes, pos: int):
+        record = {}
+        for name, read in steps:
+            value, pos = read(buf, pos)
+            if name is not None:
+                record[name] = value
+        for name, make in defaults:
+            record[name] = make()
+        return record, pos
+
+    return read_record
+
+
+def _resolve_union(writer, reader, where: str):
+    """Union branches are matched by full name (or reader alias), never by
+    position: a newer union may hold more branches, in another order."""
+    readers = reader if isinstance(reader, list) else [reader]
+
+    def label(schema) -> str:  # how the codec tags a union value: the record's name
+        return schema["name"] if _kind(schema) == "record" else _kind(schema)
+
+    def branch(wbranch):
+        for rbranch in readers:
+            if _matches(wbranch, rbranch):
+                return label(rbranch), _resolve(wbranch, rbranch, f"{where}|{label(rbranch)}")
+        raise SchemaResolutionError(
+            f"{where}: writer branch {label(wbranch)} has no reader branch")
+
+    if not isinstance(writer, list):  # a plain writer value into a reader union
+        tag, read = branch(writer)
+
+        def read_into_union(buf: bytes, pos: int):
+            value, pos = read(buf, pos)
+            return (tag, value), pos
+
+        return read_into_union
+    branches = [branch(wbranch) for wbranch in writer]
+    tagged = isinstance(reader, list)
+
+    def read_union(buf: bytes, pos: int):
+        index, pos = _read_long(buf, pos)
+        if not 0 <= index < len(branches):
+            raise CodecError(f"union branch {index} does not exist")
+        tag, read = branches[index]
+        value, pos = read(buf, pos)
+        return ((tag, value) if tagged else value), pos
+
+    return read_union
 
 
 _COMMAND = _load(SCHEMA_DIR / "command.avsc")
@@ -234,26 +450,6 @@ _LEG = _load(SCHEMA_DIR / "leg.avsc")
 # partition (domain.PartitionTick). decode_outcome refuses it; readers of the
 # event log test is_tick() first (streams.eventlog.read_log does).
 _TICK = _load(SCHEMA_DIR / "tick.avsc")
-# Every writer schema this reader accepts, by header. An evolved schema adds
-# its file and an entry here, mapped to the same domain class.
-_BY_HEADER: dict[bytes, tuple[_Schema, type | None]] = {
-    _COMMAND.header: (_COMMAND, None),
-    _LEG.header: (_LEG, None),
-    _TICK.header: (_TICK, None),
-    **{schema.header: (schema, cls) for cls, schema in _OUTCOMES.items()},
-}
-_PAYLOAD_NAMES = {
-    "ledger.v1.OpenAccount": domain.OpenAccount,
-    "ledger.v1.Credit": domain.Credit,
-    "ledger.v1.Debit": domain.Debit,
-    "ledger.v1.CloseAccount": domain.CloseAccount,
-    "ledger.v1.Transfer": domain.Transfer,
-    "ledger.v1.TransferCreditLeg": domain.TransferCreditLeg,
-    "ledger.v1.TransferSettleLeg": domain.TransferSettleLeg,
-}
-_PAYLOAD_BY_TYPE = {cls: name for name, cls in _PAYLOAD_NAMES.items()}
-
-
 HISTORY_DIR = SCHEMA_DIR / "history"
 
 
@@ -265,6 +461,70 @@ def schema_files() -> list[Path]:
 def history_files() -> list[Path]:
     """Frozen copies of every writer schema ever released (never deleted)."""
     return sorted(HISTORY_DIR.glob("*.avsc"))
+
+
+def _history(readers, paths) -> dict[bytes, tuple[_Schema, object]]:
+    """Header of each historical writer schema -> (the current reader schema
+    of the same full name or alias, a read function resolving the old body
+    into it). A frozen copy identical to a current schema is that schema."""
+    current = {schema.header for schema in readers}
+    by_name: dict[str, _Schema] = {}
+    for schema in readers:
+        for name in _names(schema.parsed):
+            if by_name.setdefault(name, schema) is not schema:
+                raise SchemaResolutionError(f"two current schemas are called {name}")
+    table: dict[bytes, tuple[_Schema, object]] = {}
+    for path in paths:
+        raw = json.loads(path.read_text())
+        header = _header(raw)
+        if header in current:
+            continue
+        if header in table:
+            raise SchemaResolutionError(f"{path.name}: a second copy of {table[header][0].name}")
+        writer = parse_schema(raw, _write_hint=False)
+        reader = by_name.get(writer["name"])
+        if reader is None:
+            raise SchemaResolutionError(f"{path.name}: no current schema {writer['name']}")
+        try:
+            table[header] = (reader, _resolve(writer, reader.parsed, reader.name))
+        except SchemaResolutionError as exc:
+            raise SchemaResolutionError(f"{path.name} into {reader.name}: {exc}") from None
+    return table
+
+
+def resolve_history(reader_paths, history_paths) -> dict[bytes, tuple[str, object]]:
+    """Resolve each writer schema in ``history_paths`` into the reader schema
+    (among ``reader_paths``) of the same full name: header -> (reader full
+    name, read function ``(bytes, HEADER_LENGTH) -> (value, end)``). Raises
+    SchemaResolutionError for a pair that does not resolve. The codec loads
+    its own schemas through the same code at import."""
+    readers = [_load(Path(p)) for p in reader_paths]
+    table = _history(readers, [Path(p) for p in history_paths])
+    return {header: (reader.name, read) for header, (reader, read) in table.items()}
+
+
+# Every writer schema this reader accepts, by header -> (reader schema, its
+# log-record class or None, read function). A current schema is read with its
+# own plan, as fast as ever; a historical one (schemas/history/) through the
+# plan resolving it into the current schema of the same name. Resolving fails
+# at import, not on some old record at run time.
+_CURRENT = {_COMMAND: None, _LEG: None, _TICK: None,
+            **{schema: cls for cls, schema in _OUTCOMES.items()}}
+_BY_HEADER: dict[bytes, tuple[_Schema, type | None, object]] = {
+    **{schema.header: (schema, cls, schema.read) for schema, cls in _CURRENT.items()},
+    **{header: (reader, _CURRENT[reader], read)
+       for header, (reader, read) in _history(_CURRENT, history_files()).items()},
+}
+_PAYLOAD_NAMES = {
+    "ledger.v1.OpenAccount": domain.OpenAccount,
+    "ledger.v1.Credit": domain.Credit,
+    "ledger.v1.Debit": domain.Debit,
+    "ledger.v1.CloseAccount": domain.CloseAccount,
+    "ledger.v1.Transfer": domain.Transfer,
+    "ledger.v1.TransferCreditLeg": domain.TransferCreditLeg,
+    "ledger.v1.TransferSettleLeg": domain.TransferSettleLeg,
+}
+_PAYLOAD_BY_TYPE = {cls: name for name, cls in _PAYLOAD_NAMES.items()}
 
 
 def _write(schema: _Schema, record: dict) -> bytes:
@@ -286,11 +546,11 @@ def _read(data: bytes) -> tuple[_Schema, type | None, object]:
         raise CodecError("not Avro single-object encoding (missing C3 01 marker)")
     header = bytes(data[:HEADER_LENGTH])
     try:
-        schema, cls = _BY_HEADER[header]
+        schema, cls, read = _BY_HEADER[header]
     except KeyError:
         raise CodecError(f"unknown schema fingerprint {header[2:].hex()}") from None
     try:
-        value, end = schema.read(data, HEADER_LENGTH)
+        value, end = read(data, HEADER_LENGTH)
     except IndexError:
         raise CodecError(f"{schema.name}: body is truncated") from None
     except CodecError as exc:
