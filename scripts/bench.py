@@ -1121,6 +1121,9 @@ def run_reference(ctx: Context, threads: int) -> dict:
     prefix = f"bench-{ctx.run_id}-{ctx.target.name}-ref{threads}t-{next(ctx.seq)}"
     argv = [part.format(bootstrap=ctx.bootstrap, prefix=prefix, threads=threads)
             for part in shlex.split(args.reference_cmd)]
+    # It runs elsewhere: relative paths that exist from here are made absolute.
+    argv = [os.path.abspath(a) if not a.startswith("-") and "/" in a and
+            not os.path.isabs(a) and os.path.exists(a) else a for a in argv]
     cwd = ctx.tmp / prefix
     cwd.mkdir()
     load = loadavg()
