@@ -722,8 +722,8 @@ class Context:
             batch_size_max=self.args.batch_size, leg_key_file=self.leg_key_file,
             # The bench creates every topic first, as the admin (ensure_topics).
             create_topics=False,
-            # On by default as in `ledger worker`; off measures the money path
-            # alone (LEDGER_READ_MODELS=0), the job of a reference ledger.
+            # Off by default: the money path alone (LEDGER_READ_MODELS=0), the
+            # job of a reference ledger; --read-models on as `ledger worker`.
             read_models=self.args.read_models == "on")
 
     def role(self, settings: Settings, role: str) -> Settings:
@@ -1416,10 +1416,11 @@ def parse_args(argv=None):
                              "loopback PLAINTEXT listener; cluster = a 3-node cluster "
                              "(RF 3, min ISR 2, acks=all) vs a single broker")
     parser.add_argument("--compare-workers", type=int, default=1)
-    parser.add_argument("--read-models", choices=("on", "off"), default="on",
+    parser.add_argument("--read-models", choices=("on", "off"), default="off",
                         help="the workers' read models (Faust agents folding the log into "
-                             "totals and statements; LEDGER_READ_MODELS): on, as a worker "
-                             "runs by default, or off: the money path alone (default on)")
+                             "totals and statements; LEDGER_READ_MODELS): off (default) "
+                             "measures the money path alone, the job a reference ledger "
+                             "does; on, as `ledger worker` runs by default")
     parser.add_argument("--skip-transfers", action="store_true")
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--skip-ceiling", action="store_true")
