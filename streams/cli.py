@@ -141,10 +141,10 @@ def cmd_send(args) -> int:
                 print(json.dumps({"command_id": command.command_id, "status": "accepted"}))
                 return EXIT_APPLIED
             if isinstance(command, domain.Transfer):
-                client.send(command)
-                client.flush(args.timeout)
-                result = client.wait_for_transfer(command.from_account_id,
-                                                  command.command_id, args.timeout)
+                result = client.transfer(command.from_account_id, command.to_account_id,
+                                         command.amount_minor, command.currency,
+                                         transfer_id=command.command_id, wait=True,
+                                         timeout_s=args.timeout)
                 ok = result.status == "completed"
             else:
                 result = client.send(command, wait=True, timeout_s=args.timeout)
@@ -159,8 +159,8 @@ def cmd_send(args) -> int:
 def _outcome_json(outcome) -> dict:
     first = ({"transfer_id": outcome.transfer_id} if hasattr(outcome, "transfer_id")
              else {"command_id": outcome.command_id})
-    return {**first, "status": outcome.status,
-            "reason": outcome.reason,
+    return {**first, "status": outcome.status, "reason": outcome.reason,
+            "duplicate": outcome.duplicate,
             "events": [{"type": e.type, **asdict(e)} for e in outcome.events]}
 
 

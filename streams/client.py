@@ -12,21 +12,25 @@ Sending is idempotent at two levels: the producer has ``enable.idempotence``
 resend a command with the same ``command_id`` after a timeout and it is
 applied at most once. Pass your own ``command_id`` to make that possible
 across process restarts; by default a random UUID is used.
+
+``wait=True`` waits for the command's reply (streams/replies.py): every
+command gets one, a retry too, carrying the original outcome with
+``duplicate`` set, so a retry of anything ever applied (or rejected)
+answers in about the time a new command takes.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 from dataclasses import dataclass, field
 
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Producer
 
 from ledger import domain
 from schemas import codec
+from streams import replies
 from streams.config import Settings
-from streams.topics import watermarks
 
 
 class LedgerClientError(Exception):
@@ -46,7 +50,10 @@ class Outcome:
     command_id: str
     status: str  # "applied" | "rejected"
     reason: str | None
-    events: list = field(default_factory=list)
+    events: list = field(default_factory=list)  # ledger.domain events
+    duplicate: bool = False  # a retry: this is the original outcome
+    detail: str = ""
+    version: int | None = None  # the account's version after it
 
 
 @dataclass
@@ -55,6 +62,7 @@ class TransferStatus:
     status: str  # "pending" | "completed" | "failed"
     reason: str | None
     events: list = field(default_factory=list)
+    duplicate: bool = False
 
 
 class LedgerClient:
@@ -68,24 +76,35 @@ class LedgerClient:
             # librdkafka's default (CRC32) would send a key elsewhere.
             "partitioner": "murmur2_random",
         }))
-        self._watcher = OutcomeWatcher(self.settings) if watch_outcomes else None
+        # Replies seen since the client started (streams/replies.py).
+        try:
+            self._watcher = replies.ReplyWatcher(self.settings, keep_all=True) \
+                if watch_outcomes else None
+        except replies.RepliesUnavailable as exc:
+            raise LedgerClientError(str(exc)) from None
 
     # -- commands ---------------------------------------------------------
 
     def open_account(self, account_id: str, currency: str, overdraft_limit_minor: int = 0,
-                     *, command_id: str | None = None, wait: bool = False):
+                     *, command_id: str | None = None, wait: bool = False,
+                     timeout_s: float = 30.0):
         return self.send(domain.OpenAccount(command_id or _new_id(), account_id, currency,
-                                            overdraft_limit_minor), wait=wait)
+                                            overdraft_limit_minor), wait=wait,
+                         timeout_s=timeout_s)
 
     def credit(self, account_id: str, amount_minor: int, currency: str,
-               *, command_id: str | None = None, wait: bool = False):
+               *, command_id: str | None = None, wait: bool = False,
+               timeout_s: float = 30.0):
         return self.send(domain.Credit(command_id or _new_id(), account_id, amount_minor,
-                                       currency), wait=wait)
+                                       currency), wait=wait,
+                         timeout_s=timeout_s)
 
     def debit(self, account_id: str, amount_minor: int, currency: str,
-              *, command_id: str | None = None, wait: bool = False):
+              *, command_id: str | None = None, wait: bool = False,
+              timeout_s: float = 30.0):
         return self.send(domain.Debit(command_id or _new_id(), account_id, amount_minor,
-                                      currency), wait=wait)
+                                      currency), wait=wait,
+                         timeout_s=timeout_s)
 
     def transfer(self, from_account_id: str, to_account_id: str, amount_minor: int,
                  currency: str, *, transfer_id: str | None = None,
@@ -96,11 +115,13 @@ class LedgerClient:
         command = domain.Transfer(transfer_id or _new_id(), from_account_id, to_account_id,
                                   amount_minor, currency,
                                   tuple(sorted((metadata or {}).items())))
-        self.send(command)
         if not wait:
+            self.send(command)
             return command.command_id
+        waiter = self._watch(command, final_transfer=True)
+        self.send_nowait(command)
         self.flush(timeout_s)
-        return self.wait_for_transfer(from_account_id, command.command_id, timeout_s)
+        return self._transfer_status(self._await(waiter, timeout_s, "transfer not settled:"))
 
     def wait_for_transfer(self, from_account_id: str, transfer_id: str,
                           timeout_s: float = 30.0) -> "TransferStatus":
@@ -108,20 +129,56 @@ class LedgerClient:
         (transfer ids are scoped per source account) is completed or failed."""
         if self._watcher is None:
             raise LedgerClientError("client was created with watch_outcomes=False")
-        return self._watcher.wait_for_transfer(from_account_id, transfer_id, timeout_s)
+        waiter = self._watcher.watch((from_account_id, transfer_id),
+                                     replies.accepts(final_transfer=True))
+        return self._transfer_status(self._await(waiter, timeout_s, "transfer not settled:"))
 
     def close_account(self, account_id: str, *, command_id: str | None = None,
-                      wait: bool = False):
-        return self.send(domain.CloseAccount(command_id or _new_id(), account_id), wait=wait)
+                      wait: bool = False, timeout_s: float = 30.0):
+        return self.send(domain.CloseAccount(command_id or _new_id(), account_id), wait=wait,
+                         timeout_s=timeout_s)
 
     def send(self, command: domain.Command, *, wait: bool = False,
              timeout_s: float = 30.0):
-        """Publish a command. Returns its command_id, or its Outcome if ``wait``."""
-        self.send_nowait(command)
+        """Publish a command. Returns its command_id, or its Outcome if ``wait``:
+        the outcome of this very body (a retry gets the original outcome,
+        ``duplicate`` set; another body under a used id gets command_id_reused)."""
         if not wait:
+            self.send_nowait(command)
             return command.command_id
+        waiter = self._watch(command, final_transfer=False)
+        self.send_nowait(command)
         self.flush(timeout_s)
-        return self.wait_for(command.account_id, command.command_id, timeout_s)
+        return self._outcome(self._await(waiter, timeout_s, "no outcome for command"))
+
+    def _watch(self, command, final_transfer: bool):
+        if self._watcher is None:
+            raise LedgerClientError("client was created with watch_outcomes=False")
+        return self._watcher.watch((command.account_id, command.command_id),
+                                   replies.accepts(domain.command_hash(command),
+                                                   final_transfer))
+
+    def _await(self, waiter, timeout_s: float, what: str) -> dict:
+        reply = self._watcher.wait(waiter, timeout_s)
+        if reply is None:
+            raise OutcomeTimeout(f"{what} {waiter.key[1]} of {waiter.key[0]}: nothing "
+                                 f"within {timeout_s}s")
+        return reply
+
+    @staticmethod
+    def _outcome(reply: dict) -> Outcome:
+        return Outcome(reply["command_id"], reply["status"], reply.get("reason"),
+                       [replies.event_from_json(e) for e in reply.get("events") or []],
+                       bool(reply.get("duplicate")),
+                       reply.get("detail") or "", reply.get("version"))
+
+    @staticmethod
+    def _transfer_status(reply: dict) -> TransferStatus:
+        transfer = reply["transfer"]
+        return TransferStatus(transfer["transfer_id"], transfer["status"],
+                              transfer.get("reason"),
+                              [replies.event_from_json(e) for e in reply.get("events") or []],
+                              bool(reply.get("duplicate")))
 
     def send_nowait(self, command: domain.Command) -> None:
         """Queue a command without flushing (for bulk loads); call flush() after."""
@@ -145,7 +202,8 @@ class LedgerClient:
         ids are scoped per account; a transfer's is its source)."""
         if self._watcher is None:
             raise LedgerClientError("client was created with watch_outcomes=False")
-        return self._watcher.wait_for(account_id, command_id, timeout_s)
+        waiter = self._watcher.watch((account_id, command_id), replies.accepts())
+        return self._outcome(self._await(waiter, timeout_s, "no outcome for command"))
 
     def close(self) -> None:
         self._producer.flush(30)
@@ -166,100 +224,3 @@ def _new_id() -> str:
 def _raise_on_error(err, msg) -> None:
     if err is not None:
         raise DeliveryFailed(f"{msg.topic()}: {err}")
-
-
-class OutcomeWatcher:
-    """Tails the event log (read_committed) from 'now' and remembers outcomes.
-
-    Only outcomes logged after the watcher started are seen; to ask about an
-    older command use the worker's HTTP API.
-    """
-
-    def __init__(self, settings: Settings):
-        self.settings = settings
-        # Keyed by (account_id, command_id) and (source account, transfer_id).
-        self._outcomes: dict[tuple[str, str], Outcome] = {}
-        self._transfers: dict[tuple[str, str], TransferStatus] = {}
-        self._cond = threading.Condition()
-        self._stop = threading.Event()
-        self._consumer = Consumer(settings.kafka(**{
-            "group.id": f"{settings.topic_prefix}-client-{uuid.uuid4()}",
-            "enable.auto.commit": False,
-            "isolation.level": "read_committed",
-            "fetch.wait.max.ms": 20,  # see streams/processor.py
-        }))
-        topic = settings.events_topic
-        meta = self._consumer.list_topics(topic, timeout=30).topics[topic]
-        if meta.error is not None:
-            raise LedgerClientError(f"topic {topic}: {meta.error}")
-        starts = []
-        for p in meta.partitions:
-            _low, high = watermarks(self._consumer, topic, p)
-            starts.append(TopicPartition(topic, p, high))
-        self._consumer.assign(starts)
-        self._thread = threading.Thread(target=self._run, name="outcome-watcher", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            messages = self._consumer.consume(1000, timeout=0.2)
-            if not messages:
-                continue
-            with self._cond:
-                for msg in messages:
-                    if msg.error() or codec.is_tick(msg.value()):
-                        continue  # a PartitionTick only marks time on the partition
-                    try:
-                        record, _digest = codec.decode_outcome(msg.value())
-                    except codec.CodecError:
-                        continue
-                    self._remember(record)
-                self._cond.notify_all()
-
-    def _remember(self, record) -> None:
-        transfer = domain.transfer_of(record)
-        if isinstance(record, domain.CommandRejected):
-            key = (record.account_id, record.command_id)
-            if key not in self._outcomes:
-                self._outcomes[key] = Outcome(record.command_id, "rejected", record.reason, [])
-                if transfer is not None:
-                    self._transfers[transfer] = TransferStatus(
-                        record.command_id, "failed", record.reason, [])
-            return
-        if transfer is not None:
-            status = self._transfers.setdefault(
-                transfer, TransferStatus(transfer[1], "pending", None, []))
-            status.events.append(record)
-            if isinstance(record, domain.TransferCompleted):
-                status.status = "completed"
-            elif isinstance(record, domain.TransferRefunded):
-                status.status, status.reason = "failed", record.reason
-        outcome = self._outcomes.setdefault(
-            (record.account_id, record.command_id),
-            Outcome(record.command_id, "applied", None, []))
-        outcome.events.append(record)
-
-    def _wait(self, table: dict, key, done, timeout_s: float, what: str):
-        deadline = time.monotonic() + timeout_s
-        with self._cond:
-            while key not in table or not done(table[key]):
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise OutcomeTimeout(f"{what} {key[1]} of {key[0]}: nothing within "
-                                         f"{timeout_s}s")
-                self._cond.wait(left)
-            return table[key]
-
-    def wait_for(self, account_id: str, command_id: str, timeout_s: float) -> Outcome:
-        return self._wait(self._outcomes, (account_id, command_id), lambda _o: True,
-                          timeout_s, "no outcome for command")
-
-    def wait_for_transfer(self, from_account_id: str, transfer_id: str,
-                          timeout_s: float) -> TransferStatus:
-        return self._wait(self._transfers, (from_account_id, transfer_id),
-                          lambda t: t.status != "pending", timeout_s, "transfer not settled:")
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self._consumer.close()

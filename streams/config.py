@@ -155,6 +155,11 @@ class Settings:
         return f"{self.topic_prefix}.legs"
 
     @property
+    def replies_topic(self) -> str:
+        # One reply per command (streams/replies.py); finite retention.
+        return f"{self.topic_prefix}.replies"
+
+    @property
     def dead_letter_topic(self) -> str:
         return f"{self.topic_prefix}.commands.dlq"
 

@@ -70,7 +70,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 
 from ledger import domain
 from schemas import codec
-from streams import metrics, routing
+from streams import metrics, replies, routing
 from streams.config import Settings
 from streams.legauth import LegAuth
 from streams.partitioner import partition_for
@@ -93,20 +93,21 @@ CLOCK_WARN_EVERY_S = 10.0
 # --------------------------------------------------------------------------
 
 
-def handle_command(batch: Batch, command, now_ms: int) -> tuple[list[bytes], list]:
+def handle_command(batch: Batch, command, now_ms: int) -> tuple[list[bytes], list, bytes | None]:
     """Apply one command (or transfer leg) to the batch.
 
-    Returns the log records it yields and the legs to send on, as
-    ``(leg, bytes)``, all to be produced in the current transaction.
-    A retry of an already-handled command yields nothing: its original
-    outcome, and the legs that outcome sent, stand.
+    Returns the log records it yields, the legs to send on, as
+    ``(leg, bytes)``, and its reply (streams/replies.py; None for a credit
+    leg, which no client waits for), all to be produced in the current
+    transaction. A retry of an already-handled command yields no record and
+    no leg, only a reply: its original outcome, marked duplicate.
     """
     digest = domain.command_hash(command)
     prior = batch.outcome(command.account_id, command.command_id)
     if prior is not None:
         if prior.command_hash == digest:
             metrics.command_counter(command.type, "duplicate").inc()
-            return [], []
+            return [], [], _duplicate_reply(batch, command, prior)
         if isinstance(command, (domain.TransferCreditLeg, domain.TransferSettleLeg)):
             # Leg ids name the transfer and its source, and a worker makes the
             # same leg every time: another body under a leg id was not made by
@@ -119,7 +120,10 @@ def handle_command(batch: Batch, command, now_ms: int) -> tuple[list[bytes], lis
         metrics.command_counter(command.type, "rejected").inc()
         metrics.rejection_counter(rejection.reason.value).inc()
         # Logged (every send has an outcome) but not indexed: the original stands.
-        return [codec.encode_outcome(domain.rejected(command, rejection, now_ms), digest)], []
+        record = domain.rejected(command, rejection, now_ms)
+        return [codec.encode_outcome(record, digest)], [], _reply(
+            batch, command, digest, "rejected", rejection.reason.value, rejection.detail, (),
+            duplicate=False, transfer=_failed(command, rejection))
 
     result = domain.decide(batch.account(command.account_id), command, now_ms)
     if isinstance(result, domain.Rejection):
@@ -144,7 +148,53 @@ def handle_command(batch: Batch, command, now_ms: int) -> tuple[list[bytes], lis
     for record, raw in encoded:
         fold_record(batch, record, digest, raw, transfer=command)
     metrics.command_counter(command.type, outcome).inc()
-    return [raw for _record, raw in encoded], encoded_legs
+    if isinstance(command, domain.TransferCreditLeg):
+        reply = None
+    elif isinstance(command, domain.TransferSettleLeg):
+        # The transfer's end, for whoever waits for it: with the transfer's hash.
+        transfer = batch.outcome(command.account_id, command.transfer_id)
+        reply = _reply(batch, command, transfer.command_hash if transfer else digest,
+                       outcome, None, "", records, duplicate=False)
+    elif outcome == "rejected":
+        reply = _reply(batch, command, digest, outcome, result.reason.value, result.detail,
+                       (), duplicate=False)
+    else:
+        reply = _reply(batch, command, digest, outcome, None, "", records, duplicate=False)
+    return [raw for _record, raw in encoded], encoded_legs, reply
+
+
+def _reply(batch: Batch, command, digest: str, status: str, reason: str | None,
+           detail: str, events, duplicate: bool, transfer=None) -> bytes:
+    state = batch.account(command.account_id)
+    if transfer is None and isinstance(command, (domain.Transfer, domain.TransferSettleLeg)):
+        transfer = batch.transfer(command.account_id, getattr(command, "transfer_id",
+                                                              command.command_id))
+    return replies.encode_reply(
+        account_id=command.account_id, command_id=command.command_id,
+        command_type=command.type, command_hash=digest, status=status,
+        reason=reason, detail=detail, duplicate=duplicate,
+        version=state.version if state is not None else None, events=events,
+        transfer=transfer)
+
+
+def _duplicate_reply(batch: Batch, command, prior: Outcome) -> bytes | None:
+    """A retry's reply: the original outcome, marked duplicate. A leg seen
+    again (replayed) is no client's retry: no reply."""
+    if isinstance(command, (domain.TransferCreditLeg, domain.TransferSettleLeg)):
+        return None
+    events = batch.events(command.account_id, range(prior.sequences[0], prior.sequences[1] + 1)) \
+        if prior.sequences else ()
+    return _reply(batch, command, prior.command_hash, prior.status, prior.reason, "",
+                  events, duplicate=True)
+
+
+def _failed(command, rejection: domain.Rejection):
+    """A transfer refused before anything was indexed (command_id_reused)."""
+    if not isinstance(command, domain.Transfer):
+        return None
+    return TransferEntry(command.command_id, command.account_id, command.to_account_id,
+                         command.amount_minor, command.currency, "failed",
+                         rejection.reason.value, ())
 
 
 class LegConflict(ValueError):
@@ -741,7 +791,7 @@ class Processor:
                 problem = routing_problem(msg.key(), command, partition,
                                           self.settings.partitions)
             if problem is None:
-                records, legs = handle_command(batch, command, now_ms)
+                records, legs, reply = handle_command(batch, command, now_ms)
         except (codec.CodecError, LegConflict) as exc:
             problem = str(exc)
         except Exception as exc:  # a bug must park one record, not stall a partition
@@ -753,6 +803,9 @@ class Processor:
         key = msg.key()
         for raw in records:
             self._producer.produce(self.settings.events_topic, raw, key, partition=partition)
+        if reply is not None:
+            # Same transaction: a reply is committed if and only if its outcome is.
+            self._producer.produce(self.settings.replies_topic, reply, key, partition=partition)
         for leg, raw in legs:
             # Same transaction: the leg exists if and only if this outcome does.
             leg_key = leg.account_id.encode()

@@ -408,6 +408,16 @@ class Batch:
             entry = self._transfers[key] = self.store.transfer(from_account_id, transfer_id)
             return entry
 
+    def events(self, account_id: str, sequences) -> list:
+        """The account's events with these sequences, this batch's included."""
+        out = []
+        for sequence in sequences:
+            raw = self.writes.get(history_key(account_id, sequence)) or \
+                self.store.get(history_key(account_id, sequence))
+            if raw is not None:
+                out.append(codec.decode_outcome(raw)[0])
+        return out
+
     def advance(self, recorded_at_ms: int) -> None:
         """A record stamped ``recorded_at_ms`` is part of this batch."""
         if recorded_at_ms > self.watermark:

@@ -13,6 +13,9 @@ from dataclasses import dataclass
 
 from streams.config import Settings
 
+# The replies topic's retention (streams/replies.py says why it may be finite).
+REPLY_RETENTION_MS = 24 * 3600 * 1000
+
 
 @dataclass(frozen=True)
 class TopicSpec:
@@ -40,6 +43,10 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
                   forever),
         TopicSpec(settings.dead_letter_topic, settings.partitions, "original key",
                   "original bytes; headers ledger.error, ledger.source.*", forever),
+        TopicSpec(settings.replies_topic, settings.partitions, "account_id (utf-8)",
+                  "JSON, one reply per command (streams/replies.py); written only by workers",
+                  # For waiting on outcomes; the event log stays the truth.
+                  {"retention.ms": str(REPLY_RETENTION_MS), "cleanup.policy": "delete"}),
     ]
 
 

@@ -148,6 +148,7 @@ def test_acl_list_gives_the_app_only_commands_and_events():
     assert app == {
         ("TOPIC", "LITERAL", "acme.commands"): {"WRITE", "DESCRIBE"},
         ("TOPIC", "LITERAL", "acme.events"): {"READ", "DESCRIBE"},
+        ("TOPIC", "LITERAL", "acme.replies"): {"READ", "DESCRIBE"},
         ("GROUP", "PREFIXED", "acme-client"): {"READ"},
     }
     worker = {(r.resource_type, r.resource_name): set(r.operations)

@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-
-from rocksdict import DbClosedError
 
 from ledger import domain
 from streams.api import errors, forwarding
@@ -19,16 +16,14 @@ from streams.api import requests as req
 from streams.api.base import LedgerView, endpoint
 from streams.api.forwarding import Target
 from streams.api.shared import PUBLISH_ERRORS
+from streams import replies
 from streams.shapes import event_json
 
 log = logging.getLogger("ledger.http")
 
 WAIT_TIMEOUT_MS_DEFAULT = 5_000
 WAIT_TIMEOUT_MS_MAX = 60_000
-POLL_INTERVAL_S = 0.02
-
-# Only in answers to forwarded requests: ?wait=1 on another worker compares
-# it with the hash of what it published to detect command_id_reused.
+# Only in answers to forwarded requests (a worker's own view of an outcome).
 COMMAND_HASH = "command_hash"
 OUTCOME_QUERY = frozenset(("account_id",))
 
@@ -76,7 +71,9 @@ class CommandOutcome(LedgerView):
 
 
 class Commands(LedgerView):
-    """Validate a command, publish it; with ``?wait=1`` answer with its outcome."""
+    """Validate a command, publish it; with ``?wait=1`` answer with its reply
+    (streams/replies.py): its outcome, or for a retry the original outcome
+    with ``duplicate: true``."""
 
     @endpoint
     async def post(self, request):
@@ -92,56 +89,34 @@ class Commands(LedgerView):
             if "timeout_ms" in q else WAIT_TIMEOUT_MS_DEFAULT
         raw = await read_body(request, req.REQUEST_BODY_BYTES_MAX)
         command = req.parse_command_json(raw)  # 400 before anything is published
-        try:
-            await asyncio.get_running_loop().run_in_executor(
-                None, self.shared.publish, command)
-        except PUBLISH_ERRORS as exc:
-            log.warning("publishing %r: %s", command.command_id, exc)
-            raise errors.kafka_unavailable(command.command_id) from None
-        if not wait:
-            return self.json({"command_id": command.command_id, "status": "accepted"},
-                             status=202)
-        return self.json(await self.wait_for_outcome(command, timeout_ms))
-
-    async def wait_for_outcome(self, command, timeout_ms: int) -> dict:
-        """Poll the owner of the command's account until the outcome is committed."""
-        digest = domain.command_hash(command)
-        deadline = time.monotonic() + timeout_ms / 1000
-        while True:
-            found = await self.poll_outcome(command.account_id, command.command_id, deadline)
-            if found is not None:
-                if found.get(COMMAND_HASH) != digest:
-                    # What the worker logged for this send; the original stands.
-                    return {"command_id": command.command_id, "status": "rejected",
-                            "reason": domain.RejectionReason.command_id_reused.value,
-                            "events": []}
-                return without_hash(found)
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise errors.outcome_timeout(command.command_id, timeout_ms)
-            await asyncio.sleep(min(POLL_INTERVAL_S, remaining))
-
-    async def poll_outcome(self, account_id: str, command_id: str,
-                           deadline: float) -> dict | None:
-        """The outcome (with its hash) from the owner of the account's partition;
-        None if it has none yet or cannot be asked right now."""
-        partition = self.shared.partition_of(account_id)
-        store = self.shared.store_for(partition)
-        if store is not None:
+        loop = asyncio.get_running_loop()
+        waiter = watcher = None
+        if wait:
+            # Registered before the command is published: its reply comes after.
             try:
-                return outcome_json(store, account_id, command_id)
-            except DbClosedError:
-                pass  # revoked while we read: ask the new owner
-        owner = await self.shared.owner(partition)
-        if owner is None or owner[0] == self.shared.settings.worker_id:
-            return None
-        answer = await self.shared.forward(
-            owner[1], outcome_target(account_id, command_id),
-            timeout_s=max(0.05, min(forwarding.FORWARD_TIMEOUT_S,
-                                    deadline - time.monotonic())))
-        if answer is None or answer.status != 200:
-            return None
-        return answer.body
+                watcher = await loop.run_in_executor(None, self.shared.replies)
+            except Exception as exc:  # KafkaException, RepliesUnavailable
+                log.warning("reading replies: %s", exc)
+                raise errors.kafka_unavailable(command.command_id) from None
+            waiter = watcher.watch((command.account_id, command.command_id),
+                                   replies.accepts(domain.command_hash(command)), loop=loop)
+        try:
+            try:
+                await loop.run_in_executor(None, self.shared.publish, command)
+            except PUBLISH_ERRORS as exc:
+                log.warning("publishing %r: %s", command.command_id, exc)
+                raise errors.kafka_unavailable(command.command_id) from None
+            if not wait:
+                return self.json({"command_id": command.command_id, "status": "accepted"},
+                                 status=202)
+            try:
+                reply = await asyncio.wait_for(waiter.future, timeout_ms / 1000)
+            except asyncio.TimeoutError:
+                raise errors.outcome_timeout(command.command_id, timeout_ms) from None
+            return self.json(replies.public(reply))
+        finally:
+            if waiter is not None:
+                watcher.forget(waiter)
 
 
 async def read_body(request, cap: int) -> bytes:

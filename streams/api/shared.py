@@ -5,7 +5,8 @@ clients made on first use and closed when the app stops.
 * an aiohttp session for lookups forwarded to other workers (https when the
   API serves TLS, trusting :func:`streams.api.tls.client_context`),
 * the :class:`streams.routing.Router` (who owns which partition),
-* a Kafka producer for ``POST /v1/commands``.
+* a Kafka producer for ``POST /v1/commands``,
+* a :class:`streams.replies.ReplyWatcher` for ``?wait=1``.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class Shared:
         self._session: aiohttp.ClientSession | None = None
         self._router: Router | None = None
         self._producer: Producer | None = None
+        self._replies = None  # streams.replies.ReplyWatcher, made on the first ?wait=1
         self._lock = threading.Lock()  # router and producer are made on executor threads
 
     # -- partitions ------------------------------------------------------------
@@ -124,6 +126,18 @@ class Shared:
         if errors:
             raise PublishFailed(str(errors[0]))
 
+    def replies(self):
+        """The worker's reply watcher (blocking on first use: run it in an
+        executor). Only registered waiters get replies, so it holds nothing
+        between requests."""
+        from streams.replies import ReplyWatcher
+
+        with self._lock:
+            if self._replies is None:
+                self._replies = ReplyWatcher(self.settings, keep_all=False,
+                                             group="worker-replies")
+            return self._replies
+
     # -- lifecycle -------------------------------------------------------------
 
     async def close(self) -> None:
@@ -132,6 +146,9 @@ class Shared:
             self._session = None
         with self._lock:
             producer, self._producer, self._router = self._producer, None, None
+            watcher, self._replies = self._replies, None
+        if watcher is not None:
+            await asyncio.get_running_loop().run_in_executor(None, watcher.close)
         if producer is not None:
             await asyncio.get_running_loop().run_in_executor(None, producer.flush, 5)
 

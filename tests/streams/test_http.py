@@ -54,10 +54,11 @@ def test_commands_over_http_with_outcomes_and_idempotency(worker):
     assert (200, "applied", None) == (status, body["status"], body["reason"])
     assert [("credited", 500, 500)] == [(e["type"], e["amount"], e["balance_after"])
                                         for e in body["events"]]
-    # The same command again: the original outcome, applied once.
-    again = post(worker, {"command_id": "c-1", "type": "credit", "account_id": "a",
-                          "amount": 500, "currency": "EUR"})
-    assert (status, body) == again
+    # The same command again: the original outcome, applied once, marked duplicate.
+    again_status, again = post(worker, {"command_id": "c-1", "type": "credit",
+                                        "account_id": "a", "amount": 500, "currency": "EUR"})
+    assert (False, True) == (body.pop("duplicate"), again.pop("duplicate"))
+    assert (status, body) == (again_status, again)
     # Same id, other body: refused, changes nothing.
     status, reused = post(worker, {"command_id": "c-1", "type": "credit", "account_id": "a",
                                    "amount": 1, "currency": "EUR"})

@@ -175,7 +175,8 @@ def test_a_worker_without_create_rights_refuses_topics_of_the_wrong_shape(
     localkafka.grant_ledger_acls(secure_broker, topic_prefix=wrong.topic_prefix)
     admin_client.create_topics([NewTopic(wrong.commands_topic, 3, 1)])[
         wrong.commands_topic].result()
-    for spec_topic in (wrong.events_topic, wrong.legs_topic, wrong.dead_letter_topic):
+    for spec_topic in (wrong.events_topic, wrong.legs_topic, wrong.dead_letter_topic,
+                       wrong.replies_topic):
         admin_client.create_topics([NewTopic(spec_topic, 6, 1, config={
             "retention.ms": "-1", "retention.bytes": "-1", "cleanup.policy": "delete"})])[
             spec_topic].result()
