@@ -1,14 +1,31 @@
-"""One-command benchmark of the ledger against a plain Kafka ceiling.
+"""One-command benchmark of the ledger against a plain Kafka ceiling (and,
+optionally, an external reference ledger on the same broker).
 
     scripts/bench [--commands 30000] [--accounts 1000] [--workers 1,2,3] ...
+    scripts/bench --reference-cmd 'python DRIVER --bootstrap {bootstrap} --prefix {prefix} ...'
+    scripts/bench --compare tls        # SASL_SSL vs PLAINTEXT, one secured broker
+    scripts/bench --compare cluster    # 3-node cluster (RF 3, acks=all) vs one broker
 
 (``scripts/bench`` installs into .venv if needed and runs this file with
 .venv/bin/python; ``.venv/bin/python scripts/bench.py`` is the same.)
 
-Starts a private Kafka broker in a temporary directory on free ports (unless
-KAFKA_BOOTSTRAP_SERVERS is set) and stops it by pid at the end, as it does
-every worker and the ceiling process it starts, also on failure and Ctrl-C.
-Every scenario gets fresh topics (its own LEDGER_TOPIC_PREFIX).
+Where: a private Kafka broker in a temporary directory on free ports, stopped
+by pid at the end, as is every worker, ceiling loop and driver it starts,
+also on failure and Ctrl-C; or, when KAFKA_BOOTSTRAP_SERVERS or
+LEDGER_KAFKA_CONFIG / LEDGER_KAFKA_* name a cluster, that cluster. Every Kafka
+client of the bench takes its configuration from ``streams.config.Settings``
+(``Settings.kafka()``), one per role: the workers and the ceiling loop as the
+worker principal (workers get ``Settings.to_env()``), the loader, latency
+generator and outcome watchers as the app principal, topic creation as the
+admin principal. On a cluster from the environment one principal serves all
+three unless BENCH_{WORKER,APP,ADMIN}_KAFKA_CONFIG names a properties file per
+role; it needs the ledger's rights on the topics, groups
+(``<prefix>-worker``, ``<prefix>-client-*``) and transactional ids
+(``<prefix>-worker-*``, ``<prefix>-loader``) of every prefix ``bench-*``
+(a super user, or PREFIXED ACLs on ``bench-``). Every scenario gets fresh
+topics (its own LEDGER_TOPIC_PREFIX), created first by the admin; workers run
+with LEDGER_CREATE_TOPICS=0 and, unless ``--read-models on``, without read
+models (LEDGER_READ_MODELS=0: the money path, the job of a reference ledger).
 
 Scenarios, in this order:
 
@@ -16,15 +33,36 @@ ceiling    ``scripts/bench_ceiling.py`` in its own interpreter: a plain
            confluent-kafka transactional consume-produce loop (read_committed,
            one transaction per ``consume(batch_size)``,
            send_offsets_to_transaction with the group metadata, output
-           partition = input partition) copying the same pre-loaded command
-           records, one output record per input; no ledger logic.
+           partition = input partition) copying pre-loaded command records
+           (the credit/debit backlog, repeated), one output record per input;
+           no ledger logic. ``--ceiling-runs`` (3) runs of at least
+           ``--ceiling-seconds`` (10) each; the median.
 ledger     ``python -m streams.cli worker`` processes (1, 2, 3 by default)
-           draining a backlog of credit/debit commands, exactly-once; then one
-           run of transfers.
+           draining a backlog of credit/debit commands, exactly-once,
+           ``--repeat`` times each (1; 3 with a reference or --compare),
+           alternating with the reference's runs when one is given; then one
+           run of transfers. CPU µs per command: the worker processes' CPU
+           time (/proc/<pid>/stat utime+stime: every thread, librdkafka's
+           included) from release to the last outcome, divided by commands.
+reference  ``--reference-cmd``: an external driver (e.g. the Kafka Streams
+           ledger's drive.py) run against the same broker on fresh topics
+           ({bootstrap}, {prefix}, {threads} filled in), in the run's
+           temporary directory; it prints its rate as a JSON line.
+recovery   on the log of the first 1-worker run: a fresh worker (empty data
+           dir) catches up all partitions (its ledger_recovery_seconds), and
+           ``ledger replay --from-scratch``'s rebuild reads it in its own
+           interpreter; events per second of each.
 latency    one worker; an open-loop generator sends credit/debits on a fixed
-           clock at 50% of the 1-worker credit/debit rate for
-           ``--latency-seconds``; latency = outcome visible to a
-           read_committed consumer minus send time, per command_id.
+           clock at 10% and 50% (``--latency-loads``) of the median 1-worker
+           credit/debit rate for ``--latency-seconds``; latency = outcome
+           visible to a read_committed consumer minus send time, per command_id.
+
+``--compare tls|cluster`` runs only alternating one-worker backlogs on two
+Kafka setups it starts: tls = one secured broker (``start_broker(secure=True,
+plaintext_port=0)``) over its SASL_SSL listener as the ledger's principals
+(ACLs granted per prefix) and over its loopback PLAINTEXT listener; cluster =
+a single broker and a three-node cluster (``start_cluster``: RF 3, min ISR 2,
+acks=all), with the brokers' resident memory sampled meanwhile.
 
 How a backlog is "released": the accounts' OpenAccount commands are committed
 first (workers apply them while starting). The measured commands are then
@@ -40,6 +78,8 @@ reported too.
 
 After each backlog run every outcome record is decoded and checked: each
 command has exactly one outcome (each transfer exactly one final record).
+The load average is recorded with every run: on a shared machine read the
+medians with it.
 
 ``--profile`` (or BENCH_PROFILE=1) adds one more 1-worker credit/debit run
 whose worker runs under pyinstrument (the ledger-core thread only, from the
@@ -462,6 +502,7 @@ class Worker:
             'ledger_transactions_total{outcome="committed"}': "transactions",
             "ledger_transaction_seconds_sum": "transaction_seconds",
             "ledger_batch_commands_sum": "batched_commands",
+            "ledger_recovery_seconds_sum": "recovery_seconds",
         }
         out = {v: 0.0 for v in wanted.values()}
         try:
@@ -483,11 +524,12 @@ class Worker:
 
 
 def start_workers(ctx, settings: Settings, count: int, run_dir: Path,
-                  profile_out: Path | None = None) -> list[Worker]:
+                  profile_out: Path | None = None, ports: list[int] | None = None
+                  ) -> list[Worker]:
     workers = []
     for i in range(1, count + 1):
         worker_id = f"w{i}"
-        port = free_port()
+        port = ports[i - 1] if ports else free_port()
         env = {**os.environ, "PYTHONPATH": str(REPO), **settings.with_(
             worker_id=worker_id, data_dir=run_dir / f"data-{worker_id}",
             web_port=port).to_env()}
@@ -725,6 +767,13 @@ class Context:
             # Off by default: the money path alone (LEDGER_READ_MODELS=0), the
             # job of a reference ledger; --read-models on as `ledger worker`.
             read_models=self.args.read_models == "on")
+
+    def settings_for(self, prefix: str) -> Settings:
+        """The worker settings of a scenario that ran already."""
+        return self.target.settings(
+            "worker", topic_prefix=prefix, partitions=self.args.partitions,
+            batch_size_max=self.args.batch_size, leg_key_file=self.leg_key_file,
+            create_topics=False, read_models=self.args.read_models == "on")
 
     def role(self, settings: Settings, role: str) -> Settings:
         return settings.with_(kafka_properties=self.target.properties[role],
@@ -982,6 +1031,8 @@ def run_ledger(ctx: Context, workers_n: int, kind: str = "credit_debit",
         "rate": round(n / seconds), "workers_ready_seconds": round(ready_s, 2),
         "release_commit_seconds": round(commit_s, 3),
         "outcomes_before_release": before, "event_records": watcher.count - opens_n,
+        "log_events": watcher.count,
+        "worker_ports": [w.port for w in workers],
         "worker_metrics": worker_metrics,
         # Worker processes' CPU time (all threads, librdkafka's included, from
         # /proc/<pid>/stat) from release to the last outcome, per command.
@@ -999,6 +1050,65 @@ def run_ledger(ctx: Context, workers_n: int, kind: str = "credit_debit",
         f"exactly-once check {'passed' if check['exactly_once'] else 'FAILED'} {check}")
     if not check["exactly_once"]:
         raise BenchError(f"{label}: exactly-once check failed: {check}")
+    return result
+
+
+# Run as `python -c REPLAY_SCRIPT` with a worker's Settings.to_env(): times
+# `ledger replay --from-scratch`'s rebuild (streams/replay.py) in its own
+# interpreter, and prints the accounts and seconds as a JSON line.
+REPLAY_SCRIPT = r'''
+import json, time
+from streams.config import Settings
+from streams import replay
+settings = Settings.from_env()
+started = time.monotonic()
+ledger = replay.rebuild(settings, None, use_snapshots=False, progress=False)
+seconds = time.monotonic() - started
+print(json.dumps({"seconds": seconds, "offsets": dict(ledger.offsets)}))
+'''
+
+
+def run_recovery(ctx: Context, done: dict) -> dict:
+    """On the log a 1-worker credit/debit run left (``done``): a fresh worker
+    (empty data dir) catches up every partition from the log (its
+    ledger_recovery_seconds metric), and ``ledger replay --from-scratch``'s
+    rebuild reads it all (own interpreter). Rates are the log's events
+    (outcome records, opens included) per second."""
+    settings = ctx.settings_for(done["topic_prefix"])
+    events = done["log_events"]
+    run_dir = ctx.tmp / (done["topic_prefix"] + "-recovery")
+    run_dir.mkdir()
+    load = loadavg()
+    say(f"recovery: a fresh worker catches up {events:,} events of {settings.topic_prefix}; "
+        f"load average {load}")
+    # The same worker id and address as the run's own worker (Faust's group
+    # remembers members' addresses), with an empty data dir.
+    workers = start_workers(ctx, settings, 1, run_dir, ports=done["worker_ports"][:1])
+    try:
+        ready_s = wait_workers_ready(workers, ctx.args.partitions)
+        recovery_s = workers[0].metrics()["recovery_seconds"]
+    finally:
+        ctx.procs.stop([w.proc for w in workers])
+    log_path = run_dir / "replay.log"
+    proc = ctx.procs.start("replay", [PYTHON, "-c", REPLAY_SCRIPT],
+                           {**os.environ, "PYTHONPATH": str(REPO), **settings.to_env()},
+                           log_path, stdout_pipe=True)
+    try:
+        out, _ = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        ctx.procs.stop([proc])
+        raise BenchError(f"replay did not finish in 300 s:\n{tail(log_path)}")
+    if proc.returncode != 0:
+        raise BenchError(f"replay exited {proc.returncode}:\n{tail(log_path)}")
+    replay_s = json.loads(out.decode().strip().splitlines()[-1])["seconds"]
+    result = {"events": events, "catch_up_seconds": round(recovery_s, 3),
+              "catch_up_rate": round(events / recovery_s) if recovery_s else None,
+              "worker_ready_seconds": round(ready_s, 2),
+              "replay_seconds": round(replay_s, 3), "replay_rate": round(events / replay_s),
+              "loadavg": load}
+    say(f"recovery: catch-up {result['catch_up_rate']:,} events/s "
+        f"({recovery_s:.2f} s), replay --from-scratch {result['replay_rate']:,} events/s "
+        f"({replay_s:.2f} s)")
     return result
 
 
@@ -1314,6 +1424,14 @@ def summary_rows(results: dict) -> list[tuple]:
                      str(len(tr)), f"{round(median([r['rate'] for r in tr])):,}/s", _rates(tr),
                      f"{median([r['cpu_us_per_command'] for r in tr])} per transfer",
                      _loads(tr)))
+    rec = results.get("recovery")
+    if rec:
+        rows.append((f"catch-up: fresh worker rebuilds its stores from the log "
+                     f"({rec['events']:,} events)", "1", f"{rec['catch_up_rate']:,} events/s",
+                     f"{rec['catch_up_seconds']} s", "", f"{rec['loadavg'][0]:.2f}"))
+        rows.append(("replay --from-scratch (rebuild, own interpreter)", "1",
+                     f"{rec['replay_rate']:,} events/s", f"{rec['replay_seconds']} s", "",
+                     f"{rec['loadavg'][0]:.2f}"))
     for lat in results.get("latency", []):
         rows.append((f"latency p50 / p95 / p99 at {lat['load_fraction']:.0%} load "
                      f"({lat['target_rate']:,}/s, open loop)", "1",
@@ -1423,6 +1541,8 @@ def parse_args(argv=None):
                              "does; on, as `ledger worker` runs by default")
     parser.add_argument("--skip-transfers", action="store_true")
     parser.add_argument("--skip-latency", action="store_true")
+    parser.add_argument("--skip-recovery", action="store_true",
+                        help="no catch-up / replay measurement on the first 1-worker log")
     parser.add_argument("--skip-ceiling", action="store_true")
     parser.add_argument("--profile", action="store_true",
                         default=os.environ.get("BENCH_PROFILE", "") not in ("", "0"),
@@ -1556,6 +1676,10 @@ def main(argv=None) -> int:
             base = [r for r in results["ledger"]
                     if r["scenario"] == "credit_debit" and r["workers"] == 1]
             one = median([r["rate"] for r in base])
+            if base and not args.skip_recovery:
+                r = attempt("recovery", run_recovery, ctx, base[0])
+                if r:
+                    results["recovery"] = r
             if one and "ceiling" in results:
                 results["ratio"] = round(one / results["ceiling"]["rate"], 4)
             results["latency"] = []
