@@ -30,6 +30,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from dataclasses import asdict
 from pathlib import Path
 
@@ -124,6 +125,22 @@ def test_every_history_file_resolves_into_its_current_reader():
     # and the public resolver agrees on the ones that differ from today's
     table = codec.resolve_history(codec.schema_files(), HISTORY_FILES)
     assert set(table) == {h for h, (s, _c, _r) in codec._BY_HEADER.items() if h != s.header}
+
+
+def test_every_schema_folder_ships_in_the_wheel():
+    """pyproject.toml lists each folder holding .avsc files (history included)
+    as a package with its .avsc files as package data: an installed worker
+    reads old records too."""
+    pyproject = REPO / "pyproject.toml"
+    if not pyproject.exists():
+        pytest.skip("no pyproject.toml here (an installed package)")
+    config = tomllib.loads(pyproject.read_text())["tool"]["setuptools"]
+    folders = {p.parent.relative_to(REPO).as_posix().replace("/", ".")
+               for p in SCHEMA_ROOT.rglob("*.avsc")}
+    assert "schemas.history" in folders
+    for package in folders:
+        assert package in config["packages"], package
+        assert "*.avsc" in config["package-data"][package], package
 
 
 def _git(*args: str) -> str:
