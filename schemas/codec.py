@@ -663,8 +663,11 @@ def encode_tick(tick: domain.PartitionTick) -> bytes:
 def is_tick(data) -> bool:
     """Whether an event-log record is a PartitionTick (by its header alone: no
     decoding). Every reader of the event log that wants account records
-    skips these."""
-    return isinstance(data, (bytes, bytearray)) and data[:HEADER_LENGTH] == _TICK.header
+    skips these. A tick written with an older tick schema is one too."""
+    if not isinstance(data, (bytes, bytearray)):
+        return False
+    found = _BY_HEADER.get(bytes(data[:HEADER_LENGTH]))
+    return found is not None and found[0] is _TICK
 
 
 def decode_tick(data: bytes) -> domain.PartitionTick:

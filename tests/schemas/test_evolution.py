@@ -385,6 +385,25 @@ def test_an_old_command_decodes_into_the_current_model_with_its_defaults(monkeyp
                                            ISSUED)
 
 
+def test_an_old_tick_is_still_a_tick(monkeypatch, tmp_path):
+    """Readers of the event log skip ticks by codec.is_tick: a tick written
+    with an older tick schema (here: partition an int) is skipped too, and
+    decodes into today's PartitionTick."""
+    v0 = _raw(_history("ledger.v1.PartitionTick"))
+    _field(v0, "partition")["type"] = "int"
+    path = tmp_path / "ledger.v1.PartitionTick.v0.avsc"
+    path.write_text(json.dumps(v0))
+    for header, (reader, read) in codec._history(list(codec._CURRENT), [path]).items():
+        monkeypatch.setitem(codec._BY_HEADER, header, (reader, None, read))
+    old = _write(v0, {"partition": 3, "recorded_at_ms": ISSUED})
+    assert old[:codec.HEADER_LENGTH] != codec.encode_tick(domain.PartitionTick(3, ISSUED))[
+        :codec.HEADER_LENGTH]
+    assert codec.is_tick(old) and codec.is_tick(bytearray(old))
+    assert codec.decode_tick(old) == domain.PartitionTick(3, ISSUED)
+    with pytest.raises(codec.CodecError, match="PartitionTick is not a log record"):
+        codec.decode_outcome(old)
+
+
 # --------------------------------------------------------------------------
 # What does not resolve is refused when the schemas are loaded
 # --------------------------------------------------------------------------
