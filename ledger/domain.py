@@ -74,6 +74,17 @@ class RejectionReason(str, enum.Enum):
     balance_not_zero = "balance_not_zero"
     same_account = "same_account"
     transfers_pending = "transfers_pending"
+    # Optimistic concurrency: the command's expected_version is not the account's.
+    version_conflict = "version_conflict"
+    # Holds (PlaceHold, CaptureHold, ReleaseHold).
+    expiry_out_of_range = "expiry_out_of_range"
+    unknown_hold = "unknown_hold"
+    hold_captured = "hold_captured"
+    hold_released = "hold_released"
+    hold_expired = "hold_expired"
+    capture_exceeds_hold = "capture_exceeds_hold"
+    hold_destination_mismatch = "hold_destination_mismatch"
+    holds_active = "holds_active"
     # Decided outside ``decide`` (by the command index), listed here so that
     # every reason a client can see has one home.
     command_id_reused = "command_id_reused"
@@ -83,20 +94,40 @@ class RejectionReason(str, enum.Enum):
 # rejection. Shape of the command first, then the account it meets.
 REJECTION_ORDER = (
     RejectionReason.invalid_account_id,
+    RejectionReason.version_conflict,
     RejectionReason.invalid_currency,
     RejectionReason.amount_must_be_positive,
     RejectionReason.amount_too_large,
     RejectionReason.overdraft_limit_must_not_be_negative,
     RejectionReason.same_account,
+    RejectionReason.expiry_out_of_range,
     RejectionReason.account_exists,
     RejectionReason.unknown_account,
     RejectionReason.account_closed,
     RejectionReason.currency_mismatch,
+    RejectionReason.unknown_hold,
+    RejectionReason.hold_captured,
+    RejectionReason.hold_released,
+    RejectionReason.hold_expired,
+    RejectionReason.capture_exceeds_hold,
+    RejectionReason.hold_destination_mismatch,
     RejectionReason.insufficient_funds,
     RejectionReason.balance_overflow,
     RejectionReason.balance_not_zero,
     RejectionReason.transfers_pending,
+    RejectionReason.holds_active,
 )
+
+# ``expected_version`` of a command that expects nothing (any version will do).
+# Any other value is the account version the command was decided against by
+# its sender (0: the account does not exist yet); another version at decide
+# time rejects it as version_conflict. An int, not None: Avro longs carry it.
+ANY_VERSION = -1
+
+# Holds: when none is given, a hold expires after HOLD_EXPIRY_DEFAULT_MS;
+# never later than HOLD_EXPIRY_MAX_MS after it is placed.
+HOLD_EXPIRY_DEFAULT_MS = 7 * 24 * 3600 * 1000
+HOLD_EXPIRY_MAX_MS = 30 * 24 * 3600 * 1000
 
 
 # --------------------------------------------------------------------------
@@ -110,6 +141,7 @@ class OpenAccount:
     account_id: str
     currency: str
     overdraft_limit_minor: int = 0
+    expected_version: int = ANY_VERSION
     type = "open_account"
 
 
@@ -121,6 +153,7 @@ class _ExternalMoney:
     account_id: str
     amount_minor: int
     currency: str
+    expected_version: int = ANY_VERSION
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +170,7 @@ class Debit(_ExternalMoney):
 class CloseAccount:
     command_id: str
     account_id: str
+    expected_version: int = ANY_VERSION
     type = "close_account"
 
 
@@ -157,6 +191,7 @@ class Transfer:
     currency: str
     # Sorted (key, value) pairs: canonical, hashable, and a dict at the edges.
     metadata: tuple[tuple[str, str], ...] = ()
+    expected_version: int = ANY_VERSION
     type = "transfer"
 
     @property
@@ -219,10 +254,77 @@ def settle_leg(leg: TransferCreditLeg, completed: bool, reason: str = "") -> Tra
     )
 
 
-Command = Union[OpenAccount, Credit, Debit, CloseAccount, Transfer]
+@dataclass(frozen=True, slots=True)
+class PlaceHold:
+    """Reserve money on the account: it counts against the funds check like
+    a debit (overdraft included) but stays on the account until captured,
+    released or expired. ``command_id`` is the hold id.
+
+    Expiry: ``expires_at_ms`` (epoch ms) or ``expires_in_ms`` from the
+    moment it is decided, not both; 0 means not given (the default then is
+    HOLD_EXPIRY_DEFAULT_MS). ``to_account_id`` ("" for none) is where a
+    capture moves the money."""
+
+    command_id: str
+    account_id: str
+    amount_minor: int
+    currency: str
+    to_account_id: str = ""
+    expires_at_ms: int = 0
+    expires_in_ms: int = 0
+    metadata: tuple[tuple[str, str], ...] = ()
+    expected_version: int = ANY_VERSION
+    type = "hold"
+
+
+@dataclass(frozen=True, slots=True)
+class CaptureHold:
+    """Settle an active hold once: ``amount_minor`` of it (0: all of it; the
+    rest is released in the same step). With a destination (the hold's or
+    this one's, "" for none) the money moves there as a transfer whose id
+    is the hold id; without one it leaves the ledger like a debit."""
+
+    command_id: str
+    account_id: str
+    hold_id: str
+    amount_minor: int = 0
+    to_account_id: str = ""
+    expected_version: int = ANY_VERSION
+    type = "capture"
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseHold:
+    """Void an active hold."""
+
+    command_id: str
+    account_id: str
+    hold_id: str
+    expected_version: int = ANY_VERSION
+    type = "release"
+
+
+@dataclass(frozen=True, slots=True)
+class ExpireHold:
+    """Internal: the owner of the account releases a hold whose time has
+    passed (workers only, at their clock: ``now_ms`` of ``decide``)."""
+
+    command_id: str  # "<hold_id>#expire": never a client's id
+    account_id: str
+    hold_id: str
+    type = "expire_hold"
+
+
+def expire_hold(account_id: str, hold_id: str) -> ExpireHold:
+    return ExpireHold(f"{hold_id}#expire", account_id, hold_id)
+
+
+Command = Union[OpenAccount, Credit, Debit, CloseAccount, Transfer, PlaceHold, CaptureHold,
+                ReleaseHold]
 Leg = Union[TransferCreditLeg, TransferSettleLeg]
 COMMAND_TYPES: dict[str, type] = {
-    c.type: c for c in (OpenAccount, Credit, Debit, CloseAccount, Transfer)
+    c.type: c for c in (OpenAccount, Credit, Debit, CloseAccount, Transfer, PlaceHold,
+                        CaptureHold, ReleaseHold)
 }
 
 
@@ -235,6 +337,9 @@ def command_hash(command: Command) -> str:
     # A shallow field dict (not dataclasses.asdict, which deep-copies and was
     # a tenth of the worker's time); same JSON, so the same hash.
     fields = {name: getattr(command, name) for name in command.__dataclass_fields__}
+    if fields.get("expected_version") == ANY_VERSION:
+        # Absent, as before the field existed: old commands keep their hash.
+        del fields["expected_version"]
     canonical = json.dumps(
         {"type": command.type, **fields},
         sort_keys=True,
@@ -321,11 +426,56 @@ class TransferRefunded(_TransferEvent):
     type = "transfer_refunded"
 
 
+@dataclass(frozen=True, slots=True)
+class HoldEvent(_AccountEvent):
+    hold_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class HoldPlaced(HoldEvent):
+    """``amount_minor`` is reserved: held, still on the balance."""
+
+    to_account_id: str  # "" for none
+    expires_at_ms: int
+    metadata: tuple[tuple[str, str], ...] = ()
+    type = "hold_placed"
+
+
+@dataclass(frozen=True, slots=True)
+class HoldCaptured(HoldEvent):
+    """``amount_minor`` of the hold is taken, ``released_minor`` (the rest)
+    is freed. Without a destination the captured money left the ledger
+    here (the balance fell); with one, a TransferDebited of the same
+    command follows and moves it (the balance is unchanged by this event)."""
+
+    released_minor: int
+    to_account_id: str  # "" for none
+    type = "hold_captured"
+
+
+@dataclass(frozen=True, slots=True)
+class HoldReleased(HoldEvent):
+    """The whole hold (``amount_minor``) is freed by a release command."""
+
+    type = "hold_released"
+
+
+@dataclass(frozen=True, slots=True)
+class HoldExpired(HoldEvent):
+    """The whole hold is freed because its time passed; ``recorded_at_ms`` is
+    the worker's clock when it noticed (at or after ``expires_at_ms``)."""
+
+    expires_at_ms: int
+    type = "hold_expired"
+
+
 Event = Union[AccountOpened, Credited, Debited, AccountClosed, TransferDebited,
-              TransferCredited, TransferCompleted, TransferRefunded]
+              TransferCredited, TransferCompleted, TransferRefunded, HoldPlaced, HoldCaptured,
+              HoldReleased, HoldExpired]
 EVENT_TYPES: dict[str, type] = {
     e.type: e for e in (AccountOpened, Credited, Debited, AccountClosed, TransferDebited,
-                        TransferCredited, TransferCompleted, TransferRefunded)
+                        TransferCredited, TransferCompleted, TransferRefunded, HoldPlaced,
+                        HoldCaptured, HoldReleased, HoldExpired)
 }
 
 
@@ -402,6 +552,54 @@ class AccountState:
     debits_minor: int = field(default=0)
     # Outgoing transfers debited here and not yet settled.
     pending_out_minor: int = field(default=0)
+    # The sum of the account's active holds.
+    held_minor: int = field(default=0)
+
+    @property
+    def available_minor(self) -> int:
+        """What may still leave: balance + overdraft - held. (Money pending in
+        outgoing transfers has already left the balance.)"""
+        return self.balance_minor + self.overdraft_limit_minor - self.held_minor
+
+
+class HoldStatus(str, enum.Enum):
+    active = "active"
+    captured = "captured"
+    released = "released"
+    expired = "expired"
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """One hold, as its events made it (:func:`evolve_hold`)."""
+
+    hold_id: str
+    account_id: str
+    amount_minor: int
+    currency: str
+    to_account_id: str  # "" for none
+    expires_at_ms: int
+    status: HoldStatus
+    captured_minor: int
+    placed_at_ms: int
+    ended_at_ms: int = 0  # when it left "active" (0 while active)
+    sequences: tuple[int, ...] = ()  # its events on the account
+
+
+def evolve_hold(hold: Hold | None, event) -> Hold | None:
+    """Fold one event into the hold it concerns (None for other events)."""
+    if isinstance(event, HoldPlaced):
+        return Hold(event.hold_id, event.account_id, event.amount_minor, event.currency,
+                    event.to_account_id, event.expires_at_ms, HoldStatus.active, 0,
+                    event.recorded_at_ms, 0, (event.sequence,))
+    if hold is None or not isinstance(event, HoldEvent) or hold.status is not HoldStatus.active:
+        raise ValueError(f"{event!r} does not follow an active hold")
+    status = {HoldCaptured: HoldStatus.captured, HoldReleased: HoldStatus.released,
+              HoldExpired: HoldStatus.expired}[type(event)]
+    captured = event.amount_minor if isinstance(event, HoldCaptured) else 0
+    return replace(hold, status=status, captured_minor=captured,
+                   ended_at_ms=event.recorded_at_ms,
+                   sequences=hold.sequences + (event.sequence,))
 
 
 class EventOutOfOrder(ValueError):
@@ -440,6 +638,15 @@ def evolve(state: AccountState | None, event: Event) -> AccountState:
         extra = {"pending_out_minor": state.pending_out_minor - event.amount_minor}
     elif isinstance(event, TransferCredited):
         extra = {}
+    elif isinstance(event, HoldPlaced):
+        extra = {"held_minor": state.held_minor + event.amount_minor}
+    elif isinstance(event, HoldCaptured):
+        freed = event.amount_minor + event.released_minor
+        extra = {"held_minor": state.held_minor - freed}
+        if not event.to_account_id:  # it left the ledger here, like a debit
+            extra["debits_minor"] = state.debits_minor + event.amount_minor
+    elif isinstance(event, (HoldReleased, HoldExpired)):
+        extra = {"held_minor": state.held_minor - event.amount_minor}
     else:
         raise TypeError(f"not an event: {event!r}")
     # Every event carries the balance after it (unchanged for a close, which
@@ -509,13 +716,14 @@ def _check_same_currency(state: AccountState, currency: str, what: str) -> Rejec
 
 
 def _check_funds(state: AccountState, amount: int) -> Rejection | None:
-    """Money may leave only down to -overdraft_limit (which also keeps the
-    balance far above the int64 floor)."""
-    if state.balance_minor - amount < -state.overdraft_limit_minor:
+    """Money may leave (or be held) only while what is available covers it:
+    balance + overdraft_limit - held (which also keeps the balance far above
+    the int64 floor)."""
+    if state.available_minor < amount:
         return Rejection(
             RejectionReason.insufficient_funds,
-            f"balance {state.balance_minor} + overdraft "
-            f"{state.overdraft_limit_minor} < {amount}",
+            f"balance {state.balance_minor} + overdraft {state.overdraft_limit_minor} "
+            f"- held {state.held_minor} < {amount}",
         )
     return None
 
@@ -531,15 +739,18 @@ def _check_room(state: AccountState, amount: int) -> Rejection | None:
 
 
 def decide(
-    state: AccountState | None, command: Command, now_ms: int
+    state: AccountState | None, command: Command, now_ms: int, hold: Hold | None = None
 ) -> tuple[Event, ...] | Rejection:
     """What ``command`` does to the account in ``state`` at time ``now_ms``.
 
     Returns the events to append (never empty) or a :class:`Rejection`.
-    ``state`` is None for an account that has never been opened.
+    ``state`` is None for an account that has never been opened. ``hold``
+    is the account's hold named by a capture, release or expiry (None if
+    it has none); other commands ignore it.
     """
-    if not valid_account_id(command.account_id):
-        return Rejection(RejectionReason.invalid_account_id, _show(command.account_id))
+    early = decide_common(state, command)
+    if early is not None:
+        return early
     if state is not None and state.updated_at_ms > now_ms:
         # Time never runs backwards inside an account; the caller's clock did.
         now_ms = state.updated_at_ms
@@ -614,6 +825,8 @@ def decide(
             return Rejection(
                 RejectionReason.transfers_pending, f"pending {state.pending_out_minor}"
             )
+        if state.held_minor != 0:
+            return Rejection(RejectionReason.holds_active, f"held {state.held_minor}")
         return (
             AccountClosed(
                 account_id=command.account_id,
@@ -632,7 +845,144 @@ def decide(
         return _decide_credit_leg(state, command, now_ms, next_sequence)
     if isinstance(command, TransferSettleLeg):
         return _decide_settle_leg(state, command, now_ms, next_sequence)
+    if isinstance(command, (PlaceHold, CaptureHold, ReleaseHold, ExpireHold)):
+        return _decide_hold(state, command, now_ms, next_sequence, hold)
     raise TypeError(f"not a command: {command!r}")
+
+
+def _decide_hold(state, command, now_ms: int, next_sequence: int, hold: Hold | None):
+    if isinstance(command, PlaceHold):
+        return _decide_place_hold(state, command, now_ms, next_sequence)
+    if isinstance(command, ExpireHold):
+        if hold is None or hold.status is not HoldStatus.active or hold.expires_at_ms > now_ms:
+            raise ValueError(f"expiry of {command.hold_id} that is not due")
+        return (HoldExpired(account_id=command.account_id, sequence=next_sequence,
+                            command_id=command.command_id, currency=hold.currency,
+                            amount_minor=hold.amount_minor,
+                            balance_after_minor=state.balance_minor, recorded_at_ms=now_ms,
+                            hold_id=hold.hold_id, expires_at_ms=hold.expires_at_ms),)
+    rejection = _check_live_account(state, command) or _check_hold(hold, command, now_ms)
+    if rejection:
+        return rejection
+    common = dict(account_id=command.account_id, sequence=next_sequence,
+                  command_id=command.command_id, currency=hold.currency,
+                  recorded_at_ms=now_ms, hold_id=hold.hold_id)
+    if isinstance(command, ReleaseHold):
+        return (HoldReleased(amount_minor=hold.amount_minor,
+                             balance_after_minor=state.balance_minor, **common),)
+    return _decide_capture(state, command, hold, common)
+
+
+def decide_common(state, command) -> Rejection | None:
+    """The checks every account command starts with (``decide``'s first two)."""
+    if not valid_account_id(command.account_id):
+        return Rejection(RejectionReason.invalid_account_id, _show(command.account_id))
+    expected = getattr(command, "expected_version", ANY_VERSION)
+    if expected != ANY_VERSION:
+        current = 0 if state is None else state.version
+        if expected != current:
+            return Rejection(RejectionReason.version_conflict,
+                             f"current version {current}, expected {_show(expected)}")
+    return None
+
+
+def _decide_place_hold(state, command: PlaceHold, now_ms: int, next_sequence: int):
+    rejection = _check_currency(command.currency) or _check_amount(command.amount_minor)
+    if rejection:
+        return rejection
+    to = command.to_account_id
+    if to and not valid_account_id(to):
+        return Rejection(RejectionReason.invalid_account_id, _show(to))
+    if to == command.account_id:
+        return Rejection(RejectionReason.same_account, to)
+    expires_at = _hold_expiry(command, now_ms)
+    if isinstance(expires_at, Rejection):
+        return expires_at
+    rejection = (_check_live_account(state, command)
+                 or _check_same_currency(state, command.currency, "hold")
+                 or _check_funds(state, command.amount_minor))
+    if rejection:
+        return rejection
+    return (HoldPlaced(account_id=command.account_id, sequence=next_sequence,
+                       command_id=command.command_id, currency=command.currency,
+                       amount_minor=command.amount_minor,
+                       balance_after_minor=state.balance_minor, recorded_at_ms=now_ms,
+                       hold_id=command.command_id, to_account_id=to,
+                       expires_at_ms=expires_at, metadata=command.metadata),)
+
+
+def _hold_expiry(command: PlaceHold, now_ms: int) -> int | Rejection:
+    at, within = command.expires_at_ms, command.expires_in_ms
+    for value in (at, within):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            return Rejection(RejectionReason.expiry_out_of_range, _show(value))
+    if at and within:
+        return Rejection(RejectionReason.expiry_out_of_range,
+                         "expires_at and expires_in both given")
+    expires_at = at or now_ms + (within or HOLD_EXPIRY_DEFAULT_MS)
+    if not now_ms < expires_at <= now_ms + HOLD_EXPIRY_MAX_MS:
+        return Rejection(RejectionReason.expiry_out_of_range,
+                         f"expires at {expires_at}, now {now_ms}, at most "
+                         f"{HOLD_EXPIRY_MAX_MS} ms ahead")
+    return expires_at
+
+
+_HOLD_ENDED = {HoldStatus.captured: RejectionReason.hold_captured,
+               HoldStatus.released: RejectionReason.hold_released,
+               HoldStatus.expired: RejectionReason.hold_expired}
+
+
+def _check_hold(hold: Hold | None, command, now_ms: int) -> Rejection | None:
+    if hold is None:
+        return Rejection(RejectionReason.unknown_hold, _show(command.hold_id))
+    if hold.status is not HoldStatus.active:
+        return Rejection(_HOLD_ENDED[hold.status], hold.hold_id)
+    if hold.expires_at_ms <= now_ms:
+        # Its expiry is due (the worker is about to record it): never captured now.
+        return Rejection(RejectionReason.hold_expired, f"{hold.hold_id} expired at "
+                                                       f"{hold.expires_at_ms}")
+    return None
+
+
+def _decide_capture(state, command: CaptureHold, hold: Hold, common: dict):
+    amount = command.amount_minor or hold.amount_minor
+    rejection = _check_amount(amount)
+    if rejection:
+        return rejection
+    if amount > hold.amount_minor:
+        return Rejection(RejectionReason.capture_exceeds_hold,
+                         f"capture {amount} > hold {hold.amount_minor}")
+    to = command.to_account_id
+    if to and hold.to_account_id and to != hold.to_account_id:
+        return Rejection(RejectionReason.hold_destination_mismatch,
+                         f"hold to {hold.to_account_id}, capture to {to}")
+    to = to or hold.to_account_id
+    if to and not valid_account_id(to):
+        return Rejection(RejectionReason.invalid_account_id, _show(to))
+    if to == command.account_id:
+        return Rejection(RejectionReason.same_account, to)
+    captured = HoldCaptured(amount_minor=amount, released_minor=hold.amount_minor - amount,
+                            to_account_id=to,
+                            balance_after_minor=state.balance_minor - (0 if to else amount),
+                            **common)
+    if not to:
+        return (captured,)
+    # The money moves on as a transfer (id: the hold id) through the legs.
+    return (captured, TransferDebited(
+        account_id=command.account_id, sequence=captured.sequence + 1,
+        command_id=command.command_id, currency=hold.currency, amount_minor=amount,
+        balance_after_minor=state.balance_minor - amount,
+        recorded_at_ms=captured.recorded_at_ms, transfer_id=hold.hold_id,
+        counterparty_account_id=to))
+
+
+def capture_transfer(events) -> Transfer | None:
+    """The transfer a capture's events start (its credit leg is sent on), if any."""
+    for event in events:
+        if isinstance(event, TransferDebited):
+            return Transfer(event.transfer_id, event.account_id,
+                            event.counterparty_account_id, event.amount_minor, event.currency)
+    return None
 
 
 def _decide_transfer(state, command: Transfer, now_ms: int, next_sequence: int):

@@ -442,6 +442,10 @@ _OUTCOMES = {
         domain.TransferCredited,
         domain.TransferCompleted,
         domain.TransferRefunded,
+        domain.HoldPlaced,
+        domain.HoldCaptured,
+        domain.HoldReleased,
+        domain.HoldExpired,
         domain.CommandRejected,
     )
 }
@@ -521,6 +525,9 @@ _PAYLOAD_NAMES = {
     "ledger.v1.Debit": domain.Debit,
     "ledger.v1.CloseAccount": domain.CloseAccount,
     "ledger.v1.Transfer": domain.Transfer,
+    "ledger.v1.PlaceHold": domain.PlaceHold,
+    "ledger.v1.CaptureHold": domain.CaptureHold,
+    "ledger.v1.ReleaseHold": domain.ReleaseHold,
     "ledger.v1.TransferCreditLeg": domain.TransferCreditLeg,
     "ledger.v1.TransferSettleLeg": domain.TransferSettleLeg,
 }

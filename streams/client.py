@@ -133,6 +133,29 @@ class LedgerClient:
                                      replies.accepts(final_transfer=True))
         return self._transfer_status(self._await(waiter, timeout_s, "transfer not settled:"))
 
+    def hold(self, account_id: str, amount_minor: int, currency: str, *,
+             to_account_id: str = "", expires_in_ms: int = 0, expires_at_ms: int = 0,
+             metadata: dict[str, str] | None = None, hold_id: str | None = None,
+             wait: bool = False, timeout_s: float = 30.0):
+        """Reserve money on the account; the hold id is the command id."""
+        return self.send(domain.PlaceHold(hold_id or _new_id(), account_id, amount_minor,
+                                          currency, to_account_id, expires_at_ms,
+                                          expires_in_ms, tuple(sorted((metadata or {}).items()))),
+                         wait=wait, timeout_s=timeout_s)
+
+    def capture(self, account_id: str, hold_id: str, amount_minor: int = 0, *,
+                to_account_id: str = "", command_id: str | None = None, wait: bool = False,
+                timeout_s: float = 30.0):
+        """Settle a hold (all of it when ``amount_minor`` is 0; the rest is released)."""
+        return self.send(domain.CaptureHold(command_id or _new_id(), account_id, hold_id,
+                                            amount_minor, to_account_id),
+                         wait=wait, timeout_s=timeout_s)
+
+    def release(self, account_id: str, hold_id: str, *, command_id: str | None = None,
+                wait: bool = False, timeout_s: float = 30.0):
+        return self.send(domain.ReleaseHold(command_id or _new_id(), account_id, hold_id),
+                         wait=wait, timeout_s=timeout_s)
+
     def close_account(self, account_id: str, *, command_id: str | None = None,
                       wait: bool = False, timeout_s: float = 30.0):
         return self.send(domain.CloseAccount(command_id or _new_id(), account_id), wait=wait,

@@ -85,6 +85,10 @@ CATCH_UP_REPORT_S = 10.0  # a catch-up that takes longer says where it is
 # CLOCK_WARN_EVERY_S per partition): the worker stamps watermark + 1 ms
 # instead of its clock, so recent as-of questions wait for it.
 CLOCK_BEHIND_WARN_MS = 1_000
+# Owned partitions are searched for due holds this often (and at once after
+# a partition is taken over): a hold expires within this plus a loop turn and
+# a commit of its expires_at, well inside the issue's 5 s.
+EXPIRY_CHECK_S = 0.25
 CLOCK_WARN_EVERY_S = 10.0
 
 
@@ -125,7 +129,9 @@ def handle_command(batch: Batch, command, now_ms: int) -> tuple[list[bytes], lis
             batch, command, digest, "rejected", rejection.reason.value, rejection.detail, (),
             duplicate=False, transfer=_failed(command, rejection))
 
-    result = domain.decide(batch.account(command.account_id), command, now_ms)
+    hold_id = getattr(command, "hold_id", None)
+    result = domain.decide(batch.account(command.account_id), command, now_ms,
+                           batch.hold(command.account_id, hold_id) if hold_id else None)
     if isinstance(result, domain.Rejection):
         records = [domain.rejected(command, result, now_ms)]
         outcome = "rejected"
@@ -138,6 +144,10 @@ def handle_command(batch: Batch, command, now_ms: int) -> tuple[list[bytes], lis
         records, outcome = list(result), "applied"
         if isinstance(command, domain.Transfer):
             legs = [domain.credit_leg(command)]
+        elif isinstance(command, domain.CaptureHold):
+            # With a destination, the captured money moves on as a transfer.
+            moved = domain.capture_transfer(records)
+            legs = [domain.credit_leg(moved)] if moved else []
         elif isinstance(command, domain.TransferCreditLeg):
             legs = [domain.settle_leg(command, completed=True)]
         else:
@@ -148,8 +158,8 @@ def handle_command(batch: Batch, command, now_ms: int) -> tuple[list[bytes], lis
     for record, raw in encoded:
         fold_record(batch, record, digest, raw, transfer=command)
     metrics.command_counter(command.type, outcome).inc()
-    if isinstance(command, domain.TransferCreditLeg):
-        reply = None
+    if isinstance(command, (domain.TransferCreditLeg, domain.ExpireHold)):
+        reply = None  # no client waits for these
     elif isinstance(command, domain.TransferSettleLeg):
         # The transfer's end, for whoever waits for it: with the transfer's hash.
         transfer = batch.outcome(command.account_id, command.transfer_id)
@@ -240,6 +250,8 @@ def fold_record(batch: Batch, record, digest: str, raw: bytes, transfer=None) ->
     state = domain.evolve(state, record)
     batch.put_account(state)
     batch.put_history(record, raw, state)
+    if isinstance(record, domain.HoldEvent):
+        batch.put_hold(domain.evolve_hold(batch.hold(record.account_id, record.hold_id), record))
     prior = batch.outcome(record.account_id, record.command_id)
     first = prior.sequences[0] if prior and prior.status == "applied" else record.sequence
     batch.put_outcome(Outcome(record.command_id, record.account_id, digest, "applied",
@@ -338,6 +350,7 @@ class Processor:
         # (or found committed): what a tick-only transaction sends to be fenced.
         self._positions: dict[tuple[str, int], int] = {}
         self._clock_warned_at: dict[int, float] = {}
+        self._expiry_checked_at = 0.0  # monotonic; 0: search at the next turn
         # partition -> the newest instant a reader waits for it to be final as of
         # (written by HTTP threads under the lock, read by the loop).
         self._wanted: dict[int, int] = {}
@@ -606,6 +619,13 @@ class Processor:
                     stamps[p] = self._stamp(p, wall_ms)
                 if self._handle(msg, p, batch, stamps[p]):
                     produced.add(p)
+            # Holds whose time has passed: expired in this same transaction.
+            for p, holds in self._expiries_due(wall_ms).items():
+                if p not in batches:
+                    batches[p] = Batch(self._stores[p])
+                    stamps[p] = self._stamp(p, wall_ms)
+                if self._expire(p, holds, batches[p], stamps[p]):
+                    produced.add(p)
             for p in produced:
                 batches[p].advance(stamps[p])
             # Owned partitions where nothing was recorded for tick_ms: mark
@@ -706,11 +726,13 @@ class Processor:
         recorded for tick_ms, in a transaction of their own that is fenced
         like a batch (it sends offsets with the group metadata)."""
         wall_ms = self.now_ms()
+        expiring = self._expiries_due(wall_ms)
         due = self._ticks_due(wall_ms)
-        if not due:
+        if not due and not expiring:
             return
         offsets = self._fence_offsets()
         if not offsets:
+            self._expiry_checked_at = 0.0  # look again on the next turn
             return  # cannot be fenced yet: try again on the next turn
         txn_deadline_s = self.settings.transaction_timeout_ms / 1000
         self._event_offsets.clear()
@@ -720,8 +742,15 @@ class Processor:
             raise Rebuild(f"begin_transaction: {exc.args[0]}") from None
         batches: dict[int, Batch] = {}
         try:
-            for p in due:
+            for p, holds in expiring.items():
                 batches[p] = Batch(self._stores[p])
+                stamp = self._stamp(p, wall_ms)
+                if self._expire(p, holds, batches[p], stamp):
+                    batches[p].advance(stamp)  # records on p: no tick needed there
+            for p in due:
+                if batches.get(p) is not None and batches[p].watermark:
+                    continue
+                batches.setdefault(p, Batch(self._stores[p]))
                 self._produce_tick(p, self._stamp(p, wall_ms), batches[p])
             self._flush(txn_deadline_s)
             self._retry(self._producer.send_offsets_to_transaction, offsets,
@@ -734,6 +763,45 @@ class Processor:
         self._retrying = False
         self._apply(batches)
         metrics.TRANSACTIONS.labels("committed").inc()
+
+    # -- hold expiry -----------------------------------------------------------
+
+    def _expiries_due(self, wall_ms: int) -> dict[int, list[tuple[str, str]]]:
+        """Owned partitions' active holds whose expiry is at or before the
+        clock (searched every EXPIRY_CHECK_S): partition -> (account, hold)."""
+        if time.monotonic() - self._expiry_checked_at < EXPIRY_CHECK_S:
+            return {}
+        self._expiry_checked_at = time.monotonic()
+        due = {}
+        for p, store in self._stores.items():
+            found = store.due_holds(wall_ms)
+            if found:
+                due[p] = found
+        return due
+
+    def _expire(self, partition: int, holds, batch: Batch, stamp: int) -> bool:
+        """Record HoldExpired, at this worker's time ``stamp``, for each hold
+        still active and due as the batch sees it; True if any was. Exactly
+        once: it commits with the transaction (fenced like any batch), and
+        the next owner rebuilds the holds from the log before it looks."""
+        produced = False
+        for account_id, hold_id in holds:
+            hold = batch.hold(account_id, hold_id)
+            if hold is None or hold.status is not domain.HoldStatus.active \
+                    or hold.expires_at_ms > stamp:
+                continue
+            try:
+                records, _legs, _reply = handle_command(
+                    batch, domain.expire_hold(account_id, hold_id), stamp)
+            except Exception:  # a bug must not stall the partition
+                log.exception("expiring hold %s of %s", hold_id, account_id)
+                continue
+            for raw in records:
+                self._producer.produce(self.settings.events_topic, raw, account_id.encode(),
+                                       partition=partition)
+            metrics.EVENTS.inc(len(records))
+            produced = produced or bool(records)
+        return produced
 
     def _fence_offsets(self) -> list[TopicPartition]:
         """Offsets a tick-only transaction can send: the ones our last
@@ -856,6 +924,7 @@ class Processor:
         numbers = [tp.partition for tp in partitions]
         log.info("assigned partitions %s", numbers)
         self._state = CATCHING_UP
+        self._expiry_checked_at = 0.0  # expire what is due at once after catch-up
         for p in numbers:
             if p not in self._stores:
                 self._stores[p] = PartitionStore(self._data_dir / f"p{p}")

@@ -26,6 +26,8 @@ def account_json(state: domain.AccountState) -> dict:
         "status": state.status.value,
         "overdraft_limit": state.overdraft_limit_minor,
         "pending_out": state.pending_out_minor,
+        "held": state.held_minor,  # sum of the active holds
+        "available": state.available_minor,  # balance + overdraft_limit - held
         "updated_at": rfc3339_ms(state.updated_at_ms),
     }
 

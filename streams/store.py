@@ -18,6 +18,11 @@ data dir: ``<data_dir>/<events topic>/p<N>``. It holds
                                             SNAPSHOT_EVERY events
     b"t" from_account_id 0x00 transfer_id -> transfer status (JSON), on the
                                             source account's partition
+    b"h" account_id 0x00 hold_id         -> the hold (JSON): status, amounts,
+                                            expiry, its event sequences
+    b"x" expires_at_ms(u64be) account_id 0x00 hold_id -> b"": the expiry index
+                                            of active holds (removed when a
+                                            hold ends): due holds are one seek
     b"m" b"events_offset"                -> u64be: next event-log offset to
                                             read when catching up
     b"m" b"format"                       -> u32be: STORE_FORMAT of the layout
@@ -69,7 +74,7 @@ from streams import metrics
 
 # The layout above. Bump it with any change of keys or values: a store of
 # another format is rebuilt from the log at open.
-STORE_FORMAT = 3  # 3: the watermark
+STORE_FORMAT = 4  # 3: the watermark; 4: holds (held in the state, b"h", b"x")
 _FORMAT_KEY = b"mformat"
 _EVENTS_OFFSET_KEY = b"mevents_offset"
 _WATERMARK_KEY = b"mwatermark"
@@ -125,6 +130,14 @@ def transfer_key(from_account_id: str, transfer_id: str) -> bytes:
     return _account_prefix(b"t", from_account_id) + transfer_id.encode()
 
 
+def hold_key(account_id: str, hold_id: str) -> bytes:
+    return _account_prefix(b"h", account_id) + hold_id.encode()
+
+
+def expiry_key(expires_at_ms: int, account_id: str, hold_id: str) -> bytes:
+    return b"x" + _U64.pack(expires_at_ms) + account_id.encode() + b"\x00" + hold_id.encode()
+
+
 def history_key(account_id: str, sequence: int) -> bytes:
     return _account_prefix(b"e", account_id) + _U64.pack(sequence)
 
@@ -134,7 +147,7 @@ def encode_state(state: domain.AccountState) -> bytes:
         [state.account_id, state.currency, state.balance_minor,
          state.overdraft_limit_minor, state.version, state.status.value,
          state.opened_at_ms, state.updated_at_ms, state.credits_minor,
-         state.debits_minor, state.pending_out_minor],
+         state.debits_minor, state.pending_out_minor, state.held_minor],
         separators=(",", ":"),
     ).encode()
 
@@ -146,8 +159,21 @@ def decode_state(raw: bytes) -> domain.AccountState:
         overdraft_limit_minor=f[3], version=f[4],
         status=domain.AccountStatus(f[5]), opened_at_ms=f[6],
         updated_at_ms=f[7], credits_minor=f[8], debits_minor=f[9],
-        pending_out_minor=f[10],
+        pending_out_minor=f[10], held_minor=f[11],
     )
+
+
+def encode_hold(hold: domain.Hold) -> bytes:
+    return json.dumps([hold.amount_minor, hold.currency, hold.to_account_id,
+                       hold.expires_at_ms, hold.status.value, hold.captured_minor,
+                       hold.placed_at_ms, hold.ended_at_ms, list(hold.sequences)],
+                      separators=(",", ":")).encode()
+
+
+def decode_hold(account_id: str, hold_id: str, raw: bytes) -> domain.Hold:
+    f = json.loads(raw)
+    return domain.Hold(hold_id, account_id, f[0], f[1], f[2], f[3], domain.HoldStatus(f[4]),
+                       f[5], f[6], f[7], tuple(f[8]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,6 +279,21 @@ class PartitionStore:
     def transfer(self, from_account_id: str, transfer_id: str) -> TransferEntry | None:
         raw = self._db.get(transfer_key(from_account_id, transfer_id))
         return None if raw is None else TransferEntry.decode(from_account_id, transfer_id, raw)
+
+    def hold(self, account_id: str, hold_id: str) -> domain.Hold | None:
+        raw = self._db.get(hold_key(account_id, hold_id))
+        return None if raw is None else decode_hold(account_id, hold_id, raw)
+
+    def due_holds(self, now_ms: int, limit: int = 1000) -> list[tuple[str, str]]:
+        """(account_id, hold_id) of active holds whose expiry is at or before
+        ``now_ms``, soonest first (at most ``limit``)."""
+        out = []
+        for key, _value in self.items(b"x"):
+            if _U64.unpack(key[1:9])[0] > now_ms or len(out) >= limit:
+                break
+            account_id, _, hold_id = key[9:].partition(b"\x00")
+            out.append((account_id.decode(), hold_id.decode()))
+        return out
 
     def events(self, account_id: str, sequences) -> list:
         """The account's events with these sequence numbers (those that exist), decoded."""
@@ -360,7 +401,10 @@ class PartitionStore:
         """Write a committed batch and the log position it reaches, atomically."""
         wb = WriteBatch(raw_mode=True)
         for key, value in batch.writes.items():
-            wb.put(key, value)
+            if value is None:
+                wb.delete(key)
+            else:
+                wb.put(key, value)
         if events_offset is not None:
             wb.put(_EVENTS_OFFSET_KEY, _U64.pack(events_offset))
         watermark = batch.watermark
@@ -374,16 +418,18 @@ class PartitionStore:
 class Batch:
     """Uncommitted changes to one partition's store, readable before commit."""
 
-    __slots__ = ("store", "writes", "watermark", "_states", "_outcomes", "_transfers")
+    __slots__ = ("store", "writes", "watermark", "_states", "_outcomes", "_transfers",
+                 "_holds")
 
     def __init__(self, store: PartitionStore):
         self.store = store
-        self.writes: dict[bytes, bytes] = {}
+        self.writes: dict[bytes, bytes | None] = {}  # None: delete the key
         # The newest recorded_at_ms of the records in this batch (0: none).
         self.watermark = 0
         self._states: dict[str, domain.AccountState | None] = {}
         self._outcomes: dict[str, dict | None] = {}
         self._transfers: dict[str, dict | None] = {}
+        self._holds: dict[tuple[str, str], domain.Hold | None] = {}
 
     def account(self, account_id: str) -> domain.AccountState | None:
         try:
@@ -417,6 +463,21 @@ class Batch:
             if raw is not None:
                 out.append(codec.decode_outcome(raw)[0])
         return out
+
+    def hold(self, account_id: str, hold_id: str) -> domain.Hold | None:
+        key = (account_id, hold_id)
+        try:
+            return self._holds[key]
+        except KeyError:
+            entry = self._holds[key] = self.store.hold(account_id, hold_id)
+            return entry
+
+    def put_hold(self, hold: domain.Hold) -> None:
+        """Store the hold; keep the expiry index to its active holds."""
+        self._holds[(hold.account_id, hold.hold_id)] = hold
+        self.writes[hold_key(hold.account_id, hold.hold_id)] = encode_hold(hold)
+        index = expiry_key(hold.expires_at_ms, hold.account_id, hold.hold_id)
+        self.writes[index] = b"" if hold.status is domain.HoldStatus.active else None
 
     def advance(self, recorded_at_ms: int) -> None:
         """A record stamped ``recorded_at_ms`` is part of this batch."""

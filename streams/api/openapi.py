@@ -138,7 +138,22 @@ _COMMAND_SCHEMA_NAMES = {
     "debit": "DebitCommand",
     "transfer": "TransferCommand",
     "close_account": "CloseAccountCommand",
+    "hold": "HoldCommand",
+    "capture": "CaptureCommand",
+    "release": "ReleaseCommand",
 }
+
+
+def _expected_version() -> dict:
+    return {"type": "integer", "format": "int64", "minimum": 0, "maximum": INT64_MAX,
+            "description": "Optimistic concurrency: decided only if the account's version "
+                           "is this one then (0: it does not exist yet), else rejected as "
+                           "version_conflict (the reply's version is the current one)."}
+
+
+def _int64_field(description: str, minimum: int = 1) -> dict:
+    return {"type": "integer", "format": "int64", "minimum": minimum, "maximum": INT64_MAX,
+            "description": description}
 
 _FIELD_SCHEMAS = {
     "account_id": _account_id,
@@ -148,6 +163,16 @@ _FIELD_SCHEMAS = {
     "currency": _currency,
     "overdraft_limit": _overdraft_limit,
     "metadata": _metadata,
+    "hold_id": lambda: {**_command_id(), "description": "The hold: its hold command's "
+                                                        "command_id."},
+    "expires_at": lambda: {"oneOf": [{"type": "string", "format": "date-time"},
+                                     _int64_field("Epoch ms.")],
+                           "description": "hold only: when it expires (at most 30 days "
+                                          "ahead, else expiry_out_of_range); not with "
+                                          "expires_in_ms. Default: 7 days."},
+    "expires_in_ms": lambda: _int64_field("hold only: expires this long after it is "
+                                          "decided (at most 30 days); not with expires_at."),
+    "expected_version": _expected_version,
 }
 
 
@@ -236,6 +261,13 @@ def _schemas() -> dict:
             },
             "events": {"type": "array", "items": _ref("Event"),
                        "description": "The events it appended; empty when rejected."},
+            "duplicate": {"type": "boolean",
+                          "description": "?wait=1 only: true when this send was a retry "
+                                         "(same command_id and body) and the outcome is "
+                                         "the original one."},
+            "version": {"type": "integer", "format": "int64", "nullable": True,
+                        "description": "?wait=1 only: the account's version when the "
+                                       "reply was made (null: no such account)."},
         },
     }
     schemas["TransferStatus"] = {
@@ -276,6 +308,15 @@ def _schemas() -> dict:
             "pending_out": {"type": "integer", "format": "int64", "minimum": 0,
                             "maximum": INT64_MAX,
                             "description": "Money debited here by transfers not yet settled."},
+            "held": {"type": "integer", "format": "int64", "minimum": 0, "maximum": INT64_MAX,
+                     "description": "Sum of the account's active holds (still on the "
+                                    "balance)."},
+            "available": {"type": "integer", "format": "int64", "minimum": 0,
+                          "maximum": INT64_MAX,
+                          "description": "What may still leave or be held: balance + "
+                                         "overdraft_limit - held (money pending in "
+                                         "outgoing transfers has already left the "
+                                         "balance)."},
             "updated_at": {"type": "string", "format": "date-time"},
             "as_of": {"type": "string", "format": "date-time",
                       "description": "The instant this state is as of: the as_of asked "

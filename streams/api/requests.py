@@ -19,6 +19,15 @@ an integer count of minor units, never a float)::
      "to_account_id": "bob", "amount": 250, "currency": "EUR",
      "metadata": {"note": "rent"}}                               # metadata optional
     {"command_id": "c-3", "type": "close_account", "account_id": "alice"}
+    {"command_id": "h-1", "type": "hold", "account_id": "alice", "amount": 500,
+     "currency": "EUR", "to_account_id": "shop",                 # optional
+     "expires_in_ms": 60000, "metadata": {}}     # or "expires_at"; both optional
+    {"command_id": "k-1", "type": "capture", "account_id": "alice",
+     "hold_id": "h-1", "amount": 300, "to_account_id": "shop"}   # both optional
+    {"command_id": "r-1", "type": "release", "account_id": "alice", "hold_id": "h-1"}
+
+Any command may carry ``"expected_version": N`` (N >= 0): decided only if
+the account's version is N then, else rejected as ``version_conflict``.
 
 What is checked here is the *shape* of a request. Whatever needs an account's
 state (unknown account, currency mismatch, same account on both sides of a
@@ -35,8 +44,9 @@ always gets the same answer):
    is ``unexpected_field``; a key known to another type only is
    ``not_allowed_for_type``. (Both name the key as ``field``.)
 5. The type's own fields in :data:`FIELD_ORDER` order, i.e. ``account_id``,
-   ``from_account_id``, ``to_account_id``, ``amount``, ``currency``,
-   ``overdraft_limit``, ``metadata`` (each type takes a subsequence, see
+   ``from_account_id``, ``to_account_id``, ``hold_id``, ``amount``,
+   ``currency``, ``overdraft_limit``, ``expires_at``, ``expires_in_ms``,
+   ``metadata``, ``expected_version`` (each type takes a subsequence, see
    :data:`TYPE_FIELDS`).
 
    - ids: missing, wrong_type, empty, too_long, malformed (an account id may
@@ -45,8 +55,11 @@ always gets the same answer):
      not_an_integer (any float, even ``1.0`` or ``1e3``), must_be_positive,
      too_large (> 2**63-1)
    - ``currency``: missing, wrong_type, malformed (not exactly ``[A-Z]{3}``)
-   - ``overdraft_limit`` (optional): wrong_type, not_an_integer,
-     must_not_be_negative, too_large
+   - ``overdraft_limit``, ``expected_version`` (optional): wrong_type,
+     not_an_integer, must_not_be_negative, too_large
+   - ``expires_in_ms`` (optional): as ``amount``; ``expires_at`` (optional):
+     wrong_type, malformed, out_of_range (RFC 3339 or epoch ms). Whether the
+     expiry is within 30 days is the domain's: ``expiry_out_of_range``.
    - ``metadata`` (optional): wrong_type, too_many_entries (> 16); then per
      entry in sorted key order: empty_key / key_too_long / malformed key
      (field ``metadata``), wrong_type / too_long / malformed value (field
@@ -118,7 +131,8 @@ def valid_account_id(value: object) -> bool:
     """The domain's account id rule, minus the dot segments ``.`` and ``..``."""
     return domain.valid_account_id(value) and value not in _DOT_SEGMENTS
 
-COMMAND_TYPE_NAMES = ("open_account", "credit", "debit", "transfer", "close_account")
+COMMAND_TYPE_NAMES = ("open_account", "credit", "debit", "transfer", "close_account", "hold",
+                      "capture", "release")
 
 # Every field a command body may carry besides command_id and type, in the
 # order they are checked.
@@ -126,23 +140,36 @@ FIELD_ORDER = (
     "account_id",
     "from_account_id",
     "to_account_id",
+    "hold_id",
     "amount",
     "currency",
     "overdraft_limit",
+    "expires_at",
+    "expires_in_ms",
     "metadata",
+    "expected_version",
 )
 
 # The fields each type takes (a subsequence of FIELD_ORDER) ...
 TYPE_FIELDS: dict[str, tuple[str, ...]] = {
-    "open_account": ("account_id", "currency", "overdraft_limit"),
-    "credit": ("account_id", "amount", "currency"),
-    "debit": ("account_id", "amount", "currency"),
-    "transfer": ("from_account_id", "to_account_id", "amount", "currency", "metadata"),
-    "close_account": ("account_id",),
+    "open_account": ("account_id", "currency", "overdraft_limit", "expected_version"),
+    "credit": ("account_id", "amount", "currency", "expected_version"),
+    "debit": ("account_id", "amount", "currency", "expected_version"),
+    "transfer": ("from_account_id", "to_account_id", "amount", "currency", "metadata",
+                 "expected_version"),
+    "close_account": ("account_id", "expected_version"),
+    "hold": ("account_id", "to_account_id", "amount", "currency", "expires_at",
+             "expires_in_ms", "metadata", "expected_version"),
+    "capture": ("account_id", "to_account_id", "hold_id", "amount", "expected_version"),
+    "release": ("account_id", "hold_id", "expected_version"),
 }
 # ... and which of them must be present.
+_OPTIONAL = frozenset(("overdraft_limit", "metadata", "expected_version", "expires_at",
+                       "expires_in_ms"))
 REQUIRED_FIELDS: dict[str, frozenset[str]] = {
-    name: frozenset(fields) - {"overdraft_limit", "metadata"}
+    name: frozenset(fields) - _OPTIONAL - (
+        {"to_account_id"} if name == "hold" else
+        {"to_account_id", "amount"} if name == "capture" else set())
     for name, fields in TYPE_FIELDS.items()
 }
 
@@ -240,14 +267,15 @@ def parse_command(body: object) -> Command:
         limit = 0
         if "overdraft_limit" in body:
             limit = _integer_field(body, "overdraft_limit", minimum=0)
-        return domain.OpenAccount(command_id, account_id, currency, limit)
+        return domain.OpenAccount(command_id, account_id, currency, limit,
+                                  _expected_version(body))
 
     if type_name in ("credit", "debit"):
         account_id = _id_field(body, "account_id", account=True)
         amount = _integer_field(body, "amount", minimum=1)
         currency = _currency_field(body)
         cls = domain.Credit if type_name == "credit" else domain.Debit
-        return cls(command_id, account_id, amount, currency)
+        return cls(command_id, account_id, amount, currency, _expected_version(body))
 
     if type_name == "transfer":
         from_id = _id_field(body, "from_account_id", account=True)
@@ -257,11 +285,53 @@ def parse_command(body: object) -> Command:
         metadata: tuple[tuple[str, str], ...] = ()
         if "metadata" in body:
             metadata = _metadata_field(body["metadata"])
-        return domain.Transfer(command_id, from_id, to_id, amount, currency, metadata)
+        return domain.Transfer(command_id, from_id, to_id, amount, currency, metadata,
+                               _expected_version(body))
+
+    if type_name == "hold":
+        account_id = _id_field(body, "account_id", account=True)
+        to_id = _id_field(body, "to_account_id", account=True) if "to_account_id" in body \
+            else ""
+        amount = _integer_field(body, "amount", minimum=1)
+        currency = _currency_field(body)
+        expires_at = _instant_field(body, "expires_at") if "expires_at" in body else 0
+        expires_in = _integer_field(body, "expires_in_ms", minimum=1) \
+            if "expires_in_ms" in body else 0
+        metadata = _metadata_field(body["metadata"]) if "metadata" in body else ()
+        return domain.PlaceHold(command_id, account_id, amount, currency, to_id, expires_at,
+                                expires_in, metadata, _expected_version(body))
+
+    if type_name == "capture":
+        account_id = _id_field(body, "account_id", account=True)
+        to_id = _id_field(body, "to_account_id", account=True) if "to_account_id" in body \
+            else ""
+        hold_id = _id_field(body, "hold_id", account=False)
+        amount = _integer_field(body, "amount", minimum=1) if "amount" in body else 0
+        return domain.CaptureHold(command_id, account_id, hold_id, amount, to_id,
+                                  _expected_version(body))
+
+    if type_name == "release":
+        account_id = _id_field(body, "account_id", account=True)
+        hold_id = _id_field(body, "hold_id", account=False)
+        return domain.ReleaseHold(command_id, account_id, hold_id, _expected_version(body))
 
     # close_account
     account_id = _id_field(body, "account_id", account=True)
-    return domain.CloseAccount(command_id, account_id)
+    return domain.CloseAccount(command_id, account_id, _expected_version(body))
+
+
+def _expected_version(body: dict) -> int:
+    if "expected_version" not in body:
+        return domain.ANY_VERSION
+    return _integer_field(body, "expected_version", minimum=0)
+
+
+def _instant_field(body: dict, name: str) -> int:
+    """An instant as an RFC 3339 string or epoch ms (a positive integer)."""
+    value = body[name]
+    if isinstance(value, str):
+        return parse_instant(name, value)
+    return _integer_field(body, name, minimum=1)
 
 
 def decode_json_body(raw: bytes | bytearray | str) -> object:
@@ -310,6 +380,13 @@ def command_to_json(command: Command) -> dict:
     (a dict, ``{}`` when empty). For every valid command ``c``,
     ``parse_command(command_to_json(c)) == c``.
     """
+    out = _command_fields(command)
+    if command.expected_version != domain.ANY_VERSION:
+        out["expected_version"] = command.expected_version
+    return out
+
+
+def _command_fields(command: Command) -> dict:
     if isinstance(command, domain.OpenAccount):
         return {"command_id": command.command_id, "type": command.type,
                 "account_id": command.account_id, "currency": command.currency,
@@ -327,6 +404,30 @@ def command_to_json(command: Command) -> dict:
     if isinstance(command, domain.CloseAccount):
         return {"command_id": command.command_id, "type": command.type,
                 "account_id": command.account_id}
+    if isinstance(command, domain.PlaceHold):
+        out = {"command_id": command.command_id, "type": command.type,
+               "account_id": command.account_id}
+        if command.to_account_id:
+            out["to_account_id"] = command.to_account_id
+        out.update(amount=command.amount_minor, currency=command.currency)
+        if command.expires_at_ms:
+            out["expires_at"] = command.expires_at_ms
+        if command.expires_in_ms:
+            out["expires_in_ms"] = command.expires_in_ms
+        out["metadata"] = dict(command.metadata)
+        return out
+    if isinstance(command, domain.CaptureHold):
+        out = {"command_id": command.command_id, "type": command.type,
+               "account_id": command.account_id}
+        if command.to_account_id:
+            out["to_account_id"] = command.to_account_id
+        out["hold_id"] = command.hold_id
+        if command.amount_minor:
+            out["amount"] = command.amount_minor
+        return out
+    if isinstance(command, domain.ReleaseHold):
+        return {"command_id": command.command_id, "type": command.type,
+                "account_id": command.account_id, "hold_id": command.hold_id}
     raise TypeError(f"not a client command: {type(command).__name__}")
 
 

@@ -49,6 +49,7 @@ def account(
     updated_at_ms: int = EARLIER,
     account_id: str = ACC,
     pending: int = 0,
+    held: int = 0,
 ) -> AccountState:
     """An account state built directly, without replaying events."""
     return AccountState(
@@ -61,6 +62,7 @@ def account(
         opened_at_ms=EARLIER,
         updated_at_ms=updated_at_ms,
         pending_out_minor=pending,
+        held_minor=held,
     )
 
 
@@ -225,6 +227,20 @@ REJECTIONS = [
     pytest.param(account(), credit(account_id="a/b"), R.invalid_account_id, id="id-slash-credit"),
     pytest.param(account(), debit(account_id=""), R.invalid_account_id, id="id-empty-debit"),
     pytest.param(account(), close(account_id="a b"), R.invalid_account_id, id="id-space-close"),
+    # version_conflict: checked before anything about the command's shape
+    pytest.param(account(500, version=3), Debit("cmd-1", ACC, 100, "EUR", expected_version=2),
+                 R.version_conflict, id="debit-expects-older-version"),
+    pytest.param(account(500, version=3), Credit("cmd-1", ACC, -1, "eur", expected_version=4),
+                 R.version_conflict, id="credit-expects-newer-version-bad-shape"),
+    pytest.param(None, Credit("cmd-1", ACC, 100, "EUR", expected_version=1),
+                 R.version_conflict, id="credit-unknown-account-expects-1"),
+    pytest.param(account(), OpenAccount("cmd-1", ACC, "EUR", expected_version=0),
+                 R.version_conflict, id="open-existing-expects-none"),
+    pytest.param(account(version=2), CloseAccount("cmd-1", ACC, expected_version=1),
+                 R.version_conflict, id="close-expects-older"),
+    pytest.param(account(500, version=5),
+                 Transfer("t-1", ACC, "acc-2", 10, "EUR", expected_version=4),
+                 R.version_conflict, id="transfer-expects-older"),
     # The id and currency patterns must match the whole value: '$' would
     # also match before a trailing newline (a bug, fixed with fullmatch).
     pytest.param(None, open_(account_id="acc\n"), R.invalid_account_id, id="id-trailing-newline"),
@@ -319,6 +335,8 @@ REJECTIONS = [
     # transfers_pending: a refund may still come back to this account
     pytest.param(account(0, pending=100), close(), R.transfers_pending, id="close-while-pending"),
     pytest.param(account(0, pending=1), close(), R.transfers_pending, id="close-pending-one-cent"),
+    # holds_active: an active hold may still be captured from this account
+    pytest.param(account(0, held=1, overdraft=5), close(), R.holds_active, id="close-while-held"),
 ]
 
 
@@ -329,14 +347,24 @@ def test_rejected_commands(state, command, expected):
     assert expected == actual
 
 
-def test_rejection_table_covers_rejection_order_in_order():
-    """The table names every reason decide can give, in REJECTION_ORDER."""
+def first_seen(reasons) -> list:
     seen = []
-    for param in REJECTIONS:
-        reason = param.values[2]
+    for reason in reasons:
         if reason not in seen:
             seen.append(reason)
-    assert list(REJECTION_ORDER) == seen
+    return seen
+
+
+def test_rejection_table_covers_rejection_order_in_order():
+    """This table and the holds' (tests/ledger/test_holds.py) name every
+    reason decide can give, each table in REJECTION_ORDER."""
+    from tests.ledger.test_holds import HOLD_REJECTIONS
+
+    ours = first_seen(param.values[2] for param in REJECTIONS)
+    holds = first_seen(param.values[3] for param in HOLD_REJECTIONS)
+    for table in (ours, holds):
+        assert [r for r in REJECTION_ORDER if r in table] == table
+    assert set(REJECTION_ORDER) == set(ours) | set(holds)
 
 
 def test_command_id_reused_is_not_decided_here():

@@ -88,7 +88,21 @@ COMMAND_STRATEGIES = {
     domain.Transfer: st.builds(
         domain.Transfer, command_id=command_ids, from_account_id=account_ids,
         to_account_id=account_ids, amount_minor=longs, currency=currencies,
-        metadata=metadata,
+        metadata=metadata, expected_version=longs,
+    ),
+    domain.PlaceHold: st.builds(
+        domain.PlaceHold, command_id=command_ids, account_id=account_ids, amount_minor=longs,
+        currency=currencies, to_account_id=st.just("") | account_ids, expires_at_ms=longs,
+        expires_in_ms=longs, metadata=metadata, expected_version=longs,
+    ),
+    domain.CaptureHold: st.builds(
+        domain.CaptureHold, command_id=command_ids, account_id=account_ids,
+        hold_id=command_ids, amount_minor=longs, to_account_id=st.just("") | account_ids,
+        expected_version=longs,
+    ),
+    domain.ReleaseHold: st.builds(
+        domain.ReleaseHold, command_id=command_ids, account_id=account_ids,
+        hold_id=command_ids, expected_version=longs,
     ),
 }
 
@@ -127,6 +141,13 @@ OUTCOME_STRATEGIES = {
     domain.TransferCredited: _transfer_event(domain.TransferCredited),
     domain.TransferCompleted: _transfer_event(domain.TransferCompleted),
     domain.TransferRefunded: _transfer_event(domain.TransferRefunded, reason=settle_reasons),
+    domain.HoldPlaced: _event(domain.HoldPlaced, hold_id=command_ids,
+                              to_account_id=st.just("") | account_ids, expires_at_ms=longs,
+                              metadata=metadata),
+    domain.HoldCaptured: _event(domain.HoldCaptured, hold_id=command_ids, released_minor=longs,
+                                to_account_id=st.just("") | account_ids),
+    domain.HoldReleased: _event(domain.HoldReleased, hold_id=command_ids),
+    domain.HoldExpired: _event(domain.HoldExpired, hold_id=command_ids, expires_at_ms=longs),
     domain.CommandRejected: st.builds(
         domain.CommandRejected, account_id=account_ids, command_id=command_ids,
         command_type=st.sampled_from(sorted(domain.COMMAND_TYPES)), reason=reasons,
@@ -148,6 +169,9 @@ SAMPLE_COMMANDS = [
     domain.Debit("c-debit", "alice", 30_00, "EUR"),
     domain.CloseAccount("c-close", "alice"),
     SAMPLE_TRANSFER,
+    domain.PlaceHold("h-1", "alice", 10_00, "EUR", "shop", 0, 60_000, (("order", "17"),), 4),
+    domain.CaptureHold("k-1", "alice", "h-1", 6_00),
+    domain.ReleaseHold("r-1", "alice", "h-1"),
 ]
 SAMPLE_CREDIT_LEG = domain.credit_leg(SAMPLE_TRANSFER)
 SAMPLE_LEGS = [
@@ -170,6 +194,13 @@ SAMPLE_OUTCOMES = [
                             "t-1", "bob", "account_closed"),
     domain.CommandRejected("bob", "c-x", "debit", "insufficient_funds", "bal 0 < 5",
                            1_700_000_000_004),
+    domain.HoldPlaced("alice", 6, "h-1", "EUR", 10_00, 70_00, 1_700_000_000_008, "h-1",
+                      "shop", 1_700_000_060_008, (("order", "17"),)),
+    domain.HoldCaptured("alice", 7, "k-1", "EUR", 6_00, 70_00, 1_700_000_000_009, "h-1",
+                        4_00, "shop"),
+    domain.HoldReleased("alice", 7, "r-1", "EUR", 10_00, 70_00, 1_700_000_000_009, "h-1"),
+    domain.HoldExpired("alice", 7, "h-1#expire", "EUR", 10_00, 70_00, 1_700_000_060_009,
+                       "h-1", 1_700_000_060_008),
 ]
 HASH = hashlib.sha256(b"a command").hexdigest()
 ISSUED = 1_700_000_000_000
@@ -920,7 +951,8 @@ def _avro_string(s: str) -> bytes:
 
 def _credit_body(amount: int) -> bytes:
     return (_avro_string("c-1") + _avro_long(0) + _avro_long(1)  # union branch 1: Credit
-            + _avro_string("alice") + _avro_long(amount) + _avro_string("EUR"))
+            + _avro_string("alice") + _avro_long(amount) + _avro_string("EUR")
+            + _avro_long(-1))  # expected_version: any
 
 
 def test_hand_built_credit_decodes():
@@ -952,7 +984,7 @@ def _map(pairs) -> bytes:
 def _transfer_body(amount: int, wire_pairs=()) -> bytes:
     return (_avro_string("t-1") + _avro_long(0) + _avro_long(4)  # union branch 4: Transfer
             + _avro_string("alice") + _avro_string("bob") + _avro_long(amount)
-            + _avro_string("EUR") + _map(wire_pairs))
+            + _avro_string("EUR") + _map(wire_pairs) + _avro_long(-1))  # expected_version
 
 
 def test_hand_built_transfer_decodes():
