@@ -850,7 +850,6 @@ def run_ceiling(ctx: Context, records: int | None = None,
             if proc.poll() is not None or time.monotonic() - t > READY_TIMEOUT_S:
                 raise BenchError(f"{label} loop did not start:\n{tail(log_path)}")
         say(f"{label}: loop owns its partitions; releasing the backlog")
-        cpu0 = proc_cpu_seconds(proc.pid)
         t0, commit_s = loader.release()
 
         def alive():
@@ -858,7 +857,6 @@ def run_ceiling(ctx: Context, records: int | None = None,
                 raise BenchError(f"ceiling loop exited {proc.returncode}:\n{tail(log_path)}")
 
         t_end = watcher.wait_for(lambda w: w.count >= n, "ceiling output", check=alive)
-        cpu1 = proc_cpu_seconds(proc.pid)
         proc.wait(30)
         own = json.loads(lines[-1])
     finally:
@@ -874,7 +872,9 @@ def run_ceiling(ctx: Context, records: int | None = None,
         "own_clock_seconds": round(own_seconds, 3),
         "rate_own_clock": round(n / own_seconds),
         "rate_first_consumed_to_last_visible": round(n / (t_end - own["first_consumed"])),
-        "cpu_us_per_record": round(1e6 * (cpu1 - cpu0) / n, 1),
+        # By the loop's own process_time() (it has exited by now).
+        "cpu_us_per_record": round(1e6 * own["cpu_seconds"] / n, 1)
+        if own.get("cpu_seconds") is not None else None,
         "transactions": own["transactions"],
         "loop_seconds": own["seconds"],
         "output_records": watcher.count,
@@ -913,7 +913,8 @@ def run_ceilings(ctx: Context) -> dict:
     return {"rate": rate, "rates": [r["rate"] for r in counted],
             "seconds": [r["seconds"] for r in counted],
             "records": [r["records"] for r in counted],
-            "cpu_us_per_record": median([r["cpu_us_per_record"] for r in counted]),
+            "cpu_us_per_record": median([r["cpu_us_per_record"] for r in counted
+                                         if r["cpu_us_per_record"] is not None]),
             "loadavg": [r["loadavg"] for r in counted], "runs": runs}
 
 
