@@ -1002,6 +1002,7 @@ def run_ledger(ctx: Context, workers_n: int, kind: str = "credit_debit",
         say(f"{label}: all ready; releasing {n:,} commands")
         pids = [w.proc.pid for w in workers]
         cpu0 = sum(proc_cpu_seconds(pid) for pid in pids)
+        broker0 = sum(proc_cpu_seconds(pid) for pid in ctx.target.broker_pids)
         busy0 = machine_busy_seconds()
         t0, commit_s = loader.release()
         if kind == "credit_debit":
@@ -1012,6 +1013,7 @@ def run_ledger(ctx: Context, workers_n: int, kind: str = "credit_debit",
                 lambda w: sum(w.by_type[t] for t in FINAL_TRANSFER_TYPES)
                 + w.rejected_transfers >= n, "final transfer records", check=alive)
         cpu_s = sum(proc_cpu_seconds(pid) for pid in pids) - cpu0
+        broker_s = sum(proc_cpu_seconds(pid) for pid in ctx.target.broker_pids) - broker0
         busy_s = machine_busy_seconds() - busy0
         worker_metrics = metrics_delta(metrics_before, metrics_of(workers))
         if profile_out is not None:
@@ -1041,6 +1043,10 @@ def run_ledger(ctx: Context, workers_n: int, kind: str = "credit_debit",
         # /proc/<pid>/stat) from release to the last outcome, per command.
         "cpu_us_per_command": round(1e6 * cpu_s / n, 1),
         "worker_cores": round(cpu_s / seconds, 2),
+        # The broker JVMs' CPU time over the same interval (brokers this
+        # bench started; None on an external cluster), per command.
+        "broker_cpu_us_per_command": round(1e6 * broker_s / n, 1)
+        if ctx.target.broker_pids else None,
         "machine_cores_busy": round(busy_s / seconds, 2),
         "loadavg": load,
         "target": ctx.target.name,
@@ -1330,9 +1336,21 @@ def run_compare(ctxs: list[Context], attempt, workers_n: int, repeat: int) -> di
             "broker_rss_mb_max": rss[c.target.name]["max_mb"],
             "broker_rss_mb_last_per_jvm": rss[c.target.name].get("last_per_jvm_mb"),
         }
+    for c in ctxs:
+        t = out["targets"][c.target.name]
+        t["broker_cpu_us_per_command"] = [r["broker_cpu_us_per_command"]
+                                          for r in runs[c.target.name]]
     a, b = (out["targets"][c.target.name]["median"] for c in ctxs[:2])
     out["ratio"] = round(b / a, 3) if a and b else None
     out["ratio_of"] = f"{ctxs[1].target.name} / {ctxs[0].target.name}"
+    # Runs i of both targets ran back to back: their ratio is less exposed to
+    # the machine's load drifting over the whole comparison.
+    ra, rb = (runs[c.target.name] for c in ctxs[:2])
+    out["pair_ratios"] = [round(y["rate"] / x["rate"], 3) for x, y in zip(ra, rb)]
+    out["pair_ratio_median"] = median(out["pair_ratios"])
+    cpu_a, cpu_b = (median(out["targets"][c.target.name]["cpu_us_per_command"])
+                    for c in ctxs[:2])
+    out["cpu_ratio"] = round(cpu_b / cpu_a, 3) if cpu_a and cpu_b else None
     return out
 
 
@@ -1407,9 +1425,13 @@ def summary_rows(results: dict) -> list[tuple]:
     for n in sorted({r["workers"] for r in ledger if r["scenario"] == "credit_debit"}):
         rs = [r for r in ledger if r["scenario"] == "credit_debit" and r["workers"] == n]
         m = median([r["rate"] for r in rs])
+        broker_cpu = median([r["broker_cpu_us_per_command"] for r in rs
+                             if r.get("broker_cpu_us_per_command") is not None])
         rows.append((f"ledger credit/debit, {n} worker{'s' if n > 1 else ''}", str(len(rs)),
                      f"{round(m):,}/s", _rates(rs),
-                     f"{median([r['cpu_us_per_command'] for r in rs])}", _loads(rs)))
+                     f"{median([r['cpu_us_per_command'] for r in rs])}"
+                     + (f" (broker {round(broker_cpu, 1)})" if broker_cpu is not None else ""),
+                     _loads(rs)))
         if ceiling:
             rows.append((f"  ledger / ceiling, {n} worker{'s' if n > 1 else ''}", "",
                          _ratio(m, ceiling["rate"]), "", "", ""))
@@ -1453,18 +1475,24 @@ def compare_rows(compare: dict, labels: dict) -> list[tuple]:
     for name, t in compare["targets"].items():
         rss = (f"{t['broker_rss_mb_max']:,.0f} MB max ({t['broker_jvms']} JVM"
                f"{'s' if t['broker_jvms'] > 1 else ''})")
+        broker_cpu = median([x for x in t.get("broker_cpu_us_per_command", []) if x is not None])
         rows.append((labels.get(name, name), str(len(t["rates"])),
                      f"{round(t['median']):,}/s" if t["median"] else "-",
                      " / ".join(f"{r:,}" for r in t["rates"]),
-                     f"{median(t['cpu_us_per_command'])}",
+                     f"{median(t['cpu_us_per_command'])}"
+                     + (f" (broker {round(broker_cpu, 1)})" if broker_cpu is not None else ""),
                      " / ".join(f"{x[0]:.2f}" for x in t["loadavg"]) + f"; {rss}"))
-    rows.append((f"  ratio {compare['ratio_of']}", "",
+    rows.append((f"  ratio {compare['ratio_of']}: of medians", "",
                  f"{compare['ratio']}" if compare["ratio"] is not None else "-", "", "", ""))
+    rows.append(("  ... median of back-to-back pairs", "",
+                 f"{compare['pair_ratio_median']}", " / ".join(
+                     str(x) for x in compare["pair_ratios"]), "", ""))
+    rows.append(("  ... worker CPU µs per command", "", f"{compare['cpu_ratio']}", "", "", ""))
     return rows
 
 
 def print_rows(rows: list[tuple], header=("measure", "runs", "median", "per run",
-                                          "CPU µs/cmd", "load avg 1 min")) -> None:
+                                          "CPU µs/cmd (worker)", "load avg 1 min")) -> None:
     rows = [header] + rows
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     print()
