@@ -3,7 +3,9 @@
     ledger kafka install|start|stop|status   the local single-node broker
     ledger topics                            create the ledger topics
     ledger worker                            run a Faust worker (the core + HTTP)
-    ledger send TYPE ACCOUNT [...]           send one command (--wait for its outcome)
+    ledger send TYPE ACCOUNT [...]           send one command (--wait for its outcome):
+                                             open, credit, debit, transfer, close,
+                                             hold, capture, release
     ledger events [--account ID]             print the committed event log as JSON lines
     ledger replay --as-of T --out FILE       every account as of T (JSON lines)
     ledger verify                            invariants of the log + live RocksDB state
@@ -112,27 +114,65 @@ def cmd_worker(args) -> int:
 # command type itself (ledger.domain.COMMAND_TYPES is the one list).
 _SEND_ALIASES = {"open": "open_account", "close": "close_account"}
 EXIT_APPLIED, EXIT_ERROR, EXIT_USAGE, EXIT_REJECTED = 0, 1, 2, 3
+# Options each command type cannot do without (no silent defaults: a money
+# command names its amount and currency). Anything else is optional.
+_SEND_REQUIRED = {
+    "open_account": ("--currency",),
+    "credit": ("--amount", "--currency"),
+    "debit": ("--amount", "--currency"),
+    "transfer": ("--to", "--amount", "--currency"),
+    "hold": ("--amount", "--currency"),
+    "capture": ("--hold-id",),
+    "release": ("--hold-id",),
+    "close_account": (),
+}
+# Options a type takes besides the account (the rest are refused, not ignored).
+_SEND_OPTIONAL = {
+    "open_account": ("--overdraft-limit",),
+    "transfer": ("--meta",),
+    "hold": ("--to", "--expires-in-ms", "--expires-at", "--meta"),
+    "capture": ("--to", "--amount"),
+}
 
 
 def cmd_send(args) -> int:
     import uuid
 
     from ledger import domain
+    from streams.api.requests import InvalidRequest, parse_instant
     from streams.client import LedgerClient, LedgerClientError
 
-    kind = domain.COMMAND_TYPES[_SEND_ALIASES.get(args.type, args.type)]
-    fields = kind.__dataclass_fields__
-    given = {"amount_minor": ("--amount", args.amount), "currency": ("--currency", args.currency),
-             "to_account_id": ("--to", args.to)}
-    missing = [flag for name, (flag, value) in given.items() if name in fields and value is None]
+    type_name = _SEND_ALIASES.get(args.type, args.type)
+    kind = domain.COMMAND_TYPES[type_name]
+    given = {"--to": args.to, "--amount": args.amount, "--currency": args.currency,
+             "--overdraft-limit": args.overdraft_limit, "--hold-id": args.hold_id,
+             "--expires-in-ms": args.expires_in_ms, "--expires-at": args.expires_at,
+             "--meta": args.meta or None}
+    missing = [flag for flag in _SEND_REQUIRED[type_name] if given[flag] is None]
     if missing:
         print(f"ledger send {args.type}: {', '.join(missing)} required", file=sys.stderr)
         return EXIT_USAGE
+    allowed = set(_SEND_REQUIRED[type_name]) | set(_SEND_OPTIONAL.get(type_name, ()))
+    foreign = [flag for flag, value in given.items() if value is not None and flag not in allowed]
+    if foreign:
+        print(f"ledger send {args.type}: {', '.join(foreign)} not allowed for {args.type}",
+              file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        metadata = tuple(sorted(_meta_pair(m) for m in args.meta or ()))
+        expires_at = parse_instant("--expires-at", args.expires_at) if args.expires_at else 0
+    except (ValueError, InvalidRequest) as exc:
+        print(f"ledger send {args.type}: {getattr(exc, 'message', exc)}", file=sys.stderr)
+        return EXIT_USAGE
     values = {"command_id": args.command_id or str(uuid.uuid4()),
               "account_id": args.account_id, "from_account_id": args.account_id,
-              "to_account_id": args.to, "amount_minor": args.amount,
-              "currency": args.currency, "overdraft_limit_minor": args.overdraft_limit}
-    command = kind(**{name: values[name] for name in fields if name in values})
+              "to_account_id": args.to or "", "amount_minor": args.amount or 0,
+              "currency": args.currency, "overdraft_limit_minor": args.overdraft_limit or 0,
+              "hold_id": args.hold_id, "expires_in_ms": args.expires_in_ms or 0,
+              "expires_at_ms": expires_at, "metadata": metadata,
+              "expected_version": domain.ANY_VERSION if args.expected_version is None
+              else args.expected_version}
+    command = kind(**{name: values[name] for name in kind.__dataclass_fields__})
     settings = _settings_with_local_broker(start=False)
     try:
         with LedgerClient(settings, watch_outcomes=args.wait) as client:
@@ -141,10 +181,7 @@ def cmd_send(args) -> int:
                 print(json.dumps({"command_id": command.command_id, "status": "accepted"}))
                 return EXIT_APPLIED
             if isinstance(command, domain.Transfer):
-                result = client.transfer(command.from_account_id, command.to_account_id,
-                                         command.amount_minor, command.currency,
-                                         transfer_id=command.command_id, wait=True,
-                                         timeout_s=args.timeout)
+                result = client.send_transfer(command, timeout_s=args.timeout)
                 ok = result.status == "completed"
             else:
                 result = client.send(command, wait=True, timeout_s=args.timeout)
@@ -156,11 +193,19 @@ def cmd_send(args) -> int:
     return EXIT_APPLIED if ok else EXIT_REJECTED
 
 
+def _meta_pair(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ValueError(f"--meta {text!r} is not KEY=VALUE")
+    return key, value
+
+
 def _outcome_json(outcome) -> dict:
     first = ({"transfer_id": outcome.transfer_id} if hasattr(outcome, "transfer_id")
              else {"command_id": outcome.command_id})
     return {**first, "status": outcome.status, "reason": outcome.reason,
-            "duplicate": outcome.duplicate,
+            "detail": getattr(outcome, "detail", ""), "duplicate": outcome.duplicate,
+            "version": getattr(outcome, "version", None),
             "events": [{"type": e.type, **asdict(e)} for e in outcome.events]}
 
 
@@ -448,24 +493,46 @@ def main(argv=None) -> int:
     p = sub.add_parser(
         "send", help="send one command",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Send one command to the ledger.",
-        epilog="exit codes: 0 applied (a transfer: completed) or accepted without --wait;\n"
-               "3 rejected (a transfer: failed); 1 error or no outcome within --timeout;\n"
-               "2 a required option is missing.\n\n"
+        description="Send one command to the ledger. With --wait, print its outcome as JSON "
+                    "and exit by it; a retry (same --command-id and options) prints the "
+                    "original outcome with \"duplicate\": true.",
+        epilog="required options by type:\n"
+               + "".join(f"  {t:<14}{' '.join(flags) or '(none)'}\n"
+                         for t, flags in _SEND_REQUIRED.items())
+               + "\nexit codes:\n"
+               f"  {EXIT_APPLIED}  applied (a transfer: completed), or accepted without --wait\n"
+               f"  {EXIT_REJECTED}  rejected (a transfer: failed); the reason is printed\n"
+               f"  {EXIT_ERROR}  error, or no outcome within --timeout\n"
+               f"  {EXIT_USAGE}  a required option is missing or one is not allowed\n\n"
                "examples:\n"
                "  ledger send open alice --currency EUR --overdraft-limit 5000\n"
                "  ledger send credit alice --amount 2500 --currency EUR --wait\n"
                "  ledger send transfer alice --to bob --amount 100 --currency EUR --wait\n"
+               "  ledger send hold alice --amount 700 --currency EUR --to shop "
+               "--expires-in-ms 600000 --command-id h-1 --wait\n"
+               "  ledger send capture alice --hold-id h-1 --amount 500 --wait\n"
+               "  ledger send release alice --hold-id h-1 --wait\n"
+               "  ledger send debit alice --amount 100 --currency EUR --expected-version 7\n"
                "  ledger send close alice")
     from ledger.domain import COMMAND_TYPES
 
     p.add_argument("type", choices=sorted([*_SEND_ALIASES, *COMMAND_TYPES]))
-    p.add_argument("account_id", help="the account (a transfer's source)")
-    p.add_argument("--to", help="a transfer's destination account")
-    p.add_argument("--amount", type=int, help="minor units (cents), an integer")
+    p.add_argument("account_id", help="the account (a transfer's source, a hold's account)")
+    p.add_argument("--to", help="transfer: the destination; hold, capture: where a capture "
+                                "moves the money (default: it leaves the ledger)")
+    p.add_argument("--amount", type=int, help="minor units (cents), an integer; capture: "
+                                              "default the whole hold")
     p.add_argument("--currency", help="ISO 4217 code, e.g. EUR")
-    p.add_argument("--overdraft-limit", type=int, default=0,
-                   help="open only, minor units (default 0)")
+    p.add_argument("--overdraft-limit", type=int, help="open only, minor units (default 0)")
+    p.add_argument("--hold-id", help="capture, release: the hold (its hold command's id)")
+    p.add_argument("--expires-in-ms", type=int, help="hold: expires this long after it is "
+                                                     "placed (default 7 days, at most 30)")
+    p.add_argument("--expires-at", help="hold: expiry instant, RFC 3339 or epoch ms")
+    p.add_argument("--meta", action="append", metavar="KEY=VALUE",
+                   help="transfer, hold: a metadata entry (repeatable)")
+    p.add_argument("--expected-version", type=int,
+                   help="apply only if the account is at this version, else rejected as "
+                        "version_conflict")
     p.add_argument("--command-id", help="idempotency key (default: a new UUID); sent again "
                                         "to the same account, the command is applied once")
     p.add_argument("--wait", action="store_true", help="wait for and print the outcome")

@@ -118,6 +118,11 @@ class LedgerClient:
         if not wait:
             self.send(command)
             return command.command_id
+        return self.send_transfer(command, timeout_s)
+
+    def send_transfer(self, command: domain.Transfer, timeout_s: float = 30.0):
+        """Send a transfer command and return its :class:`TransferStatus` once
+        it is completed or failed (a retry's: the original end)."""
         waiter = self._watch(command, final_transfer=True)
         self.send_nowait(command)
         self.flush(timeout_s)

@@ -162,6 +162,8 @@ def fold_totals(value: dict, offset: int, record) -> bool:
         if sums is None:
             sums = value["currencies"][record.currency] = dict.fromkeys(TOTALS_KINDS, 0)
         kind = _TOTALS_KIND_OF.get(type(record))
+        if isinstance(record, domain.HoldCaptured) and not record.to_account_id:
+            kind = "debited"  # a capture without a destination leaves like a debit
         if kind is not None:
             sums[kind] += record.amount_minor
     return True
@@ -204,6 +206,9 @@ def fold_statement(value: dict | None, offset: int, event) -> dict | None:
     if value is not None and offset <= value["offset"]:
         return None
     signed = _SIGN.get(type(event), 0) * event.amount_minor
+    column = _STATEMENT_COLUMN.get(type(event))
+    if isinstance(event, domain.HoldCaptured) and not event.to_account_id:
+        signed, column = -event.amount_minor, "debited"  # left the ledger, like a debit
     if value is None:
         value = {"offset": -1, "currency": event.currency,
                  # The balance before the day's first event.
@@ -212,7 +217,6 @@ def fold_statement(value: dict | None, offset: int, event) -> dict | None:
                  **dict.fromkeys(STATEMENT_COLUMNS, 0)}
     value["offset"] = offset
     value["events"] += 1
-    column = _STATEMENT_COLUMN.get(type(event))
     if column is not None:
         value[column] += event.amount_minor
     value["closing_balance"] = event.balance_after_minor

@@ -63,7 +63,7 @@ from streams.shapes import account_json
 from streams.store import decode_state, encode_state
 
 log = logging.getLogger("ledger.replay")
-SNAPSHOT_FORMAT = 1
+SNAPSHOT_FORMAT = 2  # 2: account states carry held (holds)
 
 
 @dataclass
@@ -105,7 +105,9 @@ class Ledger:
         self.max_recorded_at_ms = max(self.max_recorded_at_ms, record.recorded_at_ms)
         if isinstance(record, domain.Credited):
             self.external[record.currency] += record.amount_minor
-        elif isinstance(record, domain.Debited):
+        elif isinstance(record, domain.Debited) or (
+                isinstance(record, domain.HoldCaptured) and not record.to_account_id):
+            # A capture without a destination leaves the ledger like a debit.
             self.external[record.currency] -= record.amount_minor
         elif isinstance(record, domain.TransferDebited):
             self.in_flight[record.currency] += record.amount_minor
@@ -292,6 +294,14 @@ TRANSFER_DEBITED_TWICE = "transfer_debited_twice"
 TRANSFER_CREDITED_TWICE = "transfer_credited_twice"
 TRANSFER_SETTLED_TWICE = "transfer_settled_twice"  # completed or refunded more than once
 TRANSFER_PENDING_TOO_LONG = "transfer_pending_too_long"
+# Of each hold, (account, hold id):
+HELD_NEGATIVE = "held_negative"                 # an account's held sum below zero
+AVAILABLE_NEGATIVE = "available_negative"       # balance + overdraft - held below zero
+HOLD_ENDED_TWICE = "hold_ended_twice"           # more than one capture/release/expiry
+HOLD_END_WITHOUT_PLACE = "hold_end_without_place"  # ended, never placed
+HOLD_CAPTURED_AFTER_EXPIRY = "hold_captured_after_expiry"
+HOLD_EXPIRED_EARLY = "hold_expired_early"       # HoldExpired before its expires_at
+HOLD_NOT_EXPIRED = "hold_not_expired"           # still active long after its expiry
 # Of a worker's RocksDB store, against the log up to the offset the store
 # recorded (``--data-dir``):
 STORE_AHEAD = "store_ahead_of_recorded_offset"  # the store has the log's next events
@@ -430,6 +440,37 @@ def _transfer_problems(transfers: dict, newest_ms: int, pending_max_ms: int) -> 
     return problems
 
 
+def _hold_problems(holds: dict, newest_ms: int, pending_max_ms: int) -> list[Problem]:
+    """Every hold ends at most once, in one terminal state, never by a capture
+    after its expiry; none stays active long past its expiry."""
+    problems: list[Problem] = []
+    for (account_id, hold_id), seen in sorted(holds.items()):
+        name = f"hold {hold_id!r} of {account_id}"
+        placed = [s for s in seen if isinstance(s.event, domain.HoldPlaced)]
+        ends = [s for s in seen if not isinstance(s.event, domain.HoldPlaced)]
+        if not placed:
+            problems.append(Problem(HOLD_END_WITHOUT_PLACE, f"{name}: {_listed(ends)}"))
+            continue
+        expires_at = placed[0].event.expires_at_ms
+        if len(ends) > 1:
+            problems.append(Problem(HOLD_ENDED_TWICE, f"{name}: {_listed(ends)}"))
+        for end in ends:
+            e = end.event
+            if isinstance(e, domain.HoldCaptured) and e.recorded_at_ms >= expires_at:
+                problems.append(Problem(HOLD_CAPTURED_AFTER_EXPIRY,
+                                        f"{name}: {end} at {_iso(e.recorded_at_ms)}, it "
+                                        f"expired at {_iso(expires_at)}"))
+            if isinstance(e, domain.HoldExpired) and e.recorded_at_ms < expires_at:
+                problems.append(Problem(HOLD_EXPIRED_EARLY,
+                                        f"{name}: {end} at {_iso(e.recorded_at_ms)}, before "
+                                        f"{_iso(expires_at)}"))
+        if not ends and newest_ms - expires_at > pending_max_ms:
+            problems.append(Problem(HOLD_NOT_EXPIRED,
+                                    f"{name}: expired at {_iso(expires_at)}, still active at "
+                                    f"the log's newest event {_iso(newest_ms)}"))
+    return problems
+
+
 def _in_flight_problems(flow: dict, lowering: dict) -> list[Problem]:
     """Money in flight per currency as of every instant of the log.
 
@@ -469,6 +510,7 @@ def check_invariants(settings: Settings,
     ledger = Ledger.empty(settings.partitions)
     limits: dict[str, int] = {}
     transfers: dict[tuple[str, str], _Transfer] = {}
+    holds: dict[tuple[str, str], list[_Seen]] = {}
     # currency -> recorded_at_ms -> change of money in flight at that instant;
     # and the events that lowered it then (a few, to name in the report).
     flow: dict[str, Counter] = {}
@@ -487,6 +529,8 @@ def check_invariants(settings: Settings,
         previous = 0 if state is None else state.balance_minor
         delta = {domain.Credited: 1, domain.Debited: -1, domain.TransferDebited: -1,
                  domain.TransferCredited: 1, domain.TransferRefunded: 1}.get(type(record), 0)
+        if isinstance(record, domain.HoldCaptured) and not record.to_account_id:
+            delta = -1  # left the ledger here; with a destination the debit follows
         if record.balance_after_minor != previous + delta * record.amount_minor:
             problems.append(Problem(BALANCE_CHAIN_BROKEN,
                                     f"{where}: {record.type} balance_after "
@@ -521,9 +565,23 @@ def check_invariants(settings: Settings,
                     record.recorded_at_ms, [])
                 if len(named) < 3:
                     named.append(seen)
+        if isinstance(record, domain.HoldEvent):
+            holds.setdefault((record.account_id, record.hold_id), []).append(
+                _Seen(partition, offset, record))
         ledger.apply(partition, offset, record)
+        after = ledger.accounts[record.account_id]
+        if after.held_minor < 0:
+            problems.append(Problem(HELD_NEGATIVE, f"{where}: {record.type} leaves held "
+                                                   f"{after.held_minor}"))
+        if after.available_minor < 0:
+            problems.append(Problem(AVAILABLE_NEGATIVE,
+                                    f"{where}: {record.type} leaves available "
+                                    f"{after.available_minor} (balance {after.balance_minor} + "
+                                    f"overdraft {after.overdraft_limit_minor} - held "
+                                    f"{after.held_minor})"))
     problems += _transfer_problems(transfers, ledger.max_recorded_at_ms,
                                    int(pending_max_s * 1000))
+    problems += _hold_problems(holds, ledger.max_recorded_at_ms, int(pending_max_s * 1000))
     problems += _in_flight_problems(flow, lowering)
     totals = Counter()
     for state in ledger.accounts.values():

@@ -166,7 +166,8 @@ class ReplyWatcher:
     (a long-running worker answering ``?wait=1``).
     """
 
-    def __init__(self, settings, *, keep_all: bool, group: str = "client"):
+    def __init__(self, settings, *, keep_all: bool, group: str = "client",
+                 timeout_s: float = 30.0):
         self.settings = settings
         self._keep_all = keep_all
         self._seen: dict[tuple[str, str], list[dict]] = {}
@@ -181,12 +182,20 @@ class ReplyWatcher:
             "fetch.wait.max.ms": 20,  # see streams/processor.py
         }))
         topic = settings.replies_topic
-        meta = self._consumer.list_topics(topic, timeout=30).topics[topic]
-        if meta.error is not None:
+        deadline = time.monotonic() + timeout_s
+        try:
+            meta = self._consumer.list_topics(topic, timeout=timeout_s).topics[topic]
+            if meta.error is not None:
+                raise RepliesUnavailable(f"topic {topic}: {meta.error}")
+            starts = [TopicPartition(topic, p, watermarks(
+                self._consumer, topic, p, max(0.1, deadline - time.monotonic()))[1])
+                for p in meta.partitions]
+        except Exception as exc:
             self._consumer.close()
-            raise RepliesUnavailable(f"topic {topic}: {meta.error}")
-        self._consumer.assign([TopicPartition(topic, p, watermarks(self._consumer, topic, p)[1])
-                               for p in meta.partitions])
+            if isinstance(exc, RepliesUnavailable):
+                raise
+            raise RepliesUnavailable(f"topic {topic}: {exc}") from None
+        self._consumer.assign(starts)
         self._thread = threading.Thread(target=self._run, name="reply-watcher", daemon=True)
         self._thread.start()
 

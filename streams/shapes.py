@@ -6,7 +6,6 @@ show accounts and events in these shapes, so they cannot drift apart.
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from datetime import datetime, timezone
 
 from ledger import domain
@@ -39,7 +38,10 @@ _WIRE_NAMES = {"amount_minor": "amount", "balance_after_minor": "balance_after",
 def event_json(record) -> dict:
     """An event with the API's field names (amount, balance_after, recorded_at)."""
     out = {"type": record.type}
-    for name, value in asdict(record).items():
+    # Shallow (not dataclasses.asdict, which deep-copies): every reply and
+    # answer shows its events through here.
+    for name in record.__dataclass_fields__:
+        value = getattr(record, name)
         if name == "recorded_at_ms":
             out["recorded_at"] = rfc3339_ms(value)
         elif name == "metadata":

@@ -43,6 +43,7 @@ def register_views(app, settings, processor) -> None:
     from streams.api.shared import Shared
     from streams.api.system import Health, Metrics, OpenApi
     from streams.api.transfers import TransferStatus
+    from streams.api.holds import HoldStatus
 
     shared = Shared(settings, processor)
     app.ledger_api = shared
@@ -50,6 +51,7 @@ def register_views(app, settings, processor) -> None:
         ("/v1/commands", Commands),
         ("/v1/commands/{command_id}", CommandOutcome),
         ("/v1/transfers/{transfer_id}", TransferStatus),
+        ("/v1/holds/{hold_id}", HoldStatus),
         ("/v1/accounts/{account_id}", Account),
         ("/v1/accounts/{account_id}/events", AccountEvents),
         # Read models (streams/readmodels.py, streams/api/ledger_views.py).
@@ -69,6 +71,8 @@ def register_views(app, settings, processor) -> None:
 
         async def on_start(self) -> None:
             log_protection(settings, shared)
+            # The reply watcher for ?wait=1, in the background (not awaited).
+            asyncio.get_running_loop().run_in_executor(None, shared.warm_replies)
             # mode's Worker handles INT, TERM, USR1 and USR2, not HUP (whose
             # default would end the process, tokens file or not).
             asyncio.get_running_loop().add_signal_handler(

@@ -35,12 +35,10 @@ import asyncio
 import math
 import time
 
-from rocksdict import DbClosedError
-
 from streams import metrics
-from streams.api import errors, forwarding
+from streams.api import errors
 from streams.api import requests as req
-from streams.api.base import RELAYED_STATUSES, LedgerView, endpoint
+from streams.api.base import LedgerView, endpoint
 from streams.api.errors import ApiError
 from streams.api.forwarding import Target
 from streams.shapes import account_json, event_json, rfc3339_ms
@@ -112,37 +110,26 @@ class FinalView(LedgerView):
         store = self.shared.store_for(partition)
         if store is not None and t_ms is not None:
             store = await self._until_final(partition, store, t_ms, started, deadline, field)
-        if store is not None:
-            try:
-                return local(store)
-            except DbClosedError:
-                pass  # revoked while we read: answer as a non-owner would
-        if forwarding.is_forwarded(request):
-            raise errors.partition_unavailable(partition)  # never forwarded twice
-        owner = await self.shared.owner(partition)
-        if owner is None or owner[0] == self.shared.settings.worker_id:
-            raise errors.partition_unavailable(partition)
-        query, wait_s = dict(target.query), 0.0
-        if t_ms is not None:
+
+        def forward():
+            if t_ms is None:
+                return target, 0.0
             # The owner waits what is left of this request's time.
             wait_s = max(0.0, deadline - time.monotonic())
-            query["timeout_ms"] = str(int(wait_s * 1000))
-        answer = await self.shared.forward(
-            owner[1], Target(target.segments, query, target.allowed),
-            timeout_s=forwarding.FORWARD_TIMEOUT_S + wait_s)
-        if answer is None or answer.status not in RELAYED_STATUSES:
-            raise errors.partition_unavailable(partition)
-        headers = None
-        if answer.status == 503:
-            headers = dict(errors.RETRY_SOON)
-            if answer.body.get("error") == NOT_FINAL and t_ms is not None:
-                try:
-                    watermark = req.parse_instant("complete_up_to",
-                                                  answer.body.get("complete_up_to"))
-                    headers = {"Retry-After": str(retry_after_s(t_ms, watermark))}
-                except req.InvalidRequest:
-                    pass
-        return self.json(self.public(answer.body), status=answer.status, headers=headers)
+            return Target(target.segments, {**target.query, "timeout_ms": str(int(wait_s * 1000))},
+                          target.allowed), wait_s
+
+        def retry_after(body: dict):
+            if body.get("error") != NOT_FINAL or t_ms is None:
+                return None
+            try:
+                watermark = req.parse_instant("complete_up_to", body.get("complete_up_to"))
+            except req.InvalidRequest:
+                return None
+            return {"Retry-After": str(retry_after_s(t_ms, watermark))}
+
+        return await self.from_owner(request, partition, target, local, store=store,
+                                     forward=forward, retry_after=retry_after)
 
     async def _until_final(self, partition: int, store, t_ms: int, started: float,
                            deadline: float, field: str):

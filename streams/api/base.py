@@ -19,6 +19,7 @@ from streams.api.shared import Shared
 
 log = logging.getLogger("ledger.http")
 
+_ASK = object()  # from_owner: look up the local store of the partition
 # What an owner may answer to a lookup; anything else counts as no answer.
 RELAYED_STATUSES = frozenset((200, 400, 404, 503))
 
@@ -90,13 +91,19 @@ class LedgerView(View):
         return body
 
     async def from_owner(self, request, partition: int, target: forwarding.Target,
-                         local: Callable):
+                         local: Callable, *, store=_ASK, forward: Callable | None = None,
+                         retry_after: Callable | None = None):
         """Answer with ``local(store)`` if this worker serves ``partition``;
         else, unless the request was itself forwarded, with what the owner
         says to ``target``; else 503 partition_unavailable.
 
-        ``local`` returns a response or raises ApiError (a 404, ...)."""
-        store = self.shared.store_for(partition)
+        ``local`` returns a response or raises ApiError (a 404, ...). Hooks
+        for views that wait: ``store`` the local store to use (default: the
+        one this worker serves, if any); ``forward()`` -> (target, extra
+        seconds the owner may take), called when forwarding; ``retry_after(
+        body)`` -> the headers of a relayed 503 (default Retry-After: 1)."""
+        if store is _ASK:
+            store = self.shared.store_for(partition)
         if store is not None:
             try:
                 return local(store)
@@ -107,8 +114,15 @@ class LedgerView(View):
         owner = await self.shared.owner(partition)
         if owner is None or owner[0] == self.shared.settings.worker_id:
             raise errors.partition_unavailable(partition)
-        answer = await self.shared.forward(owner[1], target)
+        extra_s = 0.0
+        if forward is not None:
+            target, extra_s = forward()
+        answer = await self.shared.forward(owner[1], target,
+                                           timeout_s=forwarding.FORWARD_TIMEOUT_S + extra_s)
         if answer is None or answer.status not in RELAYED_STATUSES:
             raise errors.partition_unavailable(partition)
-        headers = dict(errors.RETRY_SOON) if answer.status == 503 else None
+        headers = None
+        if answer.status == 503:
+            headers = (retry_after(answer.body) if retry_after else None) \
+                or dict(errors.RETRY_SOON)
         return self.json(self.public(answer.body), status=answer.status, headers=headers)

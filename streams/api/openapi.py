@@ -243,6 +243,13 @@ def _schemas() -> dict:
                                 "description": "account_opened only."},
             "transfer_id": {"type": "string"},
             "counterparty_account_id": {"type": "string"},
+            "hold_id": {"type": "string", "description": "hold_* events."},
+            "to_account_id": {"type": "string", "description": "hold_placed, hold_captured: "
+                                                            "the destination, empty for none."},
+            "expires_at_ms": {"type": "integer", "format": "int64",
+                              "description": "hold_placed, hold_expired."},
+            "released_minor": {"type": "integer", "format": "int64",
+                               "description": "hold_captured: the part released."},
             "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
             "reason": {"type": "string"},
         },
@@ -288,6 +295,31 @@ def _schemas() -> dict:
             "currency": {**_currency(), "nullable": True},
             "events": {"type": "array", "items": _ref("Event"),
                        "description": "Its events at the source account."},
+        },
+    }
+    schemas["Hold"] = {
+        "type": "object",
+        "required": ["hold_id", "account_id", "status", "amount", "captured_amount",
+                     "currency", "to_account_id", "expires_at", "events"],
+        "properties": {
+            "hold_id": {"type": "string"},
+            "account_id": _account_id(),
+            "status": {"type": "string", "enum": ["active", "captured", "released", "expired"]},
+            "amount": {"type": "integer", "format": "int64", "minimum": 1,
+                       "maximum": INT64_MAX, "description": "Minor units held."},
+            "captured_amount": {"type": "integer", "format": "int64", "minimum": 0,
+                                "maximum": INT64_MAX,
+                                "description": "Minor units captured (0 unless captured; "
+                                               "the rest was released)."},
+            "currency": _currency(),
+            "to_account_id": {**_account_id(), "nullable": True,
+                              "description": "Where a capture moves the money; null: it "
+                                             "leaves the ledger."},
+            "expires_at": {"type": "string", "format": "date-time",
+                           "description": "The worker that owns the account records "
+                                          "hold_expired within 5 s after it."},
+            "events": {"type": "array", "items": _ref("Event"),
+                       "description": "Its events on the account."},
         },
     }
     schemas["Account"] = {
@@ -555,6 +587,25 @@ def _paths() -> dict:
                     "400": _invalid("The transfer id or account_id is missing or malformed."),
                     "404": _error("The owner knows no such transfer from this account "
                                   "(error unknown_transfer)."),
+                    "503": _unavailable(),
+                },
+            }
+        },
+        "/v1/holds/{hold_id}": {
+            "get": {
+                "operationId": "getHold",
+                "summary": "A hold: active, captured, released or expired.",
+                "parameters": [
+                    _path_param("hold_id", _command_id("The hold's command_id."),
+                                "Hold id (its hold command's command_id)."),
+                    _query_param("account_id", _account_id("The account the hold is on."),
+                                 "The hold's account.", required=True),
+                ],
+                "responses": {
+                    "200": _json(_ref("Hold"), "The hold."),
+                    "400": _invalid("The hold id or account_id is missing or malformed."),
+                    "404": _error("The owner knows no such hold on this account "
+                                  "(error unknown_hold)."),
                     "503": _unavailable(),
                 },
             }

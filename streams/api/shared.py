@@ -28,6 +28,7 @@ from streams.routing import Router
 log = logging.getLogger("ledger.http")
 
 PUBLISH_TIMEOUT_S = 10.0
+REPLIES_START_S = 5.0  # a ?wait=1 waits at most this for the reply watcher to start
 
 
 class PublishFailed(Exception):
@@ -49,6 +50,7 @@ class Shared:
         self._producer: Producer | None = None
         self._replies = None  # streams.replies.ReplyWatcher, made on the first ?wait=1
         self._lock = threading.Lock()  # router and producer are made on executor threads
+        self._replies_lock = threading.Lock()
 
     # -- partitions ------------------------------------------------------------
 
@@ -126,17 +128,25 @@ class Shared:
         if errors:
             raise PublishFailed(str(errors[0]))
 
-    def replies(self):
-        """The worker's reply watcher (blocking on first use: run it in an
-        executor). Only registered waiters get replies, so it holds nothing
-        between requests."""
+    def replies(self, timeout_s: float = REPLIES_START_S):
+        """The worker's reply watcher (blocking on first use, at most about
+        ``timeout_s``: run it in an executor; raises RepliesUnavailable).
+        Only registered waiters get replies: it holds nothing between
+        requests. Made at start (warm_replies) so a ?wait=1 does not wait
+        for it, even with brokers down."""
         from streams.replies import ReplyWatcher
 
-        with self._lock:
+        with self._replies_lock:
             if self._replies is None:
                 self._replies = ReplyWatcher(self.settings, keep_all=False,
-                                             group="worker-replies")
+                                             group="worker-replies", timeout_s=timeout_s)
             return self._replies
+
+    def warm_replies(self) -> None:
+        try:
+            self.replies(timeout_s=30.0)
+        except Exception as exc:  # made again on the first ?wait=1
+            log.warning("reply watcher not started yet: %s", exc)
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -146,6 +156,7 @@ class Shared:
             self._session = None
         with self._lock:
             producer, self._producer, self._router = self._producer, None, None
+        with self._replies_lock:
             watcher, self._replies = self._replies, None
         if watcher is not None:
             await asyncio.get_running_loop().run_in_executor(None, watcher.close)

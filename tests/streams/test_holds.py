@@ -123,3 +123,126 @@ def test_expected_version_accepted_rejected_and_one_of_two_writers_wins(settings
         # The loser reads again and acts on what it read.
         again = c.send(domain.Debit("w-retry", "acc", 40, "EUR", expected_version=3), wait=True)
         assert "applied" == again.status
+
+
+def post(worker, body: dict, wait: bool = True):
+    import json
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(
+        worker.url + "/v1/commands" + ("?wait=1&timeout_ms=10000" if wait else ""),
+        data=json.dumps(body).encode(), headers={"Content-Type": "application/json"},
+        method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=15) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_holds_over_http_and_the_cli(settings, workers, ledger_cli):
+    worker = workers.start(settings)
+    for a in ("alice", "shop"):
+        assert 0 == ledger_cli(settings, "send", "open", a, "--currency", "EUR",
+                               "--command-id", f"open-{a}", "--wait").returncode
+    assert 0 == ledger_cli(settings, "send", "credit", "alice", "--amount", "1000",
+                           "--currency", "EUR", "--wait").returncode
+    # The CLI: hold, capture part to the hold's destination, the rest released.
+    held = ledger_cli(settings, "send", "hold", "alice", "--amount", "700", "--currency", "EUR",
+                      "--to", "shop", "--expires-in-ms", "600000", "--command-id", "h-1",
+                      "--meta", "order=17", "--wait")
+    assert 0 == held.returncode, held.stderr
+    assert 2 == ledger_cli(settings, "send", "hold", "alice", "--amount", "5").returncode
+    assert 2 == ledger_cli(settings, "send", "release", "alice").returncode  # no --hold-id
+    status, hold = worker.get("/v1/holds/h-1?account_id=alice")
+    assert (200, "active", 700, 0, "shop") == (status, hold["status"], hold["amount"],
+                                                hold["captured_amount"], hold["to_account_id"])
+    status, body = worker.get("/v1/accounts/alice")
+    assert (1000, 700, 300) == (body["balance"], body["held"], body["available"])
+    captured = ledger_cli(settings, "send", "capture", "alice", "--hold-id", "h-1",
+                          "--amount", "500", "--wait")
+    assert 0 == captured.returncode, captured.stderr
+    again = ledger_cli(settings, "send", "capture", "alice", "--hold-id", "h-1", "--wait")
+    assert 3 == again.returncode and '"hold_captured"' in again.stdout
+    status, hold = worker.get("/v1/holds/h-1?account_id=alice")
+    assert (200, "captured", 500) == (status, hold["status"], hold["captured_amount"])
+    assert ["hold_placed", "hold_captured"] == [e["type"] for e in hold["events"]]
+    wait_until(lambda: worker.get("/v1/transfers/h-1?account_id=alice")[1].get("status")
+               == "completed", 30, "the capture's transfer")
+    assert 500 == worker.get("/v1/accounts/shop")[1]["balance"]
+    # HTTP: hold, release, expected_version.
+    status, body = post(worker, {"type": "hold", "command_id": "h-2", "account_id": "alice",
+                                 "amount": 200, "currency": "EUR",
+                                 "expires_at": "2099-01-01T00:00:00Z"})
+    assert (200, "rejected", "expiry_out_of_range") == (status, body["status"], body["reason"])
+    status, body = post(worker, {"type": "hold", "command_id": "h-3", "account_id": "alice",
+                                 "amount": 200, "currency": "EUR"})
+    assert (200, "applied") == (status, body["status"])
+    version = body["version"]
+    status, body = post(worker, {"type": "release", "command_id": "r-3", "account_id": "alice",
+                                 "hold_id": "h-3", "expected_version": version - 1})
+    assert ("rejected", "version_conflict", version) == (body["status"], body["reason"],
+                                                         body["version"])
+    status, body = post(worker, {"type": "release", "command_id": "r-3b",
+                                 "account_id": "alice", "hold_id": "h-3",
+                                 "expected_version": version})
+    assert "applied" == body["status"]
+    assert "released" == worker.get("/v1/holds/h-3?account_id=alice")[1]["status"]
+    assert (404, "unknown_hold") == pick(worker.get("/v1/holds/nope?account_id=alice"))
+    assert (400, "missing") == pick(worker.get("/v1/holds/h-3"), "reason")
+    for bad, field in (({"amount": 0}, "amount"), ({"expires_in_ms": 1.5}, "expires_in_ms"),
+                       ({"hold_id": "x"}, "hold_id"), ({"expires_at": "soon"}, "expires_at")):
+        body = {"type": "hold", "command_id": "h-bad", "account_id": "alice", "amount": 5,
+                "currency": "EUR", **bad}
+        status, answer = post(worker, body)
+        assert (400, field) == (status, answer["field"]), answer
+    status, answer = post(worker, {"type": "capture", "command_id": "k", "account_id": "alice"})
+    assert (400, "hold_id", "missing") == (status, answer["field"], answer["reason"])
+    # As of a version: held and available as they were then.
+    status, body = worker.get(f"/v1/accounts/alice?version={version}")
+    assert (200, 200, 1000 - 500 - 200) == (status, body["held"], body["available"])
+    result = ledger_cli(settings, "verify", "--no-store")
+    assert 0 == result.returncode, result.stdout + result.stderr
+
+
+def pick(answer, key="error"):
+    status, body = answer
+    return status, body.get(key)
+
+
+def test_verify_names_broken_holds():
+    from streams import replay
+
+    placed = domain.HoldPlaced("a", 2, "h", "EUR", 10, 100, 1_000, "h", "", 5_000)
+    expired = domain.HoldExpired("a", 3, "h#expire", "EUR", 10, 100, 6_000, "h", 5_000)
+    early = domain.HoldExpired("a", 3, "h#expire", "EUR", 10, 100, 4_000, "h", 5_000)
+    late_capture = domain.HoldCaptured("a", 3, "k", "EUR", 10, 90, 5_000, "h", 0, "")
+    seen = replay._Seen
+
+    def kinds(*events, newest=7_000):
+        holds = {("a", "h"): [seen(0, i, e) for i, e in enumerate(events)]}
+        return sorted(p.kind for p in replay._hold_problems(holds, newest, 1_000))
+
+    assert [] == kinds(placed, expired)
+    assert [replay.HOLD_ENDED_TWICE] == kinds(placed, expired, expired)
+    assert [replay.HOLD_EXPIRED_EARLY] == kinds(placed, early)
+    assert [replay.HOLD_CAPTURED_AFTER_EXPIRY] == kinds(placed, late_capture)
+    assert [replay.HOLD_END_WITHOUT_PLACE] == kinds(expired)
+    assert [replay.HOLD_NOT_EXPIRED] == kinds(placed, newest=6_001)
+    assert [] == kinds(placed, newest=5_500)
+
+
+def test_read_models_count_a_capture_without_destination_as_a_debit():
+    from streams import readmodels
+
+    out = domain.HoldCaptured("a", 3, "k", "EUR", 40, 60, 1_000, "h", 10, "")
+    moved = domain.HoldCaptured("a", 3, "k", "EUR", 40, 100, 1_000, "h", 10, "b")
+    totals = readmodels.empty_totals()
+    readmodels.fold_totals(totals, 0, out)
+    readmodels.fold_totals(totals, 1, moved)
+    assert 40 == totals["currencies"]["EUR"]["debited"]
+    day = readmodels.fold_statement(None, 0, out)
+    assert (100, 40, 60) == (day["opening_balance"], day["debited"], day["closing_balance"])
+    day = readmodels.fold_statement(None, 0, moved)
+    assert (100, 0, 100) == (day["opening_balance"], day["debited"], day["closing_balance"])
