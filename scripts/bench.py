@@ -780,7 +780,18 @@ class Context:
                               create_topics=True)
 
     def create_topics(self, settings: Settings) -> None:
-        ensure_topics(self.role(settings, "admin"))
+        # On a multi-broker cluster the broker asked may not know a topic
+        # created a moment ago yet (describe_configs: UNKNOWN_TOPIC_OR_PART);
+        # ensure_topics is idempotent, so ask again.
+        from confluent_kafka import KafkaError, KafkaException
+
+        for attempt in range(10):
+            try:
+                return ensure_topics(self.role(settings, "admin"))
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART or attempt == 9:
+                    raise
+                time.sleep(0.5)
 
     def loader(self, settings: Settings) -> Loader:
         loader = Loader(self.role(settings, "app"), f"{settings.topic_prefix}-loader")
