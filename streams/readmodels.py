@@ -1,9 +1,9 @@
-"""Read models: Faust agents that fold the committed event log into Faust tables.
+"""Read models: a Faust agent that folds the committed event log into Faust tables.
 
 The money path (streams/processor.py) is exactly-once by Kafka transaction.
 The read models here are exactly-once *in effect* by an idempotent fold:
-at-least-once Faust agents over ``<prefix>.events`` (read_committed) write
-Faust ``Table`` s on RocksDB (rocksdict) with changelog topics, and every
+one at-least-once Faust agent over ``<prefix>.events`` (read_committed)
+writes two Faust ``Table`` s on RocksDB (rocksdict) with changelog topics, and every
 table value carries the last event-log offset folded into it. A record at or
 below that offset is skipped, so a replay after a crash, a rebalance or a
 restore from the changelog never counts anything twice (DESIGN.md, "The read
@@ -11,7 +11,9 @@ side"). Nothing is lost either, by two checks Faust does not make itself:
 a batch is acknowledged (so its offsets may be committed) only once its
 changelog records are in Kafka (:meth:`ReadModels._whole`), and every
 batch is compared with the log, so that a committed record Faust's consumer
-did not deliver is folded anyway (:meth:`ReadModels._complete`).
+did not deliver is folded anyway (:meth:`ReadModels._complete`; the log is
+read only for gaps that Faust's consumer did not itself pass over as
+transaction markers or aborted records, :class:`SkippedOffsets`).
 
 Two tables, both co-partitioned with the event log (Faust writes a table's
 changelog record to the partition of the event being processed, and the
@@ -67,6 +69,7 @@ import asyncio
 import json
 import logging
 import os
+import threading
 import time
 import weakref
 from collections import deque
@@ -103,6 +106,9 @@ EVALUATE_EVERY_S = 1.0
 # long after the previous one was complete: the log ends it carries were then
 # measured (every TICK_S) after everything in the previous view was folded.
 HISTORY_SPACING_S = 2 * TICK_S
+# The log is read at most this often per partition to tell whether a model
+# is caught up when what lies before the log's end is not known otherwise.
+PROBE_EVERY_S = 1.0
 # Views kept for the in-flight check (one a second: two minutes of lag).
 HISTORY = 120
 # Worker-to-worker reads of the totals; a dead owner costs the check this long.
@@ -463,6 +469,119 @@ def _transport_classes():
     return ReadCommittedTransport
 
 
+class SkippedOffsets:
+    """Offsets of the event log that hold no committed record, as Faust's
+    consumer found them while fetching.
+
+    A read_committed fetch walks every batch from the offset asked for:
+    aiokafka passes over transaction markers (one after every transaction
+    on every partition it wrote) and aborted transactions' batches, and
+    yields the rest. Whatever lies between the offset a fetch began at, or a
+    record it yielded, and the next record it yielded (or where the fetch
+    ended) is such a run: no committed record a reader could fold. Noted here
+    (partition -> start -> end, exclusive) by the consumer's thread, before
+    the record after the run is yielded, so before any agent can see it.
+
+    A batch whose gaps are all noted runs needs no second look at the log
+    (:meth:`ReadModels._complete`): a record Faust's consumer fetched and then
+    dropped is no run (it was yielded), so it is still looked for. A run that
+    starts where nothing was noted, such as after a seek, counts as not noted
+    (the log is read, as it always was)."""
+
+    # Runs kept per partition at most (pruned below each batch's end, so
+    # only a stalled agent gets there; then the log is read instead).
+    CAP = 100_000
+
+    def __init__(self):
+        self.topic: str | None = None
+        self._lock = threading.Lock()
+        self._runs: dict[int, dict[int, int]] = {}
+        # partition -> the offset of the last record a fetch yielded: a
+        # committed record (read_committed), so a position below it is behind
+        self.fetched: dict[int, int] = {}
+
+    def note(self, partition: int, start: int, end: int) -> None:
+        with self._lock:
+            runs = self._runs.get(partition)
+            if runs is None:
+                runs = self._runs[partition] = {}
+            elif len(runs) >= self.CAP:
+                runs.clear()
+            if end > runs.get(start, start):
+                runs[start] = end
+
+    def covers(self, partition: int, start: int, offsets, end: int) -> bool:
+        """Whether every offset in [start, end) that is not in ``offsets``
+        (ascending) lies in a noted run."""
+        runs = self._runs.get(partition, {})
+        position = start
+        for offset in (*offsets, end):
+            while position < offset:
+                after = runs.get(position)
+                if after is None or after <= position:
+                    return False
+                position = after
+            if offset >= position:
+                position = offset + 1
+        return True
+
+    def forget_below(self, partition: int, offset: int) -> None:
+        with self._lock:
+            runs = self._runs.get(partition)
+            if runs:
+                for start in [s for s in runs if s < offset]:
+                    del runs[start]
+
+    def keep_only(self, partitions) -> None:
+        with self._lock:
+            for p in [p for p in self._runs if p not in partitions]:
+                del self._runs[p]
+            for p in [p for p in self.fetched if p not in partitions]:
+                del self.fetched[p]
+
+
+SKIPPED = SkippedOffsets()  # one per process: the fetcher hook is process-wide
+
+
+def _note_skipped_runs() -> bool:
+    """Make aiokafka's fetcher note runs without committed records of the
+    event log in :data:`SKIPPED` (False, and nothing changed, if this aiokafka
+    is not the one it was written for: then every gap is looked up in the log)."""
+    try:
+        from aiokafka.consumer import fetcher
+    except ImportError:
+        return False
+    base = getattr(fetcher, "PartitionRecords", None)
+    if base is None or getattr(base, "_ledger_notes_runs", False):
+        return base is not None
+    if not callable(getattr(base, "_unpack_records", None)) or \
+            "next_fetch_offset" not in base.__init__.__code__.co_names:
+        log.warning("aiokafka changed: every gap in a read-model batch is read from the log")
+        return False
+
+    class RunNotingRecords(base):
+        _ledger_notes_runs = True
+
+        def _unpack_records(self):
+            records = super()._unpack_records()
+            tp = self._tp
+            if tp.topic != SKIPPED.topic:
+                yield from records
+                return
+            partition, expected = tp.partition, self.next_fetch_offset
+            for record in records:
+                if record.offset > expected:
+                    SKIPPED.note(partition, expected, record.offset)
+                expected = record.offset + 1
+                SKIPPED.fetched[partition] = record.offset
+                yield record
+            if self.next_fetch_offset > expected:
+                SKIPPED.note(partition, expected, self.next_fetch_offset)
+
+    fetcher.PartitionRecords = RunNotingRecords
+    return True
+
+
 @contextmanager
 def _as_event(event):
     """Make ``event`` Faust's current event: a table write goes to the
@@ -474,6 +593,9 @@ def _as_event(event):
         yield
     finally:
         faust_streams._current_event.reset(token)
+
+
+_TICK = object()  # a decoded PartitionTick, as far as the folds care
 
 
 def _decode(raw):
@@ -644,8 +766,18 @@ class ReadModels:
         self.log_reader = LogReader(settings, app.conf.id)  # Faust's group
         self._reader_thread = ThreadPoolExecutor(1, thread_name_prefix="ledger-read-log")
 
-        app.agent(topic, name="ledger-read-totals")(self._totals_agent)
-        app.agent(topic, name="ledger-read-statements")(self._statements_agent)
+        # Where the log holds no committed record, as Faust's consumer saw it
+        # (_complete then needs no second look at the log for the gaps).
+        self.skipped = SKIPPED
+        self.skipped.topic = self.topic_name
+        self.runs_noted = _note_skipped_runs()
+        # partition -> (when, (position, end), nothing committed between) of
+        # the last read of the log to tell whether a model is caught up
+        self._probed_at: dict[int, tuple[float, tuple[int, int], bool]] = {}
+        self._copartitioned: set[str] = set()  # tables whose changelog was checked
+        # One agent folds both tables: each record goes through Faust's
+        # per-event machinery, the completeness check and decoding once.
+        app.agent(topic, name="ledger-read-models")(self._agent)
         app.timer(TICK_S)(self._tick)
         app.timer(EVALUATE_EVERY_S)(self._evaluate)
         app.on_partitions_assigned.connect(self._on_assigned)
@@ -666,6 +798,9 @@ class ReadModels:
         for model in MODELS:
             self.verified[model].clear()
             self.positions[model].clear()
+        self._probed_at.clear()
+        self.skipped.keep_only({tp.partition for tp in assigned
+                                if tp.topic == self.topic_name})
 
     async def _read_log(self, method, *args):
         return await asyncio.get_running_loop().run_in_executor(
@@ -673,15 +808,11 @@ class ReadModels:
 
     # -- agents ----------------------------------------------------------------
 
-    async def _totals_agent(self, stream):
+    async def _agent(self, stream):
         async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
-            await self._whole("totals", events)
+            await self._whole(events)
 
-    async def _statements_agent(self, stream):
-        async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
-            await self._whole("statements", events)
-
-    async def _whole(self, model: str, events) -> None:
+    async def _whole(self, events) -> None:
         """Process a batch to the end, whatever happens meanwhile.
 
         Faust's take acknowledges a batch as soon as the agent's body leaves
@@ -692,28 +823,31 @@ class ReadModels:
         DELIVERY_ON_STOP_S), and a batch that cannot be finished ends the
         process before Faust can acknowledge it, like kill -9: whoever gets
         the partition reads the batch again."""
-        work = asyncio.ensure_future(self._process(model, events))
+        work = asyncio.ensure_future(self._process(events))
         try:
             await asyncio.shield(work)
         except asyncio.CancelledError:
             try:
                 await asyncio.wait_for(asyncio.shield(work), DELIVERY_ON_STOP_S)
             except BaseException:
-                log.exception("%s: a batch could not be finished while stopping; exiting "
-                              "before it is acknowledged", model)
+                log.exception("read models: a batch could not be finished while stopping; "
+                              "exiting before it is acknowledged")
                 logging.shutdown()
                 os._exit(EXIT_READ_MODEL_FAILED)
             raise
         except Exception:
-            log.exception("%s: a batch could not be folded; exiting before it is "
-                          "acknowledged (it is read again after the restart)", model)
+            log.exception("read models: a batch could not be folded; exiting before it "
+                          "is acknowledged (it is read again after the restart)")
             logging.shutdown()
             os._exit(EXIT_READ_MODEL_FAILED)
 
-    async def _process(self, model: str, events) -> None:
-        batch = await self._complete(model, events)
-        fold = self.fold_totals_batch if model == "totals" else self.fold_statements_batch
-        futures = fold(batch)
+    async def _process(self, events) -> None:
+        batch = await self._complete(events)
+        # Decoded once for both folds; a tick keeps its offset (verified) only.
+        batch = {p: (event, [(o, _TICK if codec.is_tick(d) else _decode(d)) for o, d in records],
+                     from_log)
+                 for p, (event, records, from_log) in batch.items()}
+        futures = self.fold_totals_batch(batch) + self.fold_statements_batch(batch)
         if futures:
             # In Kafka before the batch may be acknowledged: a committed offset
             # then always has its table changes in the changelog, and a store
@@ -722,9 +856,12 @@ class ReadModels:
             # ensure it: its producer-buffer flush gives up after 0.1 s
             # (faust/transport/producer.py, flush_atmost).
             await asyncio.gather(*futures)
-        self._verified_to(model, batch)
+        for model in MODELS:
+            self._verified_to(model, batch)
+        for p, verified in self.verified["totals"].items():
+            self.skipped.forget_below(p, verified)
 
-    async def _complete(self, model: str, events) -> dict:
+    async def _complete(self, events) -> dict:
         """The batch per partition, with every committed record Faust did not deliver.
 
         faust-streaming 0.15.3 can drop fetched records around an assignment
@@ -739,6 +876,10 @@ class ReadModels:
         read_committed librdkafka reader lists them, and the ones missing
         are folded from what it read.
 
+        The log is read only for a gap that Faust's consumer did not note as
+        holding no committed record (:class:`SkippedOffsets`): a transaction
+        marker or an aborted transaction needs no second look.
+
         Returns partition -> (an event of that partition, [(offset, raw value)]
         sorted by offset, the offsets read from the log rather than delivered)."""
         by_partition: dict[int, tuple[object, dict[int, bytes]]] = {}
@@ -749,16 +890,18 @@ class ReadModels:
             entry[1][message.offset] = message.value
         ranges = {}
         for p, (_event, delivered) in by_partition.items():
-            start = self.verified[model].get(p)
+            start = self.verified["totals"].get(p)  # both models fold the same batches
             if start is None:
                 committed = await self._read_log(self.log_reader.committed, p)
                 start = min(committed, min(delivered))
             last = max(delivered)
             if last < start:
                 continue  # all read again after a seek back: folded before
-            inside = sum(1 for o in delivered if o >= start)
-            if inside != last - start + 1:  # a gap: transaction markers, or loss
-                ranges[p] = (start, last, frozenset(o for o in delivered if o >= start))
+            inside = sorted(o for o in delivered if o >= start)
+            if len(inside) != last - start + 1 and \
+                    not self.skipped.covers(p, start, inside, last + 1):
+                # a gap not known to hold only markers and aborted records
+                ranges[p] = (start, last, frozenset(inside))
         found: dict[int, dict[int, bytes]] = {}
         if ranges:
             found = await self._read_log(self.log_reader.missing, ranges)
@@ -784,10 +927,29 @@ class ReadModels:
         """Write one table value: the local store at once, the changelog
         record to the event's partition; returns the record's delivery future."""
         raw = _dumps(value)
+        partition = event.message.partition
+        if table.name not in self._copartitioned:
+            self._check_copartitioned(table, event.message.topic)
         with _as_event(event):
-            partition = table.partition_for_key(key)  # checks co-partitioning once
             table.data[key] = raw
         return table.send_changelog(partition, key, raw)
+
+    def _check_copartitioned(self, table, source_topic: str) -> None:
+        """The changelog must have the log's partitions (a record goes to
+        the partition of the event it folds). Faust's own check
+        (Table.partition_for_key) takes a changelog its consumer has no
+        metadata for yet (0 partitions, just after the topic was made) for
+        a mismatch and fails the batch; here that is only not checked yet."""
+        consumer = self.app.consumer
+        source_n = consumer.topic_partitions(source_topic)
+        change_n = consumer.topic_partitions(table.changelog_topic_name)
+        if source_n and change_n:
+            if source_n != change_n:
+                raise RuntimeError(
+                    f"the changelog {table.changelog_topic_name} has {change_n} partitions, "
+                    f"the event log {source_topic} {source_n}: the read model cannot be "
+                    f"co-partitioned with the log")
+            self._copartitioned.add(table.name)
 
     def fold_totals_batch(self, batch: dict) -> list:
         """One table write per partition in the batch. No await inside: the
@@ -801,13 +963,13 @@ class ReadModels:
                 raw = self.totals.get(key)
             value = json.loads(raw) if raw is not None else empty_totals()
             changed, recovered = False, []
-            for offset, data in records:
-                if codec.is_tick(data):
+            for offset, record in records:
+                if record is _TICK:
                     continue  # time passing on the partition: no account record
                 if offset <= value["offset"]:
                     replayed += 1
                     continue
-                fold_totals(value, offset, _decode(data))
+                fold_totals(value, offset, record)
                 changed = True
                 folded += 1
                 if offset in from_log:
@@ -827,11 +989,9 @@ class ReadModels:
         folded = replayed = 0
         for partition, (event, records, from_log) in batch.items():
             recovered = []
-            for offset, data in records:
-                if codec.is_tick(data):
-                    continue
-                record = _decode(data)
-                if record is None or isinstance(record, domain.CommandRejected):
+            for offset, record in records:
+                if record is _TICK or record is None or \
+                        isinstance(record, domain.CommandRejected):
                     continue
                 key = statement_key(record.account_id,
                                     statement_day(record.recorded_at_ms, self.zone))
@@ -1019,21 +1179,39 @@ class ReadModels:
                             continue
                 caught_up = False
                 if end is not None:
-                    if position >= end - 1:
-                        caught_up = True
-                    else:
-                        try:
-                            first = await self._read_log(self.log_reader.first_record, p,
-                                                         position, end)
-                        except Exception:
-                            log.debug("cannot read partition %d of the log", p, exc_info=True)
-                            first = position
-                        caught_up = first is None
+                    caught_up = await self._nothing_between(p, position, end)
                     if caught_up:
                         position = max(position, end)
                 self.positions[model][p] = (position, end, caught_up)
                 metrics.read_model_lag(model, p).set(
                     0 if end is None else max(0, end - position))
+
+    async def _nothing_between(self, p: int, position: int, end: int) -> bool:
+        """Whether nothing committed lies in [position, end) of partition p:
+        one offset (the commit marker every transaction ends with), runs
+        Faust's consumer noted as holding no committed record, or else what
+        the log says, asked at most every PROBE_EVERY_S per partition (a
+        read_committed read is far dearer than a tick)."""
+        if position >= end - 1 or self.skipped.covers(p, position, (), end):
+            return True
+        if position <= self.skipped.fetched.get(p, -1) < end:
+            return False  # a committed record Faust's consumer fetched lies between
+        now = time.monotonic()
+        probed = self._probed_at.get(p)
+        if probed is not None:
+            at, probed_range, answer = probed
+            if probed_range == (position, end):
+                return answer
+            if now - at < PROBE_EVERY_S:
+                return False  # not known yet: the lag says end - position
+        try:
+            first = await self._read_log(self.log_reader.first_record, p, position, end)
+        except Exception:
+            log.debug("cannot read partition %d of the log", p, exc_info=True)
+            first = position
+        answer = first is None
+        self._probed_at[p] = (now, (position, end), answer)
+        return answer
 
     async def _evaluate(self) -> None:
         shared = getattr(self.app, "ledger_api", None)

@@ -630,6 +630,23 @@ def test_pending_refund_without_debit_is_broken_at_once():
     assert not verdict.ok and "exceed what they debited by 7" in verdict.problems[0]
 
 
+def test_skipped_runs_cover_only_what_was_noted():
+    runs = readmodels.SkippedOffsets()
+    runs.note(0, 3, 4)  # a commit marker at 3
+    runs.note(0, 6, 9)  # an aborted transaction at 6-7, its marker at 8
+    assert runs.covers(0, 0, [0, 1, 2, 4, 5, 9], 10)
+    assert runs.covers(0, 3, [], 4) and runs.covers(0, 6, [], 9)
+    assert not runs.covers(0, 0, [0, 1, 2, 5, 9], 10)  # 4 is a record not delivered
+    assert not runs.covers(0, 0, [0, 1, 2, 4, 5], 10)  # 9 neither
+    assert not runs.covers(0, 7, [9], 10)  # a run starting where nothing was noted
+    assert not runs.covers(1, 3, [], 4)  # another partition
+    assert runs.covers(1, 0, [0, 1], 2)  # no gap at all
+    runs.forget_below(0, 5)
+    assert not runs.covers(0, 3, [], 4) and runs.covers(0, 6, [], 9)
+    runs.keep_only({1})
+    assert not runs.covers(0, 6, [], 9)
+
+
 def test_statement_ranges():
     pytest.importorskip("faust")
     from streams.api.ledger_views import parse_date_range
@@ -851,6 +868,68 @@ def test_measure_read_models(settings, workers, tmp_path, paced_sender):
     print(f"extra worker CPU per command with read models: "
           f"{extra / BENCH_COMMANDS * 1e6:.0f} us "
           f"({off['cpu_s_at_core_done'] / BENCH_COMMANDS * 1e6:.0f} us without)")
+
+
+@pytest.mark.kafka
+def test_faust_consumer_notes_markers_and_aborted_records_as_skipped(settings):
+    """What lets a read-model batch skip its look at the log: aiokafka (the
+    fetcher Faust's consumer uses, read_committed) notes, as it fetches,
+    exactly the offsets that hold no committed record, across committed and
+    aborted transactions; the records it yields and those runs together
+    cover the whole log."""
+    import asyncio
+
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    assert readmodels._note_skipped_runs()
+    readmodels.SKIPPED.topic = settings.events_topic
+    producer = transactional_producer(settings, "runs")
+    written = {"committed": [], "aborted": []}
+
+    def write(n: int, commit: bool):
+        delivered = []
+        producer.begin_transaction()
+        for i in range(n):
+            producer.produce(settings.events_topic, b"r%d" % i, b"k", partition=0,
+                             on_delivery=lambda err, msg: delivered.append(msg.offset()))
+        producer.flush(30)
+        (producer.commit_transaction if commit else producer.abort_transaction)(30)
+        written["committed" if commit else "aborted"] += delivered
+
+    for n, commit in ((3, True), (4, False), (1, True), (1, True), (2, False), (2, True)):
+        write(n, commit)
+    committed, aborted = written["committed"], written["aborted"]
+    end = committed[-1] + 2  # the last commit marker is the log's last offset
+
+    async def consume():
+        consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers,
+                                    isolation_level="read_committed",
+                                    enable_auto_commit=False)
+        await consumer.start()
+        try:
+            tp = TopicPartition(settings.events_topic, 0)
+            consumer.assign([tp])
+            consumer.seek(tp, 0)
+            got = []
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and \
+                    not readmodels.SKIPPED.covers(0, 0, got, end):
+                for records in (await consumer.getmany(tp, timeout_ms=500)).values():
+                    got += [r.offset for r in records]
+            return got
+        finally:
+            await consumer.stop()
+
+    got = asyncio.run(consume())
+    assert got == committed
+    assert readmodels.SKIPPED.fetched[0] == committed[-1]  # the last record fetched
+    assert readmodels.SKIPPED.covers(0, 0, got, end)
+    for offset in committed:  # a committed record is never a skipped run
+        assert not readmodels.SKIPPED.covers(0, 0, [o for o in got if o != offset], end)
+    # 3 a marker, 4-7 aborted, 8 a marker: one run, from the first record's end
+    assert committed[2] + 1 < aborted[0] < committed[3]
+    assert readmodels.SKIPPED.covers(0, committed[2] + 1, [], committed[3])
+    readmodels.SKIPPED.keep_only(set())
 
 
 @pytest.mark.kafka
