@@ -196,7 +196,7 @@ class LedgerClient:
     @staticmethod
     def _outcome(reply: dict) -> Outcome:
         return Outcome(reply["command_id"], reply["status"], reply.get("reason"),
-                       [replies.event_from_json(e) for e in reply.get("events") or []],
+                       replies.reply_events(reply),
                        bool(reply.get("duplicate")),
                        reply.get("detail") or "", reply.get("version"))
 
@@ -205,7 +205,7 @@ class LedgerClient:
         transfer = reply["transfer"]
         return TransferStatus(transfer["transfer_id"], transfer["status"],
                               transfer.get("reason"),
-                              [replies.event_from_json(e) for e in reply.get("events") or []],
+                              replies.reply_events(reply),
                               bool(reply.get("duplicate")))
 
     def send_nowait(self, command: domain.Command) -> None:

@@ -164,12 +164,13 @@ def handle_command(batch: Batch, command, now_ms: int) -> tuple[list[bytes], lis
         # The transfer's end, for whoever waits for it: with the transfer's hash.
         transfer = batch.outcome(command.account_id, command.transfer_id)
         reply = _reply(batch, command, transfer.command_hash if transfer else digest,
-                       outcome, None, "", records, duplicate=False)
+                       outcome, None, "", [raw for _r, raw in encoded], duplicate=False)
     elif outcome == "rejected":
         reply = _reply(batch, command, digest, outcome, result.reason.value, result.detail,
                        (), duplicate=False)
     else:
-        reply = _reply(batch, command, digest, outcome, None, "", records, duplicate=False)
+        reply = _reply(batch, command, digest, outcome, None, "", [raw for _r, raw in encoded],
+                       duplicate=False)
     return [raw for _record, raw in encoded], encoded_legs, reply
 
 
@@ -192,7 +193,8 @@ def _duplicate_reply(batch: Batch, command, prior: Outcome) -> bytes | None:
     again (replayed) is no client's retry: no reply."""
     if isinstance(command, (domain.TransferCreditLeg, domain.TransferSettleLeg)):
         return None
-    events = batch.events(command.account_id, range(prior.sequences[0], prior.sequences[1] + 1)) \
+    events = batch.raw_events(command.account_id,
+                              range(prior.sequences[0], prior.sequences[1] + 1)) \
         if prior.sequences else ()
     return _reply(batch, command, prior.command_hash, prior.status, prior.reason, "",
                   events, duplicate=True)

@@ -454,14 +454,15 @@ class Batch:
             entry = self._transfers[key] = self.store.transfer(from_account_id, transfer_id)
             return entry
 
-    def events(self, account_id: str, sequences) -> list:
-        """The account's events with these sequences, this batch's included."""
+    def raw_events(self, account_id: str, sequences) -> list[bytes]:
+        """The log bytes of the account's events with these sequences, this
+        batch's included."""
         out = []
         for sequence in sequences:
             raw = self.writes.get(history_key(account_id, sequence)) or \
                 self.store.get(history_key(account_id, sequence))
             if raw is not None:
-                out.append(codec.decode_outcome(raw)[0])
+                out.append(raw)
         return out
 
     def hold(self, account_id: str, hold_id: str) -> domain.Hold | None:
