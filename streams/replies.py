@@ -165,6 +165,9 @@ class ReplyWatcher:
         self._keep_all = keep_all
         self._seen: dict[tuple[str, str], list[dict]] = {}
         self._waiters: dict[tuple[str, str], list[Waiter]] = {}
+        # Keys (account ids, utf-8) someone waits on, for the cheap skip in
+        # _run: a frozenset replaced whole under the lock, read without it.
+        self._waited_accounts: frozenset[bytes] = frozenset()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._consumer = Consumer(settings.kafka(**{
@@ -208,6 +211,8 @@ class ReplyWatcher:
             for msg in messages:
                 if msg.error():
                     continue
+                if not self._keep_all and msg.key() not in self._waited_accounts:
+                    continue  # nobody waits on this account: not even decoded
                 reply = decode_reply(msg.value())
                 if reply is not None:
                     self._deliver(reply)
@@ -231,6 +236,7 @@ class ReplyWatcher:
                 if waiter.offer(reply):
                     break
             self._waiters.setdefault(key, []).append(waiter)
+            self._waited_accounts = self._waited_accounts | {key[0].encode()}
         return waiter
 
     def forget(self, waiter: Waiter) -> None:
@@ -240,6 +246,7 @@ class ReplyWatcher:
                 waiters.remove(waiter)
             if not waiters:
                 self._waiters.pop(waiter.key, None)
+                self._waited_accounts = frozenset(a.encode() for a, _id in self._waiters)
 
     def wait(self, waiter: Waiter, timeout_s: float) -> dict | None:
         """The reply, or None after ``timeout_s``; the waiter is forgotten."""

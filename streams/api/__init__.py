@@ -71,8 +71,6 @@ def register_views(app, settings, processor) -> None:
 
         async def on_start(self) -> None:
             log_protection(settings, shared)
-            # The reply watcher for ?wait=1, in the background (not awaited).
-            asyncio.get_running_loop().run_in_executor(None, shared.warm_replies)
             # mode's Worker handles INT, TERM, USR1 and USR2, not HUP (whose
             # default would end the process, tokens file or not).
             asyncio.get_running_loop().add_signal_handler(

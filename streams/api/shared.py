@@ -129,11 +129,11 @@ class Shared:
             raise PublishFailed(str(errors[0]))
 
     def replies(self, timeout_s: float = REPLIES_START_S):
-        """The worker's reply watcher (blocking on first use, at most about
-        ``timeout_s``: run it in an executor; raises RepliesUnavailable).
-        Only registered waiters get replies: it holds nothing between
-        requests. Made at start (warm_replies) so a ?wait=1 does not wait
-        for it, even with brokers down."""
+        """The worker's reply watcher, made on the first ?wait=1 (blocking, at
+        most about ``timeout_s``: run it in an executor; raises
+        RepliesUnavailable, a 503, e.g. with brokers down). Only registered
+        waiters get replies: it holds nothing between requests. Not made
+        before it is needed: it reads every reply of the ledger."""
         from streams.replies import ReplyWatcher
 
         with self._replies_lock:
@@ -142,11 +142,6 @@ class Shared:
                                              group="worker-replies", timeout_s=timeout_s)
             return self._replies
 
-    def warm_replies(self) -> None:
-        try:
-            self.replies(timeout_s=30.0)
-        except Exception as exc:  # made again on the first ?wait=1
-            log.warning("reply watcher not started yet: %s", exc)
 
     # -- lifecycle -------------------------------------------------------------
 
