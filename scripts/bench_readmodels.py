@@ -27,6 +27,10 @@ fold   the read models alone (the core idle): the event-log records the ``off``
        worker is ready; CPU and time until both models have folded them all.
        Gives the fold's own CPU per event and its events/s.
 
+Workers log at info, the default: at warning and above Faust's worker sets
+the root logger to DEBUG for its terminal spinner, and every debug record of
+aiokafka and Faust is then made (and dropped), a cost no deployment has.
+
 Each scenario's idle CPU rate (worker ready, nothing to do, over 3 s before
 the commit) is reported too. Prints one JSON document with every run and the
 medians; ``uptime``'s load average is recorded before and after each run.
@@ -79,7 +83,7 @@ WAIT_S = float(os.environ.get("BENCH_WAIT_S", 600))
 # and anywhere on the stack (inclusive). Less in the way than cProfile's
 # tracing; signals are Faust's (SIGUSR2 starts pdb).
 PROFILED_WORKER = r"""
-import collections, json, os, runpy, sys, threading, time
+import collections, json, logging, os, runpy, sys, threading, time
 path = sys.argv.pop(1)
 IDLE = ("select", "poll", "wait", "sleep", "_worker", "consume", "flush", "epoll")
 state = {"on": False, "samples": 0}
@@ -120,11 +124,30 @@ def sample():
 def write():
     with open(path + ".tmp", "w") as f:
         json.dump({"samples": state["samples"], "threads": threads.most_common(),
+                   "native_ids": {t.native_id: t.name for t in threading.enumerate()},
+                   "log_levels": {n: logging.getLogger(n).getEffectiveLevel() for n in
+                                  ("", "aiokafka.producer.producer", "faust.topics")},
                    "self": own.most_common(60), "inclusive": inclusive.most_common(200)},
                   f, indent=0)
     os.rename(path + ".tmp", path)
-threading.Thread(target=sample, daemon=True).start()
-sys.argv = ["streams.cli", "worker", "--loglevel", "warning"]
+if os.environ.get("BENCH_CPROFILE"):
+    # Deterministic instead: cProfile on the main thread, switched on and
+    # off by SIGRTMIN (a signal Faust leaves alone), stats to <path>.pstats.
+    import cProfile, signal
+    profile = cProfile.Profile()
+    def toggle(*_):
+        if not state["on"]:
+            state["on"] = True
+            profile.enable()
+        else:
+            profile.disable()
+            profile.dump_stats(path + ".pstats")
+            state["on"] = False
+            write()
+    signal.signal(signal.SIGRTMIN, toggle)
+else:
+    threading.Thread(target=sample, daemon=True).start()
+sys.argv = ["streams.cli", "worker", "--loglevel", "info"]
 runpy.run_module("streams.cli", run_name="__main__")
 """
 
@@ -136,6 +159,31 @@ def say(text: str) -> None:
 def cpu_s(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def threads_cpu_s(pid: int) -> dict[int, tuple[str, float]]:
+    """tid -> (thread name as the kernel knows it, CPU s) of every thread."""
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            comm, rest = task.joinpath("stat").read_text().rsplit(")", 1)
+            fields = rest.split()
+        except OSError:
+            continue  # ended meanwhile
+        out[int(task.name)] = (comm.split("(", 1)[1],
+                               (int(fields[11]) + int(fields[12])) / CLK_TCK)
+    return out
+
+
+def threads_delta(before: dict, after: dict, names: dict[int, str]) -> dict[str, float]:
+    """CPU s spent between two threads_cpu_s() by thread name (Python's
+    name where known: the profiled worker writes them; else the kernel's,
+    e.g. rdk:broker1 for librdkafka's threads)."""
+    spent: dict[str, float] = {}
+    for tid, (comm, cpu) in after.items():
+        name = names.get(tid) or comm
+        spent[name] = spent.get(name, 0.0) + cpu - before.get(tid, (comm, 0.0))[1]
+    return {k: round(v, 2) for k, v in sorted(spent.items(), key=lambda kv: -kv[1]) if v > 0}
 
 
 def loadavg() -> list[float]:
@@ -165,7 +213,7 @@ class Worker:
         self.log_path = log_path
         env = {**os.environ, "PYTHONPATH": str(tree), **settings.to_env()}
         argv = ([sys.executable, "-c", PROFILED_WORKER, str(profile_to)] if profile_to
-                else [sys.executable, "-m", "streams.cli", "worker", "--loglevel", "warning"])
+                else [sys.executable, "-m", "streams.cli", "worker", "--loglevel", "info"])
         with open(log_path, "w") as log_file:
             self.process = subprocess.Popen(argv, env=env, cwd=tree, stdout=log_file,
                                             stderr=subprocess.STDOUT)
@@ -360,7 +408,7 @@ class Bench:
         if scenario == "fold":
             if self.last_log is None:
                 raise RuntimeError("fold needs an off run first")
-            worker = self.start(s, tree=tree)
+            worker = self.start(s, profile_dir / "worker.prof" if profile_dir else None, tree)
             producer = hold_events(s, self.last_log)
             records = sum(1 for rs in self.last_log.values() for _k, v in rs
                           if not codec.is_tick(v))
@@ -376,7 +424,9 @@ class Bench:
             idle_rate = (cpu_s(worker.pid) - idle0) / IDLE_S
             if profile_dir:
                 (profile_dir / "worker.prof.on").touch()
-            cpu0, t0 = cpu_s(worker.pid), time.monotonic()
+                if os.environ.get("BENCH_CPROFILE"):
+                    worker.process.send_signal(signal.SIGRTMIN)
+            cpu0, t0, threads0 = cpu_s(worker.pid), time.monotonic(), threads_cpu_s(worker.pid)
             producer.commit_transaction(60)
             row = {"scenario": scenario, "records": records, "idle_cpu_per_s": round(idle_rate, 4)}
             if scenario != "fold":
@@ -388,9 +438,15 @@ class Bench:
                 wait_for(lambda: read_models_done(worker, records), "read models done",
                          alive=worker.alive, every_s=POLL_S)
             elapsed, cpu = time.monotonic() - t0, cpu_s(worker.pid) - cpu0
+            threads1, names = threads_cpu_s(worker.pid), {}
             if profile_dir:
                 (profile_dir / "worker.prof.on").unlink()
+                if os.environ.get("BENCH_CPROFILE"):
+                    worker.process.send_signal(signal.SIGRTMIN)
                 wait_for(lambda: (profile_dir / "worker.prof").exists(), "profile written", 30)
+                names = {int(k): v for k, v in json.loads(
+                    (profile_dir / "worker.prof").read_text())["native_ids"].items()}
+            row["threads_cpu_s"] = threads_delta(threads0, threads1, names)
             row.update(s=round(elapsed, 2), cpu_s=round(cpu, 3),
                        cpu_us_per_record=round(cpu / records * 1e6, 1),
                        records_per_s=round(records / elapsed))
@@ -427,6 +483,13 @@ def summary(rows: list[dict]) -> dict:
 
 
 def print_profile(path: Path, top: int = 40) -> None:
+    pstats_path = path.with_name(path.name + ".pstats")
+    if pstats_path.exists():
+        import pstats
+
+        stats = pstats.Stats(str(pstats_path))
+        stats.sort_stats("tottime").print_stats(top)
+        stats.sort_stats("cumulative").print_stats(top)
     profile = json.loads(path.read_text())
     total = max(1, profile["samples"])
     print(f"{profile['samples']} samples of 5 ms (wall time: a busy machine makes "
@@ -448,6 +511,8 @@ def main() -> int:
     parser.add_argument("--scenarios", default="off,on,fold")
     parser.add_argument("--profile", type=Path, default=None,
                         help="directory: one more 'on' run under cProfile (main thread)")
+    parser.add_argument("--profile-scenario", default="on", choices=("on", "fold"),
+                        help="the profiled run's scenario (fold: after the rounds' off runs)")
     parser.add_argument("--tree", action="append", default=[], metavar="LABEL=DIR",
                         help="run the workers from this copy of the code (repeat to "
                              "compare versions; alternated with the scenarios); "
@@ -485,7 +550,8 @@ def main() -> int:
                   "partitions": args.partitions, "runs": rows, "median": summary(rows)}
         if args.profile:
             args.profile.mkdir(parents=True, exist_ok=True)
-            row = bench.run("on", profile_dir=args.profile, tree=trees[-1][1])
+            row = bench.run(args.profile_scenario, profile_dir=args.profile,
+                            tree=trees[-1][1])
             say("profiled run (not comparable): " + json.dumps(row))
             print_profile(args.profile / "worker.prof")
         print(json.dumps(result, indent=2))
