@@ -182,9 +182,11 @@ class LedgerClient:
     def _watch(self, command, final_transfer: bool):
         if self._watcher is None:
             raise LedgerClientError("client was created with watch_outcomes=False")
+        # The reply to this send (every send gets its own; a retry's is the
+        # original outcome marked duplicate), not one seen before it.
         return self._watcher.watch((command.account_id, command.command_id),
                                    replies.accepts(domain.command_hash(command),
-                                                   final_transfer))
+                                                   final_transfer), seen=False)
 
     def _await(self, waiter, timeout_s: float, what: str) -> dict:
         reply = self._watcher.wait(waiter, timeout_s)

@@ -225,14 +225,16 @@ class ReplyWatcher:
             for waiter in self._waiters.get(key, ()):
                 waiter.offer(reply)
 
-    def watch(self, key: tuple[str, str], accept, loop=None) -> Waiter:
+    def watch(self, key: tuple[str, str], accept, loop=None, seen: bool = True) -> Waiter:
         """Register a waiter (before sending the command it waits for).
-        With ``loop``, ``waiter.future`` is an asyncio future of that loop."""
+        With ``loop``, ``waiter.future`` is an asyncio future of that loop.
+        ``seen``: a reply seen before counts (for a command sent earlier);
+        not when waiting for the reply to a send about to be made."""
         waiter = Waiter(key, accept)
         if loop is not None:
             waiter.loop, waiter.future = loop, loop.create_future()
         with self._lock:
-            for reply in self._seen.get(key, ()):
+            for reply in self._seen.get(key, ()) if seen else ():
                 if waiter.offer(reply):
                     break
             self._waiters.setdefault(key, []).append(waiter)
