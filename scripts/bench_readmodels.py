@@ -533,7 +533,7 @@ def main() -> int:
             broker = localkafka.start_broker(tmp / "kafka")
             bootstrap = broker.bootstrap
         bench = Bench(args, bootstrap, tmp)
-        rows = []
+        rows, crashes = [], []
         for round_ in range(args.repeat):
             order = scenarios if round_ % 2 == 0 else list(reversed(scenarios))
             if "fold" in order and order.index("fold") < order.index("off"):
@@ -542,12 +542,23 @@ def main() -> int:
             for n, scenario in enumerate(order):
                 # Versions alternate inside each scenario, their order turning.
                 for label, tree in (trees if (round_ + n) % 2 == 0 else trees[::-1]):
-                    row = bench.run(scenario, tree=tree)
+                    for attempt in range(1, 4):
+                        try:
+                            row = bench.run(scenario, tree=tree)
+                            break
+                        except RuntimeError as exc:  # the worker exited: counted, run again
+                            crashes.append({"tree": label, "scenario": scenario,
+                                            "error": str(exc).splitlines()[-1]})
+                            say(f"{label} {scenario}: worker crashed (attempt {attempt}): "
+                                f"{crashes[-1]['error']}")
+                    else:
+                        raise RuntimeError(f"{label} {scenario}: the worker crashed 3 times")
                     row["round"], row["tree"] = round_, label
                     rows.append(row)
                     say(json.dumps(row))
         result = {"commands": args.commands, "accounts": args.accounts,
-                  "partitions": args.partitions, "runs": rows, "median": summary(rows)}
+                  "partitions": args.partitions, "runs": rows, "crashes": crashes,
+                  "median": summary(rows)}
         if args.profile:
             args.profile.mkdir(parents=True, exist_ok=True)
             row = bench.run(args.profile_scenario, profile_dir=args.profile,

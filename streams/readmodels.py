@@ -103,6 +103,11 @@ BATCH_WITHIN_S = 0.5
 # how many bytes a partition's request may carry (below the broker's 1 MB).
 CHANGELOG_LINGER_S = 0.02
 CHANGELOG_BATCH_BYTES = 512 * 1024
+# Faust holds back every event it consumes while more than 100 records wait
+# in its producer's buffer (ProducerBuffer.wait_until_ebb), then flushes them
+# one by one; a batch writes up to one record per account and day it holds
+# at once and waits for all of them itself, which bounds the buffer.
+CHANGELOG_PENDING_MAX = 4 * BATCH_MAX
 # How often positions and lag are measured, and the ledger-wide check runs.
 TICK_S = 0.25
 EVALUATE_EVERY_S = 1.0
@@ -788,8 +793,15 @@ class ReadModels:
         models = self
 
         class ReadModelsService(Service):
-            """Closes the log reader when the worker stops (after any read
-            under way: the reader has one thread; a later read reopens it)."""
+            """Lets Faust's producer buffer hold a batch's changelog records
+            (CHANGELOG_PENDING_MAX); closes the log reader when the worker
+            stops (after any read under way: the reader has one thread; a
+            later read reopens it)."""
+
+            async def on_start(self) -> None:
+                buffer = getattr(models.app.producer, "buffer", None)
+                if buffer is not None and hasattr(buffer, "max_messages"):
+                    buffer.max_messages = CHANGELOG_PENDING_MAX
 
             async def on_stop(self) -> None:
                 await models._read_log(models.log_reader.close)
