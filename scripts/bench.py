@@ -854,7 +854,8 @@ def run_ceiling(ctx: Context, records: int | None = None,
             if line == "READY":
                 ready.set()
 
-    threading.Thread(target=read_stdout, daemon=True).start()
+    reader = threading.Thread(target=read_stdout, daemon=True)
+    reader.start()
     try:
         t = time.monotonic()
         while not ready.wait(0.25):
@@ -869,6 +870,11 @@ def run_ceiling(ctx: Context, records: int | None = None,
 
         t_end = watcher.wait_for(lambda w: w.count >= n, "ceiling output", check=alive)
         proc.wait(30)
+        # Its last line (the JSON timings) may still be in the pipe: read to EOF.
+        reader.join(30)
+        if not lines or not lines[-1].startswith("{"):
+            raise BenchError(f"{label} loop printed no timings (last line "
+                             f"{lines[-1:]}):\n{tail(log_path)}")
         own = json.loads(lines[-1])
     finally:
         ctx.procs.stop([proc])
