@@ -38,6 +38,11 @@ medians; ``uptime``'s load average is recorded before and after each run.
 ``--profile DIR`` adds one ``on`` run whose worker's Python threads are
 sampled every 5 ms from the commit to the end (a thread reading their stacks);
 the counts go to DIR/worker.prof (JSON) and the top functions are printed.
+With BENCH_CPROFILE=1 the main thread runs under cProfile instead (switched
+by SIGRTMIN; DIR/worker.prof.pstats). ``--profile-scenario fold`` profiles the
+fold alone (after the rounds' off runs). Every run also reports CPU by thread
+(Python's names in a profiled run, the kernel's otherwise: rdk:* for
+librdkafka). BENCH_WAIT_S bounds each wait (default 600 s).
 
 ``--tree LABEL=DIR`` (repeatable) runs the workers from other copies of the
 code (e.g. the previous version of streams/readmodels.py in a copy of the
@@ -457,7 +462,7 @@ class Bench:
             row["load"] = [load0, loadavg()]
             return row
         except Exception:
-            say(f"worker log tail:\n" + "\n".join(
+            say("worker log tail:\n" + "\n".join(
                 worker.log_path.read_text().splitlines()[-40:]))
             raise
         finally:
