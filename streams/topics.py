@@ -131,20 +131,39 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> None:
 
 def _check_configs(admin, specs: list[TopicSpec], timeout_s: float) -> None:
     """The event log (and legs, dead letters) must keep everything forever."""
+    from confluent_kafka import KafkaError, KafkaException
     from confluent_kafka.admin import ConfigResource, ResourceType
 
-    checked = [s for s in specs if s.config.get("retention.ms") == "-1"]
-    futures = admin.describe_configs(
-        [ConfigResource(ResourceType.TOPIC, s.name) for s in checked],
-        request_timeout=timeout_s)
-    for resource, future in futures.items():
-        actual = {name: entry.value for name, entry in future.result().items()}
-        spec = next(s for s in checked if s.name == resource.name)
-        for name in ("retention.ms", "retention.bytes", "cleanup.policy"):
-            if actual.get(name) != spec.config[name]:
-                raise TopicMismatch(
-                    f"topic {spec.name} has {name}={actual.get(name)}, the ledger needs "
-                    f"{spec.config[name]} (it must never delete an event)")
+    pending = [s for s in specs if s.config.get("retention.ms") == "-1"]
+    deadline = time.monotonic() + timeout_s
+    while pending:
+        futures = admin.describe_configs(
+            [ConfigResource(ResourceType.TOPIC, s.name) for s in pending],
+            request_timeout=timeout_s)
+        unknown = []
+        for resource, future in futures.items():
+            spec = next(s for s in pending if s.name == resource.name)
+            try:
+                described = future.result()
+            except KafkaException as exc:
+                # On a cluster the broker asked may not know a topic created
+                # a moment ago (another broker took the creation): ask again.
+                error = exc.args[0] if exc.args else None
+                if (isinstance(error, KafkaError)
+                        and error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART
+                        and time.monotonic() < deadline):
+                    unknown.append(spec)
+                    continue
+                raise
+            actual = {name: entry.value for name, entry in described.items()}
+            for name in ("retention.ms", "retention.bytes", "cleanup.policy"):
+                if actual.get(name) != spec.config[name]:
+                    raise TopicMismatch(
+                        f"topic {spec.name} has {name}={actual.get(name)}, the ledger needs "
+                        f"{spec.config[name]} (it must never delete an event)")
+        pending = unknown
+        if pending:
+            time.sleep(0.2)
 
 
 def _wait_for_leaders(admin, names: list[str], timeout_s: float):
