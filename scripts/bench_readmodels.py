@@ -523,6 +523,9 @@ def main() -> int:
                              "compare versions; alternated with the scenarios); "
                              "default: this checkout")
     args = parser.parse_args()
+    # SIGTERM (timeout, a supervisor) ends the run through the finally below,
+    # which stops the broker and workers it started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     scenarios = args.scenarios.split(",")
     trees = [(label, Path(path).resolve()) for label, path in
              (t.split("=", 1) for t in args.tree)] or [("here", REPO)]
