@@ -1442,10 +1442,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=["install", "start", "stop", "status"])
     parser.add_argument("--run-dir", type=Path, default=None,
                         help="config, data and logs (default: by shape, see below)")
+    parser.add_argument("--port", type=int, default=None,
+                        help=f"client port on {_HOST}: start listens on it (node 1's for a "
+                             f"cluster; default: {CLI_PORT}, or the ports an existing cluster "
+                             f"run dir recorded); status and stop act on what listens on it "
+                             f"(default: everything in the default run dirs)")
     start = parser.add_argument_group("start options")
-    start.add_argument("--port", type=int, default=None,
-                       help=f"client port on {_HOST} (of node 1 for a cluster; default: "
-                            f"{CLI_PORT}, or the ports an existing cluster run dir recorded)")
     start.add_argument("--controller-port", type=int, default=None,
                        help="KRaft controller port of a single broker (default: --port + 1)")
     start.add_argument("--brokers", type=int, choices=[1, 3], default=1,
@@ -1469,12 +1471,24 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "start":
             return _cli_start(args)
         run_dirs = [args.run_dir] if args.run_dir else _default_run_dirs()
+        if args.port is not None:
+            run_dirs = [d for d in run_dirs if args.port in _client_ports(status(d))]
+            if not run_dirs:
+                print(f"no broker listening on port {args.port}")
+                return 0 if args.command == "stop" else 1
         if args.command == "stop":
             return _cli_stop(run_dirs)
         return _cli_status(run_dirs)
     except RuntimeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+
+
+def _client_ports(found) -> set[int]:
+    """The client ports of a running broker or cluster (nothing for None)."""
+    if found is None:
+        return set()
+    return {int(address.rsplit(":", 1)[1]) for address in found.bootstrap.split(",")}
 
 
 def _cli_start(args) -> int:

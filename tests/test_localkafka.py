@@ -338,3 +338,24 @@ def test_default_run_dirs_by_shape_and_nothing_running_in_an_empty_cache(tmp_pat
 
 def test_cluster_ports_follow_the_first_node():
     assert localkafka.cluster_ports(9092) == [(9092, 9093), (9094, 9095), (9096, 9097)]
+
+
+def test_cli_port_picks_what_status_and_stop_act_on(tmp_path, capsys):
+    run_dir = tmp_path / "kafka"
+    port, controller, other = (localkafka.free_port() for _ in range(3))
+    assert 0 == localkafka.main(["start", "--run-dir", str(run_dir), "--port", str(port),
+                                 "--controller-port", str(controller)])
+    try:
+        running = localkafka.status(run_dir)
+        assert running is not None and running.bootstrap.endswith(f":{port}")
+        assert 0 == localkafka.main(["status", "--run-dir", str(run_dir), "--port", str(port)])
+        assert 1 == localkafka.main(["status", "--run-dir", str(run_dir), "--port", str(other)])
+        capsys.readouterr()
+        assert 0 == localkafka.main(["stop", "--run-dir", str(run_dir), "--port", str(other)])
+        assert f"no broker listening on port {other}" in capsys.readouterr().out
+        assert localkafka.status(run_dir) == running  # another port's stop left it alone
+        assert 0 == localkafka.main(["stop", "--run-dir", str(run_dir), "--port", str(port)])
+        assert localkafka.status(run_dir) is None
+        assert _gone(running.pid)
+    finally:
+        localkafka.stop_broker(run_dir)
