@@ -132,15 +132,10 @@ def _json(schema: dict, description: str) -> dict:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
+# Each command type's schema, named after it: open_account -> OpenAccountCommand.
 _COMMAND_SCHEMA_NAMES = {
-    "open_account": "OpenAccountCommand",
-    "credit": "CreditCommand",
-    "debit": "DebitCommand",
-    "transfer": "TransferCommand",
-    "close_account": "CloseAccountCommand",
-    "hold": "HoldCommand",
-    "capture": "CaptureCommand",
-    "release": "ReleaseCommand",
+    name: "".join(word.title() for word in name.split("_")) + "Command"
+    for name in domain.COMMAND_TYPES
 }
 
 

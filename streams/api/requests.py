@@ -131,8 +131,8 @@ def valid_account_id(value: object) -> bool:
     """The domain's account id rule, minus the dot segments ``.`` and ``..``."""
     return domain.valid_account_id(value) and value not in _DOT_SEGMENTS
 
-COMMAND_TYPE_NAMES = ("open_account", "credit", "debit", "transfer", "close_account", "hold",
-                      "capture", "release")
+# The command types a client may send: the domain's one list.
+COMMAND_TYPE_NAMES = tuple(domain.COMMAND_TYPES)
 
 # Every field a command body may carry besides command_id and type, in the
 # order they are checked.
@@ -163,6 +163,9 @@ TYPE_FIELDS: dict[str, tuple[str, ...]] = {
     "capture": ("account_id", "to_account_id", "hold_id", "amount", "expected_version"),
     "release": ("account_id", "hold_id", "expected_version"),
 }
+if set(TYPE_FIELDS) != set(COMMAND_TYPE_NAMES):  # a new command type needs its fields here
+    raise ImportError(f"TYPE_FIELDS covers {sorted(TYPE_FIELDS)}, the domain's command types "
+                      f"are {sorted(COMMAND_TYPE_NAMES)}")
 # ... and which of them must be present.
 _OPTIONAL = frozenset(("overdraft_limit", "metadata", "expected_version", "expires_at",
                        "expires_in_ms"))
