@@ -149,6 +149,14 @@ class LedgerWorker(faust.Worker):
             exit_within(STOP_DEADLINE_S, 128 + signum.value, f"stop on {signum.name}")
         super()._schedule_shutdown(signum)
 
+    def _setup_spinner_handler(self, logger, level) -> None:
+        # No terminal spinner. Faust's, at --loglevel warning or above, sets
+        # the root logger to DEBUG so that it spins on every record: every
+        # library debug record was built and then dropped, about 6% of a
+        # worker's CPU (scripts/bench_readmodels.py profile). A worker's
+        # output is a log, not a terminal.
+        self.spinner = None
+
 
 def run_worker(settings: Settings, loglevel: str = "info") -> None:
     # No open API on a reachable address, no broken tokens/secret/TLS files.

@@ -43,3 +43,18 @@ def test_systemd_unit_restarts_on_failure_within_its_stop_timeout():
     assert app.STOP_DEADLINE_S < int(service["TimeoutStopSec"])
     assert "0" == unit["Unit"]["StartLimitIntervalSec"]
     assert "ledger worker" in service["ExecStart"]
+
+
+def test_a_quiet_worker_keeps_its_root_logger_quiet():
+    """Faust's terminal spinner would set the root logger to DEBUG at
+    --loglevel warning, so every library debug record is built and dropped."""
+    import logging
+
+    worker = object.__new__(app.LedgerWorker)
+    worker.spinner = object()
+    root = logging.Logger("probe")
+    root.addHandler(logging.StreamHandler())
+    root.setLevel(logging.WARNING)
+    worker.on_setup_root_logger(root, logging.WARNING)
+    assert worker.spinner is None
+    assert root.level == logging.WARNING and len(root.handlers) == 1
