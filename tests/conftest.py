@@ -192,6 +192,20 @@ def ledger_cli():
     return run_ledger
 
 
+def send_all(settings: Settings, commands: list, timeout_s: float = 60) -> None:
+    """Send ``commands`` in order and wait until the last one has its outcome
+    (a setup that the test's load builds on)."""
+    from streams.client import LedgerClient
+
+    with LedgerClient(settings) as client:
+        for command in commands:
+            client.send_nowait(command)
+        client.flush()
+        last = commands[-1]
+        client.wait_for(getattr(last, "account_id", None) or last.from_account_id,
+                        last.command_id, timeout_s)
+
+
 def send_paced(settings: Settings, commands: list, rate_per_s: int) -> threading.Thread:
     """Send ``commands`` in order from a background thread at about
     ``rate_per_s`` (tenth-of-a-second chunks, each flushed), so a test can kill

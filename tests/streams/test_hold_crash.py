@@ -24,6 +24,8 @@ import pytest
 from ledger import domain
 from streams.client import LedgerClient
 from streams.eventlog import read_log
+from tests.conftest import send_all
+from tests.streams.httpkit import start_pair
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -92,16 +94,10 @@ def test_holds_end_exactly_once_through_kills(settings, workers, paced_sender, l
     rng = random.Random(seed)
     accounts, setup, load, expected, balances, short = build_load(rng)
 
-    w1 = workers.start(settings.with_(worker_id="w1"), wait=False)
-    w2 = workers.start(settings.with_(worker_id="w2", data_dir=settings.data_dir.parent / "w2",
-                                      web_port=settings.web_port + 1), wait=False)
+    w1, w2 = start_pair(workers, settings)
     w1.wait_ready()
     w2.wait_ready()
-    with LedgerClient(settings) as client:
-        for c in setup:
-            client.send_nowait(c)
-        client.flush()
-        client.wait_for(setup[-1].account_id, setup[-1].command_id, 60)
+    send_all(settings, setup)
     started = time.monotonic()
     sender = paced_sender(settings, load, SEND_RATE_PER_S)
     live = {"w1": w1, "w2": w2}

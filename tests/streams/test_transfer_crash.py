@@ -21,8 +21,9 @@ from dataclasses import replace
 import pytest
 
 from ledger import domain
-from streams.client import LedgerClient
 from streams.eventlog import read_log
+from tests.conftest import send_all
+from tests.streams.httpkit import start_pair
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -84,16 +85,10 @@ def test_transfers_survive_kills_and_rebalance(settings, workers, paced_sender):
             balances[t.from_account_id] -= t.amount_minor
             balances[t.to_account_id] += t.amount_minor
 
-    w1 = workers.start(settings.with_(worker_id="w1"), wait=False)
-    w2 = workers.start(settings.with_(worker_id="w2", data_dir=settings.data_dir.parent / "w2",
-                                      web_port=settings.web_port + 1), wait=False)
+    w1, w2 = start_pair(workers, settings)
     w1.wait_ready()
     w2.wait_ready()
-    with LedgerClient(settings) as client:
-        for c in setup:
-            client.send_nowait(c)
-        client.flush()
-        client.wait_for(setup[-1].account_id, setup[-1].command_id, 60)
+    send_all(settings, setup)
     started = time.monotonic()
     sender = paced_sender(settings, transfers, SEND_RATE_PER_S)
     live = {"w1": w1, "w2": w2}
