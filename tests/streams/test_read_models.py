@@ -394,12 +394,16 @@ def fold_events_by_day(events: list[dict], zone) -> dict[str, dict]:
     return days
 
 
-def account_events(worker, account_id: str) -> list[dict]:
+def account_events(worker, account_id: str) -> list[dict] | None:
+    """Every event of the account, or None while no worker can answer for
+    its partition (a 503 during a rebalance: ask again)."""
     events, cursor = [], None
     while True:
         path = f"/v1/accounts/{account_id}/events?limit=1000" + (
             f"&cursor={cursor}" if cursor else "")
         status, page = get(worker, path)
+        if status == 503 and page.get("error") == "partition_unavailable":
+            return None
         assert status == 200, page
         events += page["events"]
         cursor = page["next_cursor"]
@@ -433,8 +437,10 @@ def test_statements_equal_a_fold_of_the_events_over_several_days(settings, worke
 
     def all_equal():
         for account_id in accounts:
-            expected = list(fold_events_by_day(account_events(w1, account_id),
-                                               timezone.utc).values())
+            events = account_events(w1, account_id)
+            if events is None:
+                return Mismatch(f"{account_id}: its partition is unavailable for now")
+            expected = list(fold_events_by_day(events, timezone.utc).values())
             for worker in (w1, w2):
                 status, body = get(worker, f"/v1/accounts/{account_id}/statements"
                                            f"?from={first}&to={last}")
