@@ -22,7 +22,7 @@ import pytest
 
 from ledger import domain
 from streams.eventlog import read_log
-from tests.conftest import send_all
+from tests.conftest import free_port, send_all
 from tests.streams.httpkit import start_pair
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -102,7 +102,7 @@ def test_transfers_survive_kills_and_rebalance(settings, workers, paced_sender):
                 # Forced rebalance: a third member joins, then leaves.
                 w3 = workers.start(settings.with_(
                     worker_id="w3", data_dir=settings.data_dir.parent / "w3",
-                    web_port=settings.web_port + 2))
+                    web_port=free_port()))
                 time.sleep(rng.uniform(0.5, 2.0))
                 workers.kill(w3)
     finally:
