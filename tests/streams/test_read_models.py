@@ -876,6 +876,19 @@ def test_measure_read_models(settings, workers, tmp_path, paced_sender):
           f"({off['cpu_s_at_core_done'] / BENCH_COMMANDS * 1e6:.0f} us without)")
 
 
+def write_transaction(producer, topic: str, n: int, commit: bool) -> list[int]:
+    """``n`` records to partition 0 of ``topic`` in one transaction, committed
+    or aborted; their offsets."""
+    delivered = []
+    producer.begin_transaction()
+    for i in range(n):
+        producer.produce(topic, b"r%d" % i, b"k", partition=0,
+                         on_delivery=lambda err, msg: delivered.append(msg.offset()))
+    producer.flush(30)
+    (producer.commit_transaction if commit else producer.abort_transaction)(30)
+    return delivered
+
+
 @pytest.mark.kafka
 def test_faust_consumer_notes_markers_and_aborted_records_as_skipped(settings):
     """What lets a read-model batch skip its look at the log: aiokafka (the
@@ -893,14 +906,8 @@ def test_faust_consumer_notes_markers_and_aborted_records_as_skipped(settings):
     written = {"committed": [], "aborted": []}
 
     def write(n: int, commit: bool):
-        delivered = []
-        producer.begin_transaction()
-        for i in range(n):
-            producer.produce(settings.events_topic, b"r%d" % i, b"k", partition=0,
-                             on_delivery=lambda err, msg: delivered.append(msg.offset()))
-        producer.flush(30)
-        (producer.commit_transaction if commit else producer.abort_transaction)(30)
-        written["committed" if commit else "aborted"] += delivered
+        written["committed" if commit else "aborted"] += write_transaction(
+            producer, settings.events_topic, n, commit)
 
     for n, commit in ((3, True), (4, False), (1, True), (1, True), (2, False), (2, True)):
         write(n, commit)
@@ -950,14 +957,8 @@ def test_the_log_reader_lists_what_faust_did_not_deliver(settings):
     offsets = {"committed": [], "aborted": []}
 
     def write(n: int, commit: bool):
-        delivered = []
-        producer.begin_transaction()
-        for i in range(n):
-            producer.produce(settings.events_topic, b"r%d" % i, b"k", partition=0,
-                             on_delivery=lambda err, msg: delivered.append(msg.offset()))
-        producer.flush(30)
-        (producer.commit_transaction if commit else producer.abort_transaction)(30)
-        offsets["committed" if commit else "aborted"] += delivered
+        offsets["committed" if commit else "aborted"] += write_transaction(
+            producer, settings.events_topic, n, commit)
 
     write(3, True)
     write(4, False)
