@@ -123,6 +123,8 @@ HISTORY = 120
 # Worker-to-worker reads of the totals; a dead owner costs the check this long.
 GATHER_TIMEOUT_S = 2.0
 STATEMENT_DAYS_MAX = 366
+# How long a read of the group's committed offset retries a retriable error.
+COMMITTED_TIMEOUT_S = 30
 # Stopping waits this long for a batch's changelog records (then exits unacked).
 DELIVERY_ON_STOP_S = 5.0
 EXIT_READ_MODEL_FAILED = 70  # EX_SOFTWARE, as the core: a supervisor restarts us
@@ -666,11 +668,26 @@ class LogReader:
     def committed(self, partition: int) -> int:
         """Where Faust's group resumes the partition: its committed offset,
         else the log's start."""
-        from confluent_kafka import TopicPartition
+        from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
+        coordinator_moving = {KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_NOT_AVAILABLE,
+                              KafkaError.COORDINATOR_LOAD_IN_PROGRESS}
         consumer = self._open()
         tp = TopicPartition(self.topic, partition)
-        offset = consumer.committed([tp], timeout=10)[0].offset
+        deadline = time.monotonic() + COMMITTED_TIMEOUT_S
+        while True:
+            try:
+                offset = consumer.committed([tp], timeout=10)[0].offset
+                break
+            except KafkaException as exc:
+                # NOT_COORDINATOR, COORDINATOR_LOAD_IN_PROGRESS: the group's
+                # coordinator is moving or loading; ask again, do not fail
+                # the batch (which would end the worker).
+                error = exc.args[0] if exc.args else None
+                if not isinstance(error, KafkaError) or time.monotonic() > deadline or not (
+                        error.retriable() or error.code() in coordinator_moving):
+                    raise
+                time.sleep(0.2)
         if offset >= 0:
             return offset
         return consumer.get_watermark_offsets(tp, timeout=10)[0]
