@@ -136,6 +136,11 @@ class Settings:
     # show that a worker whose clock is behind never records anything at or
     # before a partition's published watermark (LEDGER_CLOCK_OFFSET_MS).
     clock_offset_ms: int = 0
+    # The store keeps a snapshot of an account every this many events, so an
+    # as-of read folds at most this many minus one events after one seek
+    # (streams/store.py). Stores rebuilt with another value differ only in
+    # which snapshots exist (LEDGER_SNAPSHOT_EVERY).
+    snapshot_every: int = 64
 
     @property
     def snapshot_dir(self) -> Path:
@@ -227,6 +232,7 @@ class Settings:
             statement_tz=_env("LEDGER_STATEMENT_TZ", d.statement_tz),
             tick_ms=int(_env("LEDGER_TICK_MS", str(d.tick_ms))),
             clock_offset_ms=int(_env("LEDGER_CLOCK_OFFSET_MS", str(d.clock_offset_ms))),
+            snapshot_every=max(1, int(_env("LEDGER_SNAPSHOT_EVERY", str(d.snapshot_every)))),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -249,6 +255,7 @@ class Settings:
             "LEDGER_STATEMENT_TZ": self.statement_tz,
             "LEDGER_TICK_MS": str(self.tick_ms),
             "LEDGER_CLOCK_OFFSET_MS": str(self.clock_offset_ms),
+            "LEDGER_SNAPSHOT_EVERY": str(self.snapshot_every),
         }
         if self.replication_factor is not None:
             env["LEDGER_REPLICATION_FACTOR"] = str(self.replication_factor)
