@@ -929,7 +929,8 @@ class Processor:
         self._expiry_checked_at = 0.0  # expire what is due at once after catch-up
         for p in numbers:
             if p not in self._stores:
-                self._stores[p] = PartitionStore(self._data_dir / f"p{p}")
+                self._stores[p] = PartitionStore(self._data_dir / f"p{p}",
+                                                 snapshot_every=self.settings.snapshot_every)
         started = time.perf_counter()
         self._catch_up(numbers)
         metrics.RECOVERY_SECONDS.observe(time.perf_counter() - started)

@@ -15,7 +15,7 @@ data dir: ``<data_dir>/<events topic>/p<N>``. It holds
                                             before T" is one reverse seek
     b"s" account_id 0x00 sequence(u64be) -> snapshot of the state right after
                                             that event (checksummed), every
-                                            SNAPSHOT_EVERY events
+                                            snapshot_every events
     b"t" from_account_id 0x00 transfer_id -> transfer status (JSON), on the
                                             source account's partition
     b"h" account_id 0x00 hold_id         -> the hold (JSON): status, amounts,
@@ -59,7 +59,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import struct
 import zlib
 from pathlib import Path
@@ -71,6 +70,7 @@ from rocksdict import AccessType, Options, Rdict, WriteBatch
 from ledger import domain
 from schemas import codec
 from streams import metrics
+from streams.config import Settings
 
 # The layout above. Bump it with any change of keys or values: a store of
 # another format is rebuilt from the log at open.
@@ -81,11 +81,11 @@ _WATERMARK_KEY = b"mwatermark"
 _U64 = struct.Struct(">Q")
 _U32 = struct.Struct(">I")
 _U64_MAX = 2**64 - 1
-# An account state is snapshotted after every this many of its events, so an
-# as-of query folds at most SNAPSHOT_EVERY - 1 events after one seek.
-# LEDGER_SNAPSHOT_EVERY changes it; stores rebuilt with another value differ
-# only in which snapshots they hold, never in an answer.
-SNAPSHOT_EVERY = max(1, int(os.environ.get("LEDGER_SNAPSHOT_EVERY") or 64))
+# An account state is snapshotted after every ``snapshot_every`` of its
+# events (Settings.snapshot_every, LEDGER_SNAPSHOT_EVERY, passed in by whoever
+# opens the store), so an as-of query folds at most snapshot_every - 1 events
+# after one seek. Stores rebuilt with another value differ only in which
+# snapshots they hold, never in an answer.
 log = logging.getLogger("ledger.store")
 
 
@@ -224,8 +224,10 @@ class TransferEntry:
 
 
 class PartitionStore:
-    def __init__(self, path: Path, read_only: bool = False):
+    def __init__(self, path: Path, read_only: bool = False,
+                 snapshot_every: int = Settings.snapshot_every):
         self.path = path
+        self.snapshot_every = max(1, snapshot_every)
         options = Options(raw_mode=True)
         if read_only:
             # RocksDB read-only mode takes no lock: safe beside a running worker.
@@ -365,7 +367,7 @@ class PartitionStore:
 
     def state_at_version(self, account_id: str, version: int) -> domain.AccountState | None:
         """The account right after its event ``version``: newest snapshot at or
-        before it plus at most SNAPSHOT_EVERY - 1 events. A corrupt snapshot
+        before it plus at most snapshot_every - 1 events. A corrupt snapshot
         is skipped (with a warning and a metric) for an older one, or a fold
         from the first event: slower, never wrong."""
         if version < 1:
@@ -499,10 +501,10 @@ class Batch:
 
     def put_history(self, event, record: bytes, state: domain.AccountState) -> None:
         """Index one event by sequence and by time; snapshot ``state`` (the
-        account right after it) every SNAPSHOT_EVERY events."""
+        account right after it) every ``store.snapshot_every`` events."""
         self.writes[history_key(event.account_id, event.sequence)] = record
         self.writes[time_key(event.account_id, event.recorded_at_ms, event.sequence)] = b""
-        if event.sequence % SNAPSHOT_EVERY == 0:
+        if event.sequence % self.store.snapshot_every == 0:
             # Derived from committed events only, and the same bytes every
             # time it is rebuilt: writing it again is harmless.
             self.writes[snapshot_key(event.account_id, event.sequence)] = encode_snapshot(state)

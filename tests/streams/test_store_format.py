@@ -1,0 +1,127 @@
+"""A store of another format version is wiped and rebuilt from the log, never misread.
+
+The store is a cache of the committed event log (streams/store.py): its
+``mformat`` key names the layout it was written with. A store whose key
+names another layout is wiped at open, with a log line saying so, and the
+worker's catch-up rebuilds it from offset 0: balances, outcomes and the
+idempotency index come back as they were.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+
+import pytest
+
+from ledger import domain
+from schemas import codec
+from streams import processor
+from streams.client import LedgerClient
+from streams.store import _FORMAT_KEY, STORE_FORMAT, Batch, PartitionStore
+
+NOW = 1_700_000_000_000
+
+
+def fold(store: PartitionStore, commands, offset: int) -> int:
+    """Decide and fold ``commands`` into the store as committed log records."""
+    batch = Batch(store)
+    for i, command in enumerate(commands):
+        result = domain.decide(batch.account(command.account_id), command, NOW + i)
+        digest = domain.command_hash(command)
+        for record in result:
+            processor.apply_logged(batch, codec.encode_outcome(record, digest))
+            offset += 1
+    store.apply(batch, offset)
+    return offset
+
+
+def set_format(path, value: int) -> None:
+    store = PartitionStore(path)
+    store._db[_FORMAT_KEY] = struct.pack(">I", value)
+    store.close()
+
+
+def test_store_of_another_format_is_wiped_at_open(tmp_path, caplog):
+    path = tmp_path / "p0"
+    store = PartitionStore(path)
+    fold(store, [domain.OpenAccount("o1", "acct-1", "EUR", 100),
+                 domain.Credit("c1", "acct-1", 250, "EUR")], 0)
+    assert 250 == store.account("acct-1").balance_minor
+    store.close()
+    set_format(path, 999)
+
+    with caplog.at_level(logging.WARNING, logger="ledger.store"):
+        store = PartitionStore(path)
+    try:
+        assert any("has format 999" in r.getMessage() and "rebuilding" in r.getMessage()
+                   for r in caplog.records), caplog.text
+        # Nothing of the old layout is read: the catch-up starts from offset 0.
+        assert (None, None, 0, 0) == (store.account("acct-1"), store.outcome("acct-1", "c1"),
+                                      store.events_offset, store.watermark)
+        assert struct.pack(">I", STORE_FORMAT) == store.get(_FORMAT_KEY)
+    finally:
+        store.close()
+    # The current format opens as it is, silently.
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ledger.store"):
+        PartitionStore(path).close()
+    assert not caplog.records
+
+
+def test_snapshot_every_comes_from_whoever_opens_the_store(tmp_path):
+    """Settings.snapshot_every (LEDGER_SNAPSHOT_EVERY) is passed in; the store
+    reads no environment."""
+    store = PartitionStore(tmp_path / "p0", snapshot_every=2)
+    try:
+        fold(store, [domain.OpenAccount("o1", "a", "EUR", 0)]
+             + [domain.Credit(f"c{i}", "a", 10, "EUR") for i in range(4)], 0)
+        snapshots = [k for k, _v in store.items(b"s")]
+        assert 2 == len(snapshots)  # after events 2 and 4 of 5
+        for version in range(1, 6):
+            assert 10 * (version - 1) == store.state_at(
+                "a", version=version).balance_minor
+    finally:
+        store.close()
+
+
+@pytest.mark.kafka
+def test_worker_rebuilds_a_store_of_unknown_format_from_the_log(settings, workers):
+    accounts = [f"acct-{i}" for i in range(12)]
+    commands = [domain.OpenAccount(f"o-{a}", a, "EUR", 500) for a in accounts]
+    for n in range(240):
+        a = accounts[n % len(accounts)]
+        kind = domain.Credit if n % 3 else domain.Debit
+        commands.append(kind(f"c{n}", a, 7 * n + 1, "EUR"))
+    commands.append(domain.Debit("too-much", accounts[0], 10**9, "EUR"))  # rejected
+    worker = workers.start(settings)
+    with LedgerClient(settings) as client:
+        for command in commands:
+            client.send_nowait(command)
+        outcomes = {c.command_id: client.wait_for(c.account_id, c.command_id, 60)
+                    for c in commands}
+        assert "rejected" == outcomes["too-much"].status
+        before = {a: worker.get(f"/v1/accounts/{a}") for a in accounts}
+        assert all(status == 200 for status, _body in before.values())
+        workers.stop(worker)
+
+        root = settings.data_dir / settings.events_topic
+        stores = sorted(root.glob("p*"))
+        assert len(stores) == settings.partitions
+        for path in stores:
+            set_format(path, 999)
+
+        worker = workers.start(settings)  # waits until caught up with the log
+        log_text = worker.log_path.read_text()
+        assert log_text.count("has format 999") == settings.partitions, worker.log_tail()
+        assert {a: worker.get(f"/v1/accounts/{a}") for a in accounts} == before
+        # The idempotency index came back from the log: a retry gets its
+        # original outcome, marked duplicate, and changes nothing.
+        for command_id in ("c5", "c6", "too-much"):
+            command = next(c for c in commands if c.command_id == command_id)
+            again = client.send(command, wait=True, timeout_s=60)
+            first = outcomes[command_id]
+            assert (True, first.status, first.reason, first.events) == \
+                (again.duplicate, again.status, again.reason, again.events)
+        assert {a: worker.get(f"/v1/accounts/{a}") for a in accounts} == before
+    workers.stop(worker)
