@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 
 from ledger import domain
-from streams.api import auth
+from streams.api import auth, models
 from streams.api import requests as req
 
 OPENAPI_VERSION = "3.0.3"
@@ -36,15 +36,14 @@ EVENTS_LIMIT_MAX = 1_000
 AS_OF_TIMEOUT_MS_DEFAULT = 2_000
 AS_OF_TIMEOUT_MS_MAX = 10_000
 
-INT64_MIN = -(2**63)
-INT64_MAX = 2**63 - 1
-
-ID_PATTERN = "^[A-Za-z0-9._:@-]+$"
-# An account id is also a URL path segment: "." and ".." are not ids.
-ACCOUNT_ID_PATTERN = "^(?!\\.\\.?$)[A-Za-z0-9._:@-]+$"
-CURRENCY_PATTERN = "^[A-Z]{3}$"
+INT64_MIN = models.INT64_MIN
+INT64_MAX = models.INT64_MAX
 
 EVENT_TYPE_NAMES = tuple(domain.EVENT_TYPES)
+
+# The request bodies, from the models: one schema per command type
+# (OpenAccountCommand, CreditCommand, ...) and Command, their union by type.
+(_COMMAND_SCHEMA,), _COMMAND_SCHEMAS = models.openapi_schemas([models.Command])
 
 
 # --------------------------------------------------------------------------
@@ -52,76 +51,22 @@ EVENT_TYPE_NAMES = tuple(domain.EVENT_TYPES)
 # --------------------------------------------------------------------------
 
 
+def _field_schema(annotated, description: str | None = None) -> dict:
+    """The schema of one of the models' field types (ids, currency)."""
+    (schema,), _ = models.openapi_schemas([annotated])
+    return {**schema, "description": description} if description else schema
+
+
 def _account_id(description: str = "Account id.") -> dict:
-    return {
-        "type": "string",
-        "minLength": 1,
-        "maxLength": domain.ACCOUNT_ID_LENGTH_MAX,
-        "pattern": ACCOUNT_ID_PATTERN,
-        "description": description,
-        "example": "alice",
-    }
+    return _field_schema(models.AccountId, description)
 
 
 def _command_id(description: str = "Client-chosen idempotency key.") -> dict:
-    return {
-        "type": "string",
-        "minLength": 1,
-        "maxLength": domain.COMMAND_ID_LENGTH_MAX,
-        "pattern": ID_PATTERN,
-        "description": description,
-        "example": "order-17",
-    }
+    return _field_schema(models.CommandId, description)
 
 
 def _currency() -> dict:
-    return {
-        "type": "string",
-        "minLength": 3,
-        "maxLength": 3,
-        "pattern": CURRENCY_PATTERN,
-        "description": "ISO 4217 code: exactly three capital letters.",
-        "example": "EUR",
-    }
-
-
-def _money(minimum: int, description: str) -> dict:
-    return {
-        "type": "integer",
-        "format": "int64",
-        "minimum": minimum,
-        "maximum": INT64_MAX,
-        "description": description + " Integer count of minor units (cents for EUR).",
-    }
-
-
-def _amount() -> dict:
-    return _money(1, "Amount, at least 1.")
-
-
-def _overdraft_limit() -> dict:
-    return _money(0, "How far below zero the balance may go.")
-
-
-def _metadata() -> dict:
-    return {
-        "type": "object",
-        "maxProperties": req.METADATA_ENTRIES_MAX,
-        "additionalProperties": {
-            "type": "string",
-            "maxLength": req.METADATA_VALUE_LENGTH_MAX,
-        },
-        "description": (
-            f"Free-form string pairs kept with the transfer: at most "
-            f"{req.METADATA_ENTRIES_MAX} entries, keys 1..{req.METADATA_KEY_LENGTH_MAX} "
-            f"characters, values at most {req.METADATA_VALUE_LENGTH_MAX} characters."
-        ),
-        "example": {"note": "rent"},
-    }
-
-
-def _type_const(name: str) -> dict:
-    return {"type": "string", "enum": [name]}
+    return _field_schema(models.Currency)
 
 
 def _ref(name: str) -> dict:
@@ -132,75 +77,15 @@ def _json(schema: dict, description: str) -> dict:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-# Each command type's schema, named after it: open_account -> OpenAccountCommand.
-_COMMAND_SCHEMA_NAMES = {
-    name: "".join(word.title() for word in name.split("_")) + "Command"
-    for name in domain.COMMAND_TYPES
-}
-
-
-def _expected_version() -> dict:
-    return {"type": "integer", "format": "int64", "minimum": 0, "maximum": INT64_MAX,
-            "description": "Optimistic concurrency: decided only if the account's version "
-                           "is this one then (0: it does not exist yet), else rejected as "
-                           "version_conflict (the reply's version is the current one)."}
-
-
-def _int64_field(description: str, minimum: int = 1) -> dict:
-    return {"type": "integer", "format": "int64", "minimum": minimum, "maximum": INT64_MAX,
-            "description": description}
-
-_FIELD_SCHEMAS = {
-    "account_id": _account_id,
-    "from_account_id": lambda: _account_id("Source account (debited)."),
-    "to_account_id": lambda: _account_id("Destination account (credited)."),
-    "amount": _amount,
-    "currency": _currency,
-    "overdraft_limit": _overdraft_limit,
-    "metadata": _metadata,
-    "hold_id": lambda: {**_command_id(), "description": "The hold: its hold command's "
-                                                        "command_id."},
-    "expires_at": lambda: {"oneOf": [{"type": "string", "format": "date-time"},
-                                     _int64_field("Epoch ms.")],
-                           "description": "hold only: when it expires (at most 30 days "
-                                          "ahead, else expiry_out_of_range); not with "
-                                          "expires_in_ms. Default: 7 days."},
-    "expires_in_ms": lambda: _int64_field("hold only: expires this long after it is "
-                                          "decided (at most 30 days); not with expires_at."),
-    "expected_version": _expected_version,
-}
-
-
-def _command_schema(type_name: str) -> dict:
-    """One command type's body, built from streams.api.requests.TYPE_FIELDS."""
-    fields = req.TYPE_FIELDS[type_name]
-    properties = {"command_id": _command_id(), "type": _type_const(type_name)}
-    for name in fields:
-        properties[name] = _FIELD_SCHEMAS[name]()
-    required = ["command_id", "type"] + [f for f in fields if f in req.REQUIRED_FIELDS[type_name]]
-    return {
-        "type": "object",
-        "required": required,
-        "properties": properties,
-        "additionalProperties": False,
-    }
-
-
 def _schemas() -> dict:
-    schemas: dict = {}
-    for type_name, schema_name in _COMMAND_SCHEMA_NAMES.items():
-        schemas[schema_name] = _command_schema(type_name)
+    schemas: dict = copy.deepcopy(_COMMAND_SCHEMAS)
     schemas["Command"] = {
         "description": (
             "A command. Fields are checked in a fixed order and the first problem is "
             "answered with 400: command_id, type, unknown or foreign fields (sorted), "
             "then " + ", ".join(req.FIELD_ORDER) + "."
         ),
-        "oneOf": [_ref(n) for n in _COMMAND_SCHEMA_NAMES.values()],
-        "discriminator": {
-            "propertyName": "type",
-            "mapping": {t: f"#/components/schemas/{n}" for t, n in _COMMAND_SCHEMA_NAMES.items()},
-        },
+        **copy.deepcopy(_COMMAND_SCHEMA),
     }
     schemas["Accepted"] = {
         "type": "object",

@@ -1,15 +1,19 @@
 """What a client sends over HTTP, validated: command bodies, path ids, query parameters.
 
 An HTTP adapter, not domain code (it lives beside the views, not in
-``ledger/``), but pure all the same: stdlib and ``ledger.domain`` only, no web
-framework, no Kafka. The views call :func:`parse_command_json` on a body and
-the ``parse_*`` functions on path ids and query parameters, and answer 400
-with ``InvalidRequest.to_json()`` when one raises. Every parser bounds what it
-returns, so nothing downstream (a store seek, a date format) can fail on a
-value that passed here.
+``ledger/``), but pure all the same: stdlib, msgspec and ``ledger.domain``
+only, no web framework, no Kafka. The views call :func:`parse_command_json` on
+a body and the ``parse_*`` functions on path ids and query parameters, and
+answer 400 with ``InvalidRequest.to_json()`` when one raises. Every parser
+bounds what it returns, so nothing downstream (a store seek, a date format)
+can fail on a value that passed here.
 
-Wire form of each command (``command_to_json`` writes exactly this; money is
-an integer count of minor units, never a float)::
+What a command body may hold is declared once, in :mod:`streams.api.models`
+(one msgspec Struct per command type, fields with their limits). This module
+does not restate it: :func:`parse_command` walks the Struct of the body's type
+(``msgspec.inspect.type_info``, compiled into one check per field at import)
+and :func:`command_to_json` writes the fields the Struct names. Wire form of
+each command (money is an integer count of minor units, never a float)::
 
     {"command_id": "c-1", "type": "open_account", "account_id": "alice",
      "currency": "EUR", "overdraft_limit": 0}                    # limit optional
@@ -43,26 +47,25 @@ always gets the same answer):
 4. Every other key of the body, in sorted order: a key no command type knows
    is ``unexpected_field``; a key known to another type only is
    ``not_allowed_for_type``. (Both name the key as ``field``.)
-5. The type's own fields in :data:`FIELD_ORDER` order, i.e. ``account_id``,
-   ``from_account_id``, ``to_account_id``, ``hold_id``, ``amount``,
-   ``currency``, ``overdraft_limit``, ``expires_at``, ``expires_in_ms``,
-   ``metadata``, ``expected_version`` (each type takes a subsequence, see
-   :data:`TYPE_FIELDS`).
+5. The type's own fields in the order its Struct declares them (each a
+   subsequence of :data:`FIELD_ORDER`): a required field that is absent is
+   ``missing``; a present one is checked by its annotated type:
 
-   - ids: missing, wrong_type, empty, too_long, malformed (an account id may
-     not be ``.`` or ``..`` either: it is a URL path segment)
-   - ``amount``: missing, wrong_type (bool, string, null, ...),
-     not_an_integer (any float, even ``1.0`` or ``1e3``), must_be_positive,
-     too_large (> 2**63-1)
-   - ``currency``: missing, wrong_type, malformed (not exactly ``[A-Z]{3}``)
-   - ``overdraft_limit``, ``expected_version`` (optional): wrong_type,
-     not_an_integer, must_not_be_negative, too_large
-   - ``expires_in_ms`` (optional): as ``amount``; ``expires_at`` (optional):
-     wrong_type, malformed, out_of_range (RFC 3339 or epoch ms). Whether the
-     expiry is within 30 days is the domain's: ``expiry_out_of_range``.
-   - ``metadata`` (optional): wrong_type, too_many_entries (> 16); then per
-     entry in sorted key order: empty_key / key_too_long / malformed key
-     (field ``metadata``), wrong_type / too_long / malformed value (field
+   - strings (ids, currency): wrong_type, empty (``min_length`` 1), too_long
+     (``max_length``), malformed (the ``pattern``, with the message of the
+     first rule in the Meta's ``extra["malformed"]`` that fails; an account
+     id may not be ``.`` or ``..``: it is a URL path segment)
+   - integers (``amount``, ``overdraft_limit``, ``expires_in_ms``,
+     ``expected_version``): wrong_type (bool, string, null, ...),
+     not_an_integer (any float, even ``1.0`` or ``1e3``), must_be_positive
+     (``ge=1``) or must_not_be_negative (``ge=0``), too_large (``le``, 2**63-1)
+   - ``expires_at``: a string is an instant (wrong_type, malformed,
+     out_of_range: RFC 3339 or epoch ms), anything else is checked as an
+     integer. Whether the expiry is within 30 days is the domain's:
+     ``expiry_out_of_range``.
+   - ``metadata``: wrong_type, too_many_entries (> 16); then per entry in
+     sorted key order: empty_key / key_too_long / malformed key (field
+     ``metadata``), wrong_type / too_long / malformed value (field
      ``metadata.<key>``)
 
 ``null`` is never accepted: an optional field is left out, not sent as null.
@@ -71,16 +74,24 @@ always gets the same answer):
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import numbers
 import re
+from typing import Callable
+
+import msgspec.inspect as mi
 
 from ledger import domain
-from ledger.domain import (
-    ACCOUNT_ID_LENGTH_MAX,
-    AMOUNT_MAX_MINOR,
-    COMMAND_ID_LENGTH_MAX,
-    Command,
+from ledger.domain import Command
+from streams.api import models
+from streams.api.models import (
+    FIELD_ORDER,
+    METADATA_ENTRIES_MAX,
+    METADATA_KEY_LENGTH_MAX,
+    METADATA_VALUE_LENGTH_MAX,
+    REQUIRED_FIELDS,
+    TYPE_FIELDS,
 )
 
 __all__ = [
@@ -109,72 +120,14 @@ __all__ = [
     "encode_cursor",
     "parse_flag",
     "is_json_media_type",
-    "valid_account_id",
 ]
 
-METADATA_ENTRIES_MAX = 16
-METADATA_KEY_LENGTH_MAX = 64
-METADATA_VALUE_LENGTH_MAX = 256
 # The largest valid command, every character \u-escaped, is under 62 KiB;
 # a body above this is refused (413) before it is parsed.
 REQUEST_BODY_BYTES_MAX = 64 * 1024
 
-# The same character rules as the domain (one definition, no drift).
-_ID_RE: re.Pattern = domain._ID_RE
-_CURRENCY_RE: re.Pattern = domain._CURRENCY_RE
-# Path segments a URL resolver would remove ("/a/./b" is "/a/b"). An account
-# id is a path segment of every account route, so these two are refused.
-_DOT_SEGMENTS = frozenset((".", ".."))
-
-
-def valid_account_id(value: object) -> bool:
-    """The domain's account id rule, minus the dot segments ``.`` and ``..``."""
-    return domain.valid_account_id(value) and value not in _DOT_SEGMENTS
-
-# The command types a client may send: the domain's one list.
-COMMAND_TYPE_NAMES = tuple(domain.COMMAND_TYPES)
-
-# Every field a command body may carry besides command_id and type, in the
-# order they are checked.
-FIELD_ORDER = (
-    "account_id",
-    "from_account_id",
-    "to_account_id",
-    "hold_id",
-    "amount",
-    "currency",
-    "overdraft_limit",
-    "expires_at",
-    "expires_in_ms",
-    "metadata",
-    "expected_version",
-)
-
-# The fields each type takes (a subsequence of FIELD_ORDER) ...
-TYPE_FIELDS: dict[str, tuple[str, ...]] = {
-    "open_account": ("account_id", "currency", "overdraft_limit", "expected_version"),
-    "credit": ("account_id", "amount", "currency", "expected_version"),
-    "debit": ("account_id", "amount", "currency", "expected_version"),
-    "transfer": ("from_account_id", "to_account_id", "amount", "currency", "metadata",
-                 "expected_version"),
-    "close_account": ("account_id", "expected_version"),
-    "hold": ("account_id", "to_account_id", "amount", "currency", "expires_at",
-             "expires_in_ms", "metadata", "expected_version"),
-    "capture": ("account_id", "to_account_id", "hold_id", "amount", "expected_version"),
-    "release": ("account_id", "hold_id", "expected_version"),
-}
-if set(TYPE_FIELDS) != set(COMMAND_TYPE_NAMES):  # a new command type needs its fields here
-    raise ImportError(f"TYPE_FIELDS covers {sorted(TYPE_FIELDS)}, the domain's command types "
-                      f"are {sorted(COMMAND_TYPE_NAMES)}")
-# ... and which of them must be present.
-_OPTIONAL = frozenset(("overdraft_limit", "metadata", "expected_version", "expires_at",
-                       "expires_in_ms"))
-REQUIRED_FIELDS: dict[str, frozenset[str]] = {
-    name: frozenset(fields) - _OPTIONAL - (
-        {"to_account_id"} if name == "hold" else
-        {"to_account_id", "amount"} if name == "capture" else set())
-    for name, fields in TYPE_FIELDS.items()
-}
+# The command types a client may send (one model each, in the domain's order).
+COMMAND_TYPE_NAMES = tuple(models.COMMAND_MODELS)
 
 # Every reason code parse_command can give, for documentation and tests.
 REASONS = (
@@ -228,6 +181,164 @@ class InvalidRequest(ValueError):
 
 
 # --------------------------------------------------------------------------
+# Validation, compiled from the models' type information
+# --------------------------------------------------------------------------
+
+# (field name, JSON value) -> the validated value, or InvalidRequest.
+Check = Callable[[str, object], object]
+
+
+def _compile(info: mi.Type) -> Check:
+    """One check for an annotated type of :mod:`streams.api.models`.
+
+    Knows the constraints the models use and fails at import on any other
+    (a new constraint needs its reason code here first).
+    """
+    extra: dict = {}
+    if isinstance(info, mi.Metadata):
+        extra, info = info.extra or {}, info.type
+    if isinstance(info, mi.StrType):
+        return _string_check(info, extra)
+    if isinstance(info, mi.IntType):
+        return _int_check(info)
+    if isinstance(info, mi.DictType):
+        return _dict_check(info)
+    if isinstance(info, mi.UnionType):
+        # A string or an integer (expires_at): chosen by the value's JSON type.
+        by_kind = {type(m.type if isinstance(m, mi.Metadata) else m): _compile(m)
+                   for m in info.types}
+        if set(by_kind) != {mi.StrType, mi.IntType}:
+            raise TypeError(f"no validator for the union {info!r}")
+        as_str, as_int = by_kind[mi.StrType], by_kind[mi.IntType]
+        return lambda name, value: (as_str if isinstance(value, str) else as_int)(name, value)
+    raise TypeError(f"no validator for {info!r}")
+
+
+def _string_check(info: mi.StrType, extra: dict) -> Check:
+    if info.min_length not in (None, 1):
+        raise TypeError(f"no reason code for min_length={info.min_length}")
+    not_empty, length_max = info.min_length == 1, info.max_length
+    rules = tuple((re.compile(p), text) for p, text in extra.get("malformed", ()))
+    if info.pattern and not rules:
+        rules = ((re.compile(info.pattern), "is malformed"),)
+    parse = {"instant": parse_instant}[extra["parse"]] if "parse" in extra else None
+
+    def check(name: str, value: object) -> object:
+        if not isinstance(value, str):
+            raise InvalidRequest(name, "wrong_type",
+                                 f"{name} must be a string, not {_json_type(value)}")
+        if parse is not None:
+            return parse(name, value)
+        if not_empty and not value:
+            raise InvalidRequest(name, "empty", f"{name} must not be empty")
+        if length_max is not None and len(value) > length_max:
+            raise InvalidRequest(name, "too_long",
+                                 f"{name} is {len(value)} characters; at most {length_max}")
+        for pattern, text in rules:
+            # fullmatch: "$" alone would let a trailing newline through.
+            if pattern.fullmatch(value) is None:
+                raise InvalidRequest(name, "malformed", f"{name} {_show(value)} {text}")
+        if not _is_utf8(value):
+            raise InvalidRequest(name, "malformed", f"{name} is not valid Unicode")
+        return value
+
+    return check
+
+
+def _int_check(info: mi.IntType) -> Check:
+    if info.gt is not None or info.lt is not None or info.multiple_of is not None \
+            or info.ge not in (0, 1) or info.le is None:
+        raise TypeError(f"no reason codes for {info!r}")
+    minimum, maximum = info.ge, info.le
+    if minimum == 1:
+        low = ("must_be_positive", "must be at least 1")
+    else:
+        low = ("must_not_be_negative", "must not be negative")
+    shown_max = "2^63-1" if maximum == models.INT64_MAX else str(maximum)
+
+    def check(name: str, value: object) -> int:
+        # bool is an int subclass: true is not one cent.
+        if isinstance(value, bool) or not isinstance(value, numbers.Number):
+            raise InvalidRequest(name, "wrong_type",
+                                 f"{name} must be an integer (minor units), not "
+                                 f"{_json_type(value)}")
+        if not isinstance(value, int):
+            raise InvalidRequest(name, "not_an_integer",
+                                 f"{name} must be an integer count of minor units; "
+                                 "1.0 and 1e3 are not integers")
+        # Never format the value itself: str() of a huge int raises ValueError.
+        if value < minimum:
+            raise InvalidRequest(name, low[0], f"{name} {low[1]}")
+        if value > maximum:
+            raise InvalidRequest(name, "too_large", f"{name} must be at most {shown_max}")
+        return int(value)
+
+    return check
+
+
+def _dict_check(info: mi.DictType) -> Check:
+    """An object of strings, returned as sorted (key, value) pairs (the domain's form)."""
+    key = info.key_type.type if isinstance(info.key_type, mi.Metadata) else info.key_type
+    if not isinstance(key, mi.StrType) or key.min_length != 1 or key.pattern:
+        raise TypeError(f"no validator for the keys {key!r}")
+    key_max, entries_max = key.max_length, info.max_length
+    value_check = _compile(info.value_type)
+
+    def check(name: str, value: object) -> tuple[tuple[str, object], ...]:
+        if not isinstance(value, dict):
+            raise InvalidRequest(name, "wrong_type",
+                                 f"{name} must be an object of strings, not {_json_type(value)}")
+        if entries_max is not None and len(value) > entries_max:
+            raise InvalidRequest(name, "too_many_entries",
+                                 f"{name} has {len(value)} entries; at most {entries_max}")
+        for item in sorted(value, key=_sort_key):
+            if not isinstance(item, str):
+                raise InvalidRequest(name, "wrong_type", f"{name} keys must be strings")
+            if not item:
+                raise InvalidRequest(name, "empty_key", f"{name} keys must not be empty")
+            if len(item) > key_max:
+                raise InvalidRequest(name, "key_too_long",
+                                     f"{name} key {_show(item)} is {len(item)} characters; "
+                                     f"at most {key_max}")
+            if not _is_utf8(item):
+                raise InvalidRequest(name, "malformed",
+                                     f"{name} key {_show(item)} is not valid Unicode")
+            value_check(f"{name}.{item}", value[item])
+        return tuple(sorted(value.items()))
+
+    return check
+
+
+@dataclasses.dataclass(frozen=True)
+class _Field:
+    name: str         # on the wire
+    attribute: str    # of the domain command
+    check: Check
+    required: bool
+    # command_to_json leaves the field out when the command holds this value
+    # (the domain's default); None: always written (required, or a model
+    # default such as overdraft_limit 0 that is part of the canonical form).
+    omitted_if: object
+
+
+def _fields(type_name: str) -> tuple[_Field, ...]:
+    model = models.COMMAND_MODELS[type_name]
+    defaults = {f.name: f.default for f in dataclasses.fields(domain.COMMAND_TYPES[type_name])}
+    out = []
+    for f in mi.type_info(model).fields:
+        if f.encode_name == "command_id":
+            continue
+        attribute = models.DOMAIN_NAMES.get(f.encode_name, f.encode_name)
+        # An UNSET default shows as no default at all (type_info hides it).
+        written = f.required or f.default is not mi.NODEFAULT \
+            or f.default_factory is not mi.NODEFAULT
+        out.append(_Field(f.encode_name, attribute, _compile(f.type), f.required,
+                          None if written else defaults[attribute]))
+    return tuple(out)
+
+
+
+# --------------------------------------------------------------------------
 # Parsing
 # --------------------------------------------------------------------------
 
@@ -240,8 +351,9 @@ def parse_command(body: object) -> Command:
     if not isinstance(body, dict):
         raise InvalidRequest("body", "wrong_type",
                              f"the body must be a JSON object, not {_json_type(body)}")
-
-    command_id = _id_field(body, "command_id", account=False)
+    if "command_id" not in body:
+        raise InvalidRequest("command_id", "missing", "command_id is required")
+    values = {"command_id": _check_command_id("command_id", body["command_id"])}
 
     if "type" not in body:
         raise InvalidRequest("type", "missing", "type is required")
@@ -249,7 +361,7 @@ def parse_command(body: object) -> Command:
     if not isinstance(type_name, str):
         raise InvalidRequest("type", "wrong_type",
                              f"type must be a string, not {_json_type(type_name)}")
-    if type_name not in TYPE_FIELDS:
+    if type_name not in _FIELDS:
         raise InvalidRequest("type", "unknown_type",
                              f"type {_show(type_name)} is not one of "
                              + ", ".join(COMMAND_TYPE_NAMES))
@@ -264,77 +376,12 @@ def parse_command(body: object) -> Command:
         raise InvalidRequest(_field_name(key), "unexpected_field",
                              f"unknown field {_show(key)}")
 
-    if type_name == "open_account":
-        account_id = _id_field(body, "account_id", account=True)
-        currency = _currency_field(body)
-        limit = 0
-        if "overdraft_limit" in body:
-            limit = _integer_field(body, "overdraft_limit", minimum=0)
-        return domain.OpenAccount(command_id, account_id, currency, limit,
-                                  _expected_version(body))
-
-    if type_name in ("credit", "debit"):
-        account_id = _id_field(body, "account_id", account=True)
-        amount = _integer_field(body, "amount", minimum=1)
-        currency = _currency_field(body)
-        cls = domain.Credit if type_name == "credit" else domain.Debit
-        return cls(command_id, account_id, amount, currency, _expected_version(body))
-
-    if type_name == "transfer":
-        from_id = _id_field(body, "from_account_id", account=True)
-        to_id = _id_field(body, "to_account_id", account=True)
-        amount = _integer_field(body, "amount", minimum=1)
-        currency = _currency_field(body)
-        metadata: tuple[tuple[str, str], ...] = ()
-        if "metadata" in body:
-            metadata = _metadata_field(body["metadata"])
-        return domain.Transfer(command_id, from_id, to_id, amount, currency, metadata,
-                               _expected_version(body))
-
-    if type_name == "hold":
-        account_id = _id_field(body, "account_id", account=True)
-        to_id = _id_field(body, "to_account_id", account=True) if "to_account_id" in body \
-            else ""
-        amount = _integer_field(body, "amount", minimum=1)
-        currency = _currency_field(body)
-        expires_at = _instant_field(body, "expires_at") if "expires_at" in body else 0
-        expires_in = _integer_field(body, "expires_in_ms", minimum=1) \
-            if "expires_in_ms" in body else 0
-        metadata = _metadata_field(body["metadata"]) if "metadata" in body else ()
-        return domain.PlaceHold(command_id, account_id, amount, currency, to_id, expires_at,
-                                expires_in, metadata, _expected_version(body))
-
-    if type_name == "capture":
-        account_id = _id_field(body, "account_id", account=True)
-        to_id = _id_field(body, "to_account_id", account=True) if "to_account_id" in body \
-            else ""
-        hold_id = _id_field(body, "hold_id", account=False)
-        amount = _integer_field(body, "amount", minimum=1) if "amount" in body else 0
-        return domain.CaptureHold(command_id, account_id, hold_id, amount, to_id,
-                                  _expected_version(body))
-
-    if type_name == "release":
-        account_id = _id_field(body, "account_id", account=True)
-        hold_id = _id_field(body, "hold_id", account=False)
-        return domain.ReleaseHold(command_id, account_id, hold_id, _expected_version(body))
-
-    # close_account
-    account_id = _id_field(body, "account_id", account=True)
-    return domain.CloseAccount(command_id, account_id, _expected_version(body))
-
-
-def _expected_version(body: dict) -> int:
-    if "expected_version" not in body:
-        return domain.ANY_VERSION
-    return _integer_field(body, "expected_version", minimum=0)
-
-
-def _instant_field(body: dict, name: str) -> int:
-    """An instant as an RFC 3339 string or epoch ms (a positive integer)."""
-    value = body[name]
-    if isinstance(value, str):
-        return parse_instant(name, value)
-    return _integer_field(body, name, minimum=1)
+    for field in _FIELDS[type_name]:
+        if field.name in body:
+            values[field.attribute] = field.check(field.name, body[field.name])
+        elif field.required:
+            raise InvalidRequest(field.name, "missing", f"{field.name} is required")
+    return domain.COMMAND_TYPES[type_name](**values)
 
 
 def decode_json_body(raw: bytes | bytearray | str) -> object:
@@ -378,159 +425,21 @@ def parse_command_json(raw: bytes | bytearray | str) -> Command:
 def command_to_json(command: Command) -> dict:
     """The canonical JSON form of a domain command (the inverse of parse_command).
 
-    Keys in check order (command_id, type, then FIELD_ORDER); open_account
-    always carries ``overdraft_limit``, transfer always carries ``metadata``
-    (a dict, ``{}`` when empty). For every valid command ``c``,
-    ``parse_command(command_to_json(c)) == c``.
+    Keys in check order (command_id, type, then the model's fields); a field
+    the model defaults to UNSET is left out when the command holds the
+    domain's default, one with a model default (open_account's
+    ``overdraft_limit``, ``metadata``: ``{}`` when empty) is always written.
+    For every valid command ``c``, ``parse_command(command_to_json(c)) == c``.
     """
-    out = _command_fields(command)
-    if command.expected_version != domain.ANY_VERSION:
-        out["expected_version"] = command.expected_version
+    type_name = _MODEL_OF.get(type(command))
+    if type_name is None:
+        raise TypeError(f"not a client command: {type(command).__name__}")
+    out = {"command_id": command.command_id, "type": command.type}
+    for field in _FIELDS[type_name]:
+        value = getattr(command, field.attribute)
+        if field.omitted_if is None or value != field.omitted_if:
+            out[field.name] = dict(value) if isinstance(value, tuple) else value
     return out
-
-
-def _command_fields(command: Command) -> dict:
-    if isinstance(command, domain.OpenAccount):
-        return {"command_id": command.command_id, "type": command.type,
-                "account_id": command.account_id, "currency": command.currency,
-                "overdraft_limit": command.overdraft_limit_minor}
-    if isinstance(command, (domain.Credit, domain.Debit)):
-        return {"command_id": command.command_id, "type": command.type,
-                "account_id": command.account_id, "amount": command.amount_minor,
-                "currency": command.currency}
-    if isinstance(command, domain.Transfer):
-        return {"command_id": command.command_id, "type": command.type,
-                "from_account_id": command.from_account_id,
-                "to_account_id": command.to_account_id,
-                "amount": command.amount_minor, "currency": command.currency,
-                "metadata": dict(command.metadata)}
-    if isinstance(command, domain.CloseAccount):
-        return {"command_id": command.command_id, "type": command.type,
-                "account_id": command.account_id}
-    if isinstance(command, domain.PlaceHold):
-        out = {"command_id": command.command_id, "type": command.type,
-               "account_id": command.account_id}
-        if command.to_account_id:
-            out["to_account_id"] = command.to_account_id
-        out.update(amount=command.amount_minor, currency=command.currency)
-        if command.expires_at_ms:
-            out["expires_at"] = command.expires_at_ms
-        if command.expires_in_ms:
-            out["expires_in_ms"] = command.expires_in_ms
-        out["metadata"] = dict(command.metadata)
-        return out
-    if isinstance(command, domain.CaptureHold):
-        out = {"command_id": command.command_id, "type": command.type,
-               "account_id": command.account_id}
-        if command.to_account_id:
-            out["to_account_id"] = command.to_account_id
-        out["hold_id"] = command.hold_id
-        if command.amount_minor:
-            out["amount"] = command.amount_minor
-        return out
-    if isinstance(command, domain.ReleaseHold):
-        return {"command_id": command.command_id, "type": command.type,
-                "account_id": command.account_id, "hold_id": command.hold_id}
-    raise TypeError(f"not a client command: {type(command).__name__}")
-
-
-# --------------------------------------------------------------------------
-# Field checks
-# --------------------------------------------------------------------------
-
-
-def _id_field(body: dict, name: str, *, account: bool) -> str:
-    if name not in body:
-        raise InvalidRequest(name, "missing", f"{name} is required")
-    return _check_id(name, body[name], account=account)
-
-
-def _check_id(name: str, value: object, *, account: bool) -> str:
-    """An id (account or command) by the domain's rule; one check for bodies,
-    paths and query parameters, so every place refuses the same ids."""
-    length_max = ACCOUNT_ID_LENGTH_MAX if account else COMMAND_ID_LENGTH_MAX
-    if not isinstance(value, str):
-        raise InvalidRequest(name, "wrong_type",
-                             f"{name} must be a string, not {_json_type(value)}")
-    if not value:
-        raise InvalidRequest(name, "empty", f"{name} must not be empty")
-    if len(value) > length_max:
-        raise InvalidRequest(name, "too_long",
-                             f"{name} is {len(value)} characters; at most {length_max}")
-    if _ID_RE.fullmatch(value) is None:
-        raise InvalidRequest(name, "malformed",
-                             f"{name} {_show(value)} may only contain A-Z a-z 0-9 . _ : @ -")
-    if account and not valid_account_id(value):
-        raise InvalidRequest(name, "malformed", f"{name} {_show(value)} is not an account id")
-    return value
-
-
-def _currency_field(body: dict) -> str:
-    if "currency" not in body:
-        raise InvalidRequest("currency", "missing", "currency is required")
-    value = body["currency"]
-    if not isinstance(value, str):
-        raise InvalidRequest("currency", "wrong_type",
-                             f"currency must be a string, not {_json_type(value)}")
-    if _CURRENCY_RE.fullmatch(value) is None:
-        raise InvalidRequest("currency", "malformed",
-                             f"currency {_show(value)} is not three capital letters (ISO 4217)")
-    return value
-
-
-def _integer_field(body: dict, name: str, *, minimum: int) -> int:
-    if name not in body:
-        raise InvalidRequest(name, "missing", f"{name} is required")
-    value = body[name]
-    # bool is an int subclass: true is not one cent.
-    if isinstance(value, bool) or not isinstance(value, numbers.Number):
-        raise InvalidRequest(name, "wrong_type",
-                             f"{name} must be an integer (minor units), not {_json_type(value)}")
-    if not isinstance(value, int):
-        raise InvalidRequest(name, "not_an_integer",
-                             f"{name} must be an integer count of minor units; "
-                             "1.0 and 1e3 are not integers")
-    # Never format the value itself: str() of a huge int raises ValueError.
-    if value < minimum:
-        if minimum == 1:
-            raise InvalidRequest(name, "must_be_positive", f"{name} must be at least 1")
-        raise InvalidRequest(name, "must_not_be_negative", f"{name} must not be negative")
-    if value > AMOUNT_MAX_MINOR:
-        raise InvalidRequest(name, "too_large", f"{name} must be at most 2^63-1")
-    return int(value)
-
-
-def _metadata_field(value: object) -> tuple[tuple[str, str], ...]:
-    if not isinstance(value, dict):
-        raise InvalidRequest("metadata", "wrong_type",
-                             f"metadata must be an object of strings, not {_json_type(value)}")
-    if len(value) > METADATA_ENTRIES_MAX:
-        raise InvalidRequest("metadata", "too_many_entries",
-                             f"metadata has {len(value)} entries; at most {METADATA_ENTRIES_MAX}")
-    for key in sorted(value, key=_sort_key):
-        if not isinstance(key, str):
-            raise InvalidRequest("metadata", "wrong_type", "metadata keys must be strings")
-        if not key:
-            raise InvalidRequest("metadata", "empty_key", "metadata keys must not be empty")
-        if len(key) > METADATA_KEY_LENGTH_MAX:
-            raise InvalidRequest("metadata", "key_too_long",
-                                 f"metadata key {_show(key)} is {len(key)} characters; "
-                                 f"at most {METADATA_KEY_LENGTH_MAX}")
-        if not _is_utf8(key):
-            raise InvalidRequest("metadata", "malformed",
-                                 f"metadata key {_show(key)} is not valid Unicode")
-        field = f"metadata.{key}"
-        item = value[key]
-        if not isinstance(item, str):
-            raise InvalidRequest(field, "wrong_type",
-                                 f"{field} must be a string, not {_json_type(item)}")
-        if len(item) > METADATA_VALUE_LENGTH_MAX:
-            raise InvalidRequest(field, "too_long",
-                                 f"{field} is {len(item)} characters; "
-                                 f"at most {METADATA_VALUE_LENGTH_MAX}")
-        if not _is_utf8(item):
-            raise InvalidRequest(field, "malformed", f"{field} is not valid Unicode")
-    return tuple(sorted(value.items()))
 
 
 # --------------------------------------------------------------------------
@@ -633,14 +542,14 @@ def parse_account_id(field: str, value: object) -> str:
     """An account id from a URL path or query (already percent-decoded)."""
     if value is None:
         raise InvalidRequest(field, "missing", f"{field} is required")
-    return _check_id(field, value, account=True)
+    return _check_account_id(field, value)
 
 
 def parse_command_id(field: str, value: object) -> str:
     """A command (or transfer) id from a URL path or query (percent-decoded)."""
     if value is None:
         raise InvalidRequest(field, "missing", f"{field} is required")
-    return _check_id(field, value, account=False)
+    return _check_command_id(field, value)
 
 
 def parse_instant(field: str, text: str) -> int:
@@ -740,3 +649,11 @@ def is_json_media_type(content_type: str | None) -> bool:
         return False
     media_type = content_type.split(";", 1)[0].strip().lower()
     return media_type == "application/json"
+
+
+# The checks of each command type's fields, compiled once from the models
+# (here, at the end: the instant parser above is one of them).
+_FIELDS = {name: _fields(name) for name in models.COMMAND_MODELS}
+_MODEL_OF = {domain.COMMAND_TYPES[name]: name for name in models.COMMAND_MODELS}
+_check_command_id = _compile(mi.type_info(models.CommandId))
+_check_account_id = _compile(mi.type_info(models.AccountId))

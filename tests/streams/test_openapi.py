@@ -199,7 +199,7 @@ def test_account_id_pattern_is_the_servers_rule():
     pattern = re.compile(openapi_document()["components"]["schemas"]["Account"]
                          ["properties"]["account_id"]["pattern"])
     for value in ("a", "...", "a.b", ".", "..", "a/b", "a b", "", "x" * 64):
-        assert bool(pattern.search(value)) == req.valid_account_id(value) or len(value) > 64, \
+        assert bool(pattern.search(value)) == domain.valid_account_id(value) or len(value) > 64, \
             value
 
 
@@ -255,6 +255,14 @@ commands = st.one_of(
     st.builds(domain.Transfer, command_ids, account_ids, account_ids, amounts, currencies,
               metadata),
     st.builds(domain.CloseAccount, command_ids, account_ids),
+    st.builds(domain.PlaceHold, command_ids, account_ids, amounts, currencies,
+              st.one_of(st.just(""), account_ids), st.integers(0, MAX), st.integers(0, MAX),
+              metadata),
+    st.builds(domain.CaptureHold, command_ids, account_ids, command_ids, st.integers(0, MAX),
+              st.one_of(st.just(""), account_ids)),
+    st.builds(domain.ReleaseHold, command_ids, account_ids, command_ids),
+    st.builds(domain.Credit, command_ids, account_ids, amounts, currencies,
+              st.integers(0, MAX)),
 )
 
 

@@ -1,0 +1,297 @@
+"""The JSON shapes of the HTTP API, declared once as msgspec Structs.
+
+Each command type a client may send is one Struct here (tagged by its
+``type``), and each field's limits are an annotated type built from the
+domain's own limits (``ledger.domain``: id lengths and character rule,
+currency rule, amount maximum). Everything else is derived from these
+declarations, never written again:
+
+- :mod:`streams.api.requests` validates a body by walking a Struct's type
+  information (``msgspec.inspect``) and answers the project's 400s (``field``,
+  ``reason``, ``message``) in the declared field order;
+- :mod:`streams.api.openapi` takes every body schema from
+  ``msgspec.json.schema_components`` (turned into OpenAPI 3.0 by
+  :func:`openapi_schemas`);
+- ``ledger send`` (streams/cli.py) takes the options each type needs and
+  allows from :data:`REQUIRED_FIELDS` and :data:`TYPE_FIELDS`.
+
+Why msgspec: the type information and JSON Schema come with it, and it is
+the cheaper of the two candidates on this path (README, API: measured
+against pydantic v2). Its own ValidationError is not used: its messages are
+not the API's 400 format and it reports fields in body order, not in the
+fixed order the API promises.
+
+Optional fields default to ``UNSET`` (absent on the wire; ``null`` is never
+accepted), except ``overdraft_limit`` and ``metadata``, whose defaults are
+real values that :func:`streams.api.requests.command_to_json` always writes.
+
+Pure: msgspec and ``ledger.domain`` only.
+"""
+
+from __future__ import annotations
+
+import heapq
+from typing import Annotated, Literal, Union
+
+import msgspec
+from msgspec import UNSET, Meta, Struct, UnsetType
+
+from ledger import domain
+
+INT64_MIN = domain.BALANCE_MIN_MINOR
+INT64_MAX = domain.AMOUNT_MAX_MINOR
+
+METADATA_ENTRIES_MAX = 16
+METADATA_KEY_LENGTH_MAX = 64
+METADATA_VALUE_LENGTH_MAX = 256
+
+# The domain's character rules as anchored JSON Schema patterns.
+ID_PATTERN = f"^{domain._ID_RE.pattern}$"
+# An account id is also a URL path segment: "." and ".." are not ids.
+ACCOUNT_ID_PATTERN = f"^(?!\\.\\.?$){domain._ID_RE.pattern}$"
+CURRENCY_PATTERN = f"^{domain._CURRENCY_RE.pattern}$"
+_ID_CHARACTERS = "may only contain A-Z a-z 0-9 . _ : @ -"
+
+# ``extra`` of a string's Meta, read by the validator only:
+#   malformed: (pattern, message) pairs checked in order, the first that does
+#              not match the whole value names the problem (their conjunction
+#              is the Meta's pattern);
+#   parse:     the name of a parser the value goes through (``instant``).
+
+
+def _int64(minimum: int, description: str, **extra) -> Meta:
+    return Meta(ge=minimum, le=INT64_MAX, description=description,
+                extra_json_schema={"format": "int64", **extra})
+
+
+def _account(description: str, example: str = "alice") -> type:
+    return Annotated[str, Meta(
+        min_length=1, max_length=domain.ACCOUNT_ID_LENGTH_MAX, pattern=ACCOUNT_ID_PATTERN,
+        description=description, examples=[example],
+        extra={"malformed": ((ID_PATTERN, _ID_CHARACTERS),
+                             (ACCOUNT_ID_PATTERN, "is not an account id"))})]
+
+
+def _command_id(description: str) -> type:
+    return Annotated[str, Meta(
+        min_length=1, max_length=domain.COMMAND_ID_LENGTH_MAX, pattern=ID_PATTERN,
+        description=description, examples=["order-17"],
+        extra={"malformed": ((ID_PATTERN, _ID_CHARACTERS),)})]
+
+
+AccountId = _account("Account id.")
+CommandId = _command_id("Client-chosen idempotency key.")
+Currency = Annotated[str, Meta(
+    pattern=CURRENCY_PATTERN, description="ISO 4217 code: exactly three capital letters.",
+    examples=["EUR"], extra_json_schema={"minLength": 3, "maxLength": 3},  # as the pattern says
+    extra={"malformed": ((CURRENCY_PATTERN, "is not three capital letters (ISO 4217)"),)})]
+_MINOR = " Integer count of minor units (cents for EUR)."
+Amount = Annotated[int, _int64(1, "Amount, at least 1." + _MINOR)]
+OverdraftLimit = Annotated[int, _int64(0, "How far below zero the balance may go." + _MINOR)]
+ExpectedVersion = Annotated[int, _int64(
+    0, "Optimistic concurrency: decided only if the account's version is this one then "
+       "(0: it does not exist yet), else rejected as version_conflict (the reply's version "
+       "is the current one).")]
+Metadata = Annotated[
+    dict[Annotated[str, Meta(min_length=1, max_length=METADATA_KEY_LENGTH_MAX)],
+         Annotated[str, Meta(max_length=METADATA_VALUE_LENGTH_MAX)]],
+    Meta(max_length=METADATA_ENTRIES_MAX,
+         description=f"Free-form string pairs kept with the command: at most "
+                     f"{METADATA_ENTRIES_MAX} entries, keys 1..{METADATA_KEY_LENGTH_MAX} "
+                     f"characters, values at most {METADATA_VALUE_LENGTH_MAX} characters.",
+         examples=[{"note": "rent"}])]
+Instant = Annotated[str, Meta(extra_json_schema={"format": "date-time"},
+                              extra={"parse": "instant"})]
+ExpiresAt = Annotated[
+    Union[Instant, Annotated[int, _int64(1, "Epoch ms.")]],
+    Meta(description="hold only: when it expires (at most 30 days ahead, else "
+                     "expiry_out_of_range); not with expires_in_ms. Default: 7 days.")]
+ExpiresInMs = Annotated[int, _int64(1, "hold only: expires this long after it is decided "
+                                       "(at most 30 days); not with expires_at.")]
+HoldId = _command_id("The hold: its hold command's command_id.")
+FromAccountId = _account("Source account (debited).")
+ToAccountId = _account("Destination account (credited).", "bob")
+
+
+class _Command(Struct, tag_field="type", forbid_unknown_fields=True, kw_only=True):
+    command_id: CommandId
+
+
+class OpenAccountCommand(_Command, tag="open_account", kw_only=True):
+    """Open an account in one currency."""
+    account_id: AccountId
+    currency: Currency
+    overdraft_limit: OverdraftLimit = 0
+    expected_version: ExpectedVersion | UnsetType = UNSET
+
+
+class CreditCommand(_Command, tag="credit", kw_only=True):
+    """Money in from outside the ledger."""
+    account_id: AccountId
+    amount: Amount
+    currency: Currency
+    expected_version: ExpectedVersion | UnsetType = UNSET
+
+
+class DebitCommand(_Command, tag="debit", kw_only=True):
+    """Money out of the ledger (refused as insufficient_funds past the overdraft limit)."""
+    account_id: AccountId
+    amount: Amount
+    currency: Currency
+    expected_version: ExpectedVersion | UnsetType = UNSET
+
+
+class CloseAccountCommand(_Command, tag="close_account", kw_only=True):
+    """Close an account (its balance must be zero, nothing held or pending)."""
+    account_id: AccountId
+    expected_version: ExpectedVersion | UnsetType = UNSET
+
+
+class TransferCommand(_Command, tag="transfer", kw_only=True):
+    """Move money between two accounts (same currency), exactly once."""
+    from_account_id: FromAccountId
+    to_account_id: ToAccountId
+    amount: Amount
+    currency: Currency
+    metadata: Metadata = {}
+    expected_version: ExpectedVersion | UnsetType = UNSET
+
+
+class HoldCommand(_Command, tag="hold", kw_only=True):
+    """Reserve money on an account until it is captured, released or expires."""
+    account_id: AccountId
+    to_account_id: ToAccountId | UnsetType = UNSET
+    amount: Amount
+    currency: Currency
+    expires_at: ExpiresAt | UnsetType = UNSET
+    expires_in_ms: ExpiresInMs | UnsetType = UNSET
+    metadata: Metadata = {}
+    expected_version: ExpectedVersion | UnsetType = UNSET
+
+
+class CaptureCommand(_Command, tag="capture", kw_only=True):
+    """Take a held amount (default: all of it; the rest is released)."""
+    account_id: AccountId
+    to_account_id: ToAccountId | UnsetType = UNSET
+    hold_id: HoldId
+    amount: Amount | UnsetType = UNSET
+    expected_version: ExpectedVersion | UnsetType = UNSET
+
+
+class ReleaseCommand(_Command, tag="release", kw_only=True):
+    """Give a hold's money back to the account."""
+    account_id: AccountId
+    hold_id: HoldId
+    expected_version: ExpectedVersion | UnsetType = UNSET
+
+
+# Command type -> its Struct, in the domain's order (the one list of types).
+COMMAND_MODELS: dict[str, type[Struct]] = {}
+for _model in _Command.__subclasses__():
+    COMMAND_MODELS[msgspec.inspect.type_info(_model).tag] = _model
+COMMAND_MODELS = {name: COMMAND_MODELS[name] for name in domain.COMMAND_TYPES
+                  if name in COMMAND_MODELS}
+if list(COMMAND_MODELS) != list(domain.COMMAND_TYPES):  # a new type needs its model here
+    raise ImportError(f"models for {sorted(COMMAND_MODELS)}, the domain's command types "
+                      f"are {sorted(domain.COMMAND_TYPES)}")
+Command = Union[tuple(COMMAND_MODELS.values())]
+
+# A wire name that is not the domain's field name (money fields say "_minor"
+# in the domain, instants "_ms").
+DOMAIN_NAMES = {"amount": "amount_minor", "overdraft_limit": "overdraft_limit_minor",
+                "expires_at": "expires_at_ms"}
+
+# type -> its fields besides command_id and type, in the order they are checked.
+TYPE_FIELDS: dict[str, tuple[str, ...]] = {
+    name: tuple(f.encode_name for f in msgspec.inspect.type_info(model).fields
+                if f.encode_name != "command_id")
+    for name, model in COMMAND_MODELS.items()
+}
+# type -> the fields it cannot do without.
+REQUIRED_FIELDS: dict[str, frozenset[str]] = {
+    name: frozenset(f.encode_name for f in msgspec.inspect.type_info(model).fields
+                    if f.required and f.encode_name != "command_id")
+    for name, model in COMMAND_MODELS.items()
+}
+for _name, _fields in TYPE_FIELDS.items():
+    _domain_fields = domain.COMMAND_TYPES[_name].__dataclass_fields__
+    _unknown = [f for f in _fields if DOMAIN_NAMES.get(f, f) not in _domain_fields]
+    if _unknown:
+        raise ImportError(f"{_name}: {_unknown} are not fields of the domain's command")
+
+
+def _field_order() -> tuple[str, ...]:
+    """Every field in one order that agrees with each type's declared order
+    (a topological merge; ties go to the field declared first)."""
+    first_seen: dict[str, int] = {}
+    before: dict[str, set[str]] = {}
+    for fields in TYPE_FIELDS.values():
+        for i, name in enumerate(fields):
+            first_seen.setdefault(name, len(first_seen))
+            before.setdefault(name, set()).update(fields[:i])
+    ready = [(first_seen[n], n) for n, preds in before.items() if not preds]
+    heapq.heapify(ready)
+    order: list[str] = []
+    while ready:
+        _, name = heapq.heappop(ready)
+        order.append(name)
+        for other, preds in before.items():
+            if name in preds:
+                preds.discard(name)
+                if not preds:
+                    heapq.heappush(ready, (first_seen[other], other))
+    return tuple(order)
+
+
+# Every field a command body may carry besides command_id and type.
+FIELD_ORDER = _field_order()
+
+
+# --------------------------------------------------------------------------
+# JSON Schema -> OpenAPI 3.0
+# --------------------------------------------------------------------------
+
+REF_TEMPLATE = "#/components/schemas/{name}"
+
+
+def openapi_schemas(types) -> tuple[list[dict], dict[str, dict]]:
+    """(schema of each type, component schemas) in OpenAPI 3.0 form.
+
+    msgspec writes JSON Schema 2020-12; OpenAPI 3.0 wants ``example`` (one)
+    instead of ``examples``, ``nullable`` instead of a ``null`` type, and has
+    no ``propertyNames`` (metadata key lengths are in the description and
+    checked by the server).
+    """
+    schemas, components = msgspec.json.schema_components(types, ref_template=REF_TEMPLATE)
+    return ([_to_openapi_30(s) for s in schemas],
+            {name: _to_openapi_30(s) for name, s in components.items()})
+
+
+def _to_openapi_30(node):
+    if isinstance(node, list):
+        return [_to_openapi_30(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out = {}
+    for key, value in node.items():
+        if key == "examples":
+            out["example"] = value[0]
+        elif key != "propertyNames":
+            out[key] = _to_openapi_30(value)
+    if "enum" in out and "type" not in out and all(isinstance(v, str) for v in out["enum"]):
+        out["type"] = "string"  # a tag: msgspec writes the enum alone
+    for union in ("anyOf", "oneOf"):
+        options = out.get(union)
+        if options and {"type": "null"} in options:
+            rest = [o for o in options if o != {"type": "null"}]
+            del out[union]
+            if len(rest) == 1 and "$ref" not in rest[0]:
+                out = {**rest[0], **out}
+            elif len(rest) == 1:
+                out["allOf"] = rest
+            else:
+                out[union] = rest
+            out["nullable"] = True
+            if "enum" in out and None not in out["enum"]:
+                out["enum"] = [*out["enum"], None]
+    return out
