@@ -45,6 +45,27 @@ METADATA_ENTRIES_MAX = 16
 METADATA_KEY_LENGTH_MAX = 64
 METADATA_VALUE_LENGTH_MAX = 256
 
+# Every reason code a 400 (InvalidRequest) can give, for documentation and tests.
+REASONS = (
+    "missing",
+    "wrong_type",
+    "empty",
+    "too_long",
+    "malformed",
+    "unknown_type",
+    "unexpected_field",
+    "not_allowed_for_type",
+    "not_an_integer",
+    "must_be_positive",
+    "must_not_be_negative",
+    "too_large",
+    "too_many_entries",
+    "empty_key",
+    "key_too_long",
+    "duplicate_field",
+    "out_of_range",
+)
+
 # The domain's character rules as anchored JSON Schema patterns.
 ID_PATTERN = f"^{domain._ID_RE.pattern}$"
 # An account id is also a URL path segment: "." and ".." are not ids.
@@ -59,7 +80,7 @@ _ID_CHARACTERS = "may only contain A-Z a-z 0-9 . _ : @ -"
 #   parse:     the name of a parser the value goes through (``instant``).
 
 
-def _int64(minimum: int, description: str, **extra) -> Meta:
+def _int64(minimum: int, description: str | None, **extra) -> Meta:
     return Meta(ge=minimum, le=INT64_MAX, description=description,
                 extra_json_schema={"format": "int64", **extra})
 
@@ -276,6 +297,8 @@ def _to_openapi_30(node):
     for key, value in node.items():
         if key == "examples":
             out["example"] = value[0]
+        elif key == "description":
+            out[key] = " ".join(value.split())  # a docstring's line breaks are not meant
         elif key != "propertyNames":
             out[key] = _to_openapi_30(value)
     if "enum" in out and "type" not in out and all(isinstance(v, str) for v in out["enum"]):
@@ -295,3 +318,270 @@ def _to_openapi_30(node):
             if "enum" in out and None not in out["enum"]:
                 out["enum"] = [*out["enum"], None]
     return out
+
+
+# --------------------------------------------------------------------------
+# Responses (what the views answer; tests/streams/test_http_table.py checks
+# live answers against the schemas generated from these)
+# --------------------------------------------------------------------------
+
+
+def _i64(description: str | None = None, minimum: int = INT64_MIN) -> Meta:
+    return _int64(minimum, description)
+
+
+def _text(description: str | None = None, **schema) -> Meta:
+    return Meta(description=description, extra_json_schema=schema or None)
+
+
+def _about(description: str) -> Meta:
+    return Meta(description=description)
+
+
+DateTime = Annotated[str, _text(format="date-time")]
+Date = Annotated[str, _text(format="date")]
+_MONEY = "Minor units."
+MoneyOut = Annotated[int, _i64(_MONEY, 0)]
+EventType = Literal[tuple(domain.EVENT_TYPES)]
+RejectionReason = Literal[tuple(r.value for r in domain.RejectionReason)]
+Partition = Annotated[int, Meta(ge=0)]
+Offset = Annotated[int, _i64("Last event-log offset folded (-1: none).", -1)]
+
+
+class Accepted(Struct, kw_only=True):
+    command_id: CommandId
+    status: Literal["accepted"]
+
+
+class Event(Struct, kw_only=True):
+    """One committed event of an account. Fields beyond the common ones depend on
+    the type (transfer_* events carry transfer_id and counterparty_account_id;
+    transfer_debited carries metadata; transfer_refunded carries reason)."""
+    type: EventType
+    account_id: AccountId
+    sequence: Annotated[int, _i64(minimum=1)]
+    command_id: str
+    currency: Currency
+    amount: Annotated[int, _i64("Minor units moved (0 for account_opened/closed).", 0)]
+    balance_after: Annotated[int, _i64("Balance after this event, minor units.")]
+    recorded_at: DateTime
+    overdraft_limit: Annotated[int, _i64("account_opened only.", 0)] | UnsetType = UNSET
+    transfer_id: str | UnsetType = UNSET
+    counterparty_account_id: str | UnsetType = UNSET
+    hold_id: Annotated[str, _about("hold_* events.")] | UnsetType = UNSET
+    to_account_id: Annotated[str, _about(
+        "hold_placed, hold_captured: the destination, empty for none.")] | UnsetType = UNSET
+    expires_at_ms: Annotated[int, _i64("hold_placed, hold_expired.")] | UnsetType = UNSET
+    released_minor: Annotated[int, _i64("hold_captured: the part released.")] \
+        | UnsetType = UNSET
+    metadata: dict[str, str] | UnsetType = UNSET
+    reason: str | UnsetType = UNSET
+
+
+class Outcome(Struct, kw_only=True):
+    command_id: str
+    status: Literal["applied", "rejected"]
+    reason: Annotated[RejectionReason | None,
+                      _about("Why it was rejected; null when applied.")]
+    events: Annotated[list[Event], _about("The events it appended; empty when rejected.")]
+    duplicate: Annotated[bool, _about(
+        "?wait=1 only: true when this send was a retry (same command_id and body) and the "
+        "outcome is the original one.")] | UnsetType = UNSET
+    version: Annotated[int | None, _text(
+        "?wait=1 only: the account's version when the reply was made (null: no such "
+        "account).", format="int64")] | UnsetType = UNSET
+
+
+class TransferStatus(Struct, kw_only=True):
+    transfer_id: str
+    status: Literal["pending", "completed", "failed"]
+    reason: Annotated[str | None, _about("Why it failed; null unless failed.")]
+    from_account_id: AccountId
+    to_account_id: Annotated[AccountId | None, _about(
+        "Null only for a transfer refused before it was decoded.")]
+    amount: Annotated[int, _i64(minimum=1)] | None
+    currency: Currency | None
+    events: Annotated[list[Event], _about("Its events at the source account.")]
+
+
+class Hold(Struct, kw_only=True):
+    hold_id: str
+    account_id: AccountId
+    status: Literal["active", "captured", "released", "expired"]
+    amount: Annotated[int, _i64("Minor units held.", 1)]
+    captured_amount: Annotated[int, _i64(
+        "Minor units captured (0 unless captured; the rest was released).", 0)]
+    currency: Currency
+    to_account_id: Annotated[AccountId | None, _about(
+        "Where a capture moves the money; null: it leaves the ledger.")]
+    expires_at: Annotated[str, _text(
+        "The worker that owns the account records hold_expired within 5 s after it.",
+        format="date-time")]
+    events: Annotated[list[Event], _about("Its events on the account.")]
+
+
+class Account(Struct, kw_only=True):
+    account_id: AccountId
+    currency: Currency
+    balance: Annotated[int, _i64("Minor units; may be negative down to -overdraft_limit.")]
+    version: Annotated[int, _i64("Sequence of the last event folded in.", 1)]
+    status: Literal["open", "closed"]
+    overdraft_limit: Annotated[int, _i64(minimum=0)]
+    pending_out: Annotated[int, _i64(
+        "Money debited here by transfers not yet settled.", 0)] | UnsetType = UNSET
+    held: Annotated[int, _i64(
+        "Sum of the account's active holds (still on the balance).", 0)] | UnsetType = UNSET
+    available: Annotated[int, _i64(
+        "What may still leave or be held: balance + overdraft_limit - held (money pending "
+        "in outgoing transfers has already left the balance).", 0)] | UnsetType = UNSET
+    updated_at: DateTime
+    as_of: Annotated[str, _text(
+        "The instant this state is as of: the as_of asked for, or, for a read without "
+        "as_of, the time of the account's last event known to the answering store (the "
+        "state as of its watermark). Final: ?as_of= this instant gives the same bytes, "
+        "forever, through any worker. Absent when asked by version.",
+        format="date-time")] | UnsetType = UNSET
+    complete_up_to: Annotated[str, _text(
+        "Every event of the account recorded at or before this instant is in the answer "
+        "(here equal to as_of: the answer is about that instant, whichever worker answers, "
+        "however far its store is). Absent when asked by version.",
+        format="date-time")] | UnsetType = UNSET
+
+
+class EventPage(Struct, kw_only=True):
+    account_id: AccountId
+    events: list[Event]
+    next_cursor: Annotated[str | None, _about(
+        "Pass as ?cursor= for the next page; null at the end.")]
+    complete_up_to: Annotated[str, _text(
+        "Every event of the account recorded at or before this instant is in the range "
+        "these pages walk: `to` when given (the page is then final), else the time of the "
+        "account's last event known to the answering store.", format="date-time")]
+
+
+class Health(Struct, kw_only=True):
+    status: Literal["ok", "unavailable"]
+    worker_id: str
+    partitions: Annotated[list[Partition], _about("Partitions this worker owns and serves.")]
+    reason: Annotated[str, _about(
+        "consuming when ok; else why not, e.g. starting, catching_up, fenced_rebuilding, "
+        "broker_unreachable, store_failed, stopping.")]
+    caught_up: Annotated[bool, _about("Same as status == ok (kept for older clients).")]
+
+
+class InvalidRequest(Struct, kw_only=True):
+    """A 400: the first problem found in the request (streams.api.requests)."""
+    error: Literal["invalid_request"]
+    field: Annotated[str, _about(
+        'Where: "body", a field name, "metadata.<key>", or a query parameter name.')]
+    reason: Annotated[str, _about("Short code, e.g. " + ", ".join(REASONS) + ".")]
+    message: str
+
+
+class Error(Struct, kw_only=True):
+    error: Annotated[str, _about(
+        "unauthorized, forbidden, unknown_account, unknown_version, unknown_command, "
+        "unknown_transfer, body_too_large, unsupported_media_type, partition_unavailable, "
+        "as_of_not_final, kafka_unavailable, outcome_timeout.")]
+    detail: str | UnsetType = UNSET
+    partition: Annotated[Partition, _about(
+        "partition_unavailable: the partition with no reachable owner.")] | UnsetType = UNSET
+    command_id: Annotated[str, _about(
+        "kafka_unavailable, outcome_timeout: the command.")] | UnsetType = UNSET
+    complete_up_to: Annotated[str, _text(
+        "as_of_not_final: the instant up to which the answering store knows every event of "
+        "the account's partition (its watermark).", format="date-time")] | UnsetType = UNSET
+    as_of: Annotated[str, _text(
+        "as_of_not_final: the instant asked about.", format="date-time")] | UnsetType = UNSET
+
+
+class MoneyTotals(Struct, kw_only=True):
+    balances: Annotated[int, _i64("Sum of all balances. " + _MONEY)]
+    in_flight: Annotated[int, _i64(
+        "Debited by transfers, not yet credited or refunded. " + _MONEY)]
+    external_credits: Annotated[int, _i64("Credits from outside the ledger. " + _MONEY, 0)]
+    external_debits: Annotated[int, _i64("Debits to outside the ledger. " + _MONEY, 0)]
+    pending_out: Annotated[int, _i64(
+        "Debited by transfers, not yet completed or refunded at their sources. " + _MONEY)]
+    invariant_ok: Annotated[bool, _about(
+        "balances + in_flight == external_credits - external_debits, pending_out >= 0 in "
+        "every partition, and in flight >= 0 ledger-wide (judged lag-free).")]
+    problems: Annotated[list[str], _about("Why invariant_ok is false.")]
+
+
+class TotalsPartition(Struct, kw_only=True):
+    """Per event-log partition: the offsets the sums cover."""
+    offset: Offset
+    records: Annotated[int, _i64("Log records folded (events and rejections).", 0)]
+    lag: Annotated[int, _i64("Committed offsets not yet folded.", 0)]
+    caught_up: bool
+    worker_id: str
+
+
+class LedgerTotals(Struct, kw_only=True):
+    currencies: Annotated[dict[str, MoneyTotals], _about("Per currency code.")]
+    invariant_ok: Annotated[bool, _about("For every currency.")]
+    partitions: dict[str, TotalsPartition]
+    missing_partitions: Annotated[list[Partition], _about(
+        "Partitions no worker could answer for: the sums leave them out.")]
+    complete: Annotated[bool, _about("No partition is missing.")]
+
+
+class PartitionSums(Struct, kw_only=True):
+    """Sums of amounts by kind of event, one currency, one partition."""
+    credited: MoneyOut
+    debited: MoneyOut
+    transfer_debited: MoneyOut
+    transfer_credited: MoneyOut
+    transfer_refunded: MoneyOut
+    transfer_completed: MoneyOut
+
+
+class LocalPartition(Struct, kw_only=True):
+    offset: Offset
+    records: Annotated[int, _i64("Log records folded.", 0)]
+    position: Annotated[int, _i64("Every committed record below it is folded.", 0)]
+    end: Annotated[int, _i64("The log's last stable offset.", 0)] | None
+    caught_up: bool
+    currencies: dict[str, PartitionSums]
+
+
+class LocalTotals(Struct, kw_only=True):
+    worker_id: str
+    partitions: dict[str, LocalPartition]
+
+
+class StatementDay(Struct, kw_only=True):
+    date: Date
+    account_id: AccountId
+    currency: Currency
+    opening_balance: Annotated[int, _i64("Balance before the day's first event. " + _MONEY)]
+    credited: Annotated[int, _i64("External credits. " + _MONEY, 0)]
+    debited: Annotated[int, _i64("External debits. " + _MONEY, 0)]
+    transfer_in: Annotated[int, _i64("Transfers credited here. " + _MONEY, 0)]
+    transfer_out: Annotated[int, _i64("Transfers debited here. " + _MONEY, 0)]
+    refunds: Annotated[int, _i64("Failed transfers paid back here. " + _MONEY, 0)]
+    closing_balance: Annotated[int, _i64("Balance after the day's last event. " + _MONEY)]
+    events: Annotated[int, _i64("Events of the account that day.", 1)]
+    first_sequence: Annotated[int, _i64("Sequence of the day's first event.", 1)]
+    last_sequence: Annotated[int, _i64("Sequence of the day's last event.", 1)]
+
+
+class StatementPage(Struct, kw_only=True, rename={"from_": "from"}):
+    account_id: AccountId
+    time_zone: Annotated[str, _about("Days are calendar days here (LEDGER_STATEMENT_TZ).")]
+    from_: Date
+    to: Date
+    days: Annotated[list[StatementDay], _about(
+        "Days with events, in order; a day without events has no entry.")]
+    partition: Partition
+    position: Annotated[int, _i64(
+        "The read model has folded every committed record of the partition below this "
+        "offset.", 0)]
+    caught_up: bool
+
+
+# Every response body; each is a component of the OpenAPI document under its name.
+RESPONSE_MODELS = (Accepted, Event, Outcome, TransferStatus, Hold, Account, EventPage,
+                   Health, InvalidRequest, Error, MoneyTotals, LedgerTotals, LocalTotals,
+                   StatementDay, StatementPage)

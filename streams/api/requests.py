@@ -90,6 +90,7 @@ from streams.api.models import (
     METADATA_ENTRIES_MAX,
     METADATA_KEY_LENGTH_MAX,
     METADATA_VALUE_LENGTH_MAX,
+    REASONS,
     REQUIRED_FIELDS,
     TYPE_FIELDS,
 )
@@ -128,27 +129,6 @@ REQUEST_BODY_BYTES_MAX = 64 * 1024
 
 # The command types a client may send (one model each, in the domain's order).
 COMMAND_TYPE_NAMES = tuple(models.COMMAND_MODELS)
-
-# Every reason code parse_command can give, for documentation and tests.
-REASONS = (
-    "missing",
-    "wrong_type",
-    "empty",
-    "too_long",
-    "malformed",
-    "unknown_type",
-    "unexpected_field",
-    "not_allowed_for_type",
-    "not_an_integer",
-    "must_be_positive",
-    "must_not_be_negative",
-    "too_large",
-    "too_many_entries",
-    "empty_key",
-    "key_too_long",
-    "duplicate_field",
-    "out_of_range",
-)
 
 _TOP_FIELDS = frozenset(("command_id", "type", *FIELD_ORDER))
 _FIELD_NAME_SHOWN_MAX = 64
