@@ -36,8 +36,18 @@ API picks free ports.  Each node runs with ``-Xmx512m``.  Measured on the
 310-335 MB per node right after start, 350-380 MB after 20,000 transactional
 writes (about 1.1 GB for the three); starting takes 14-19 s (the three
 storage formats run in parallel), restarting one node 9 s, stopping all 6 s.
-With a node killed, ``acks=all`` writes to a partition it led wait about
-10 s, until the controller fences it (``broker.session.timeout.ms``, 9 s).
+With a node killed, ``acks=all`` writes to a partition it led or followed
+wait until the controller fences it: nodes heartbeat every 1 s and are
+fenced after 6 s of silence (``broker.heartbeat.interval.ms`` and
+``broker.session.timeout.ms``; Kafka's defaults are 2 s and 9 s).  Measured
+2026-12-02 under a load average of 25-50 on the 2 cores: fenced 5.3-6.4 s
+after the kill of a node that is not the active controller (8.1 s with the
+defaults), 9.0-10.9 s after the kill of the active controller (13.5 s with the
+defaults): a quorum election comes first (3-5 s under that load) and the new
+controller gives every node a fresh session.  4 s / 0.5 s was tried and
+fenced a live node whose controller was starved of CPU.  ``wait_in_sync``
+waits for a restarted node to be back in every ISR, as a rolling restart
+should before taking the next node down.
 
 **A secured single node** (``--secure``, ``start_broker(secure=True)``): the
 client listener speaks SASL_SSL (SCRAM-SHA-512 over TLS 1.2/1.3); the
@@ -345,6 +355,12 @@ def ensure_jars(cache_dir: Path | None = None, progress: Callable[[str], None] =
 # ------------------------------------------------------------------ configuration
 
 
+# A cluster node's heartbeat to the controller, and the silence after which the
+# controller fences it (see the cluster part of _server_properties).
+BROKER_HEARTBEAT_MS = 1000
+BROKER_SESSION_MS = 6000
+
+
 def _server_properties(
     port: int,
     controller_port: int,
@@ -385,7 +401,7 @@ share.coordinator.state.topic.min.isr=1"""
 process.roles=broker,controller
 node.id={node_id}
 controller.quorum.voters={quorum_voters}"""
-        replication = """\
+        replication = f"""\
 # Every partition on three nodes, and an acks=all write needs two of them: one
 # node may be down (killed, restarting) without stopping producers, and no
 # acknowledged write lives on one disk only.  The same for the internal topics
@@ -400,7 +416,19 @@ share.coordinator.state.topic.min.isr=2
 # 50 partitions each (the defaults) mean 300 replicas to elect and load on a
 # 2-core machine; 12 are plenty for local work.
 offsets.topic.num.partitions=12
-transaction.state.log.num.partitions=12"""
+transaction.state.log.num.partitions=12
+# A SIGKILLed node stops heartbeating; only when the controller fences it do
+# its partitions get new leaders and leave the ISRs, so until then acks=all
+# writes and transactions touching it wait.  Kafka's 9 s session (heartbeat
+# every 2 s), plus the controller's own failover when the dead node was the
+# active controller (a new one restarts every session), made a broker loss
+# outlast the workers' 10 s transaction timeout in the tests: their
+# transactions were aborted, the workers fenced and rebuilt (issue 14).
+# Heartbeats every {BROKER_HEARTBEAT_MS} ms and fencing after {BROKER_SESSION_MS} ms of silence (6 missed
+# heartbeats) cut that by 3 s (see the module docstring for the measurements);
+# shorter (4 s / 0.5 s) fenced a live node whose controller was starved of CPU.
+broker.heartbeat.interval.ms={BROKER_HEARTBEAT_MS}
+broker.session.timeout.ms={BROKER_SESSION_MS}"""
 
     if tls is None:
         listeners = f"""\
@@ -1367,6 +1395,40 @@ def start_node(cluster: LocalCluster, node_id: int, ready_timeout_s: float = 120
         node.pid = None
         raise
     return node
+
+
+def out_of_sync(cluster: LocalCluster) -> dict[str, list[int]]:
+    """Partitions whose in-sync replicas are not all their replicas ("topic-p":
+    the missing node ids); {} when every replica has caught up.  Raises
+    KafkaException when no node answers."""
+    from confluent_kafka.admin import AdminClient
+
+    topics = AdminClient({"bootstrap.servers": cluster.bootstrap}).list_topics(timeout=10).topics
+    return {f"{name}-{p.id}": sorted(set(p.replicas) - set(p.isrs))
+            for name, topic in topics.items() for p in topic.partitions.values()
+            if set(p.replicas) - set(p.isrs)}
+
+
+def wait_in_sync(cluster: LocalCluster, timeout_s: float = 120) -> float:
+    """Wait until every partition's replicas are all in sync again (after a node
+    restarted); the seconds it took.  A rolling restart waits for this before
+    taking the next node down: until then a partition whose restarted replica is
+    still catching up has only the in-sync replicas that remain, and losing one
+    more node drops it below min.insync.replicas."""
+    from confluent_kafka import KafkaException
+
+    started = deadline = time.monotonic()
+    deadline += timeout_s
+    missing: dict[str, list[int]] | str = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            missing = out_of_sync(cluster)
+        except KafkaException as exc:
+            missing = str(exc)
+        if not missing:
+            return time.monotonic() - started
+        time.sleep(0.5)
+    raise RuntimeError(f"replicas not in sync after {timeout_s}s: {missing}")
 
 
 def kill_node(cluster: LocalCluster, node_id: int, timeout_s: float = 30) -> bool:

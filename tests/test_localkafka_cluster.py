@@ -133,6 +133,18 @@ def test_three_nodes_form_a_three_voter_quorum(cluster):
     assert len({s["leaderId"] for s in states}) == 1  # all agree on the controller
 
 
+def test_nodes_are_fenced_after_the_documented_session(cluster):
+    from confluent_kafka.admin import ConfigResource, ResourceType
+
+    admin = _admin(cluster)
+    for node in cluster.nodes:
+        resource = ConfigResource(ResourceType.BROKER, str(node.node_id))
+        configs = admin.describe_configs([resource])[resource].result(30)
+        assert configs["broker.session.timeout.ms"].value == str(localkafka.BROKER_SESSION_MS)
+        assert configs["broker.heartbeat.interval.ms"].value == str(
+            localkafka.BROKER_HEARTBEAT_MS)
+
+
 def test_topics_and_internal_topics_get_three_replicas_and_min_isr_2(cluster):
     from confluent_kafka import Consumer, Producer, TopicPartition
     from confluent_kafka.admin import NewTopic
@@ -210,6 +222,7 @@ def test_acks_all_still_acknowledged_with_the_controller_node_killed(cluster, ca
 
         parts = _partitions(_admin(cluster), topic)
         assert victim.node_id not in parts[0].isrs and len(parts[0].isrs) == 2
+        assert localkafka.out_of_sync(cluster)[f"{topic}-0"] == [victim.node_id]
         others = [n for n in cluster.nodes if n is not victim]
         _wait(lambda: _quorum_state(others[0])["leaderId"] != victim.node_id, 30,
               "another controller is elected")
@@ -217,7 +230,7 @@ def test_acks_all_still_acknowledged_with_the_controller_node_killed(cluster, ca
         localkafka.start_node(cluster, victim.node_id)
         _remember(cluster)
     assert victim.pid is not None and victim.pid != old_pid
-    _wait(lambda: _fully_replicated(admin, topic), 60, f"node {victim.node_id} is back in the ISR")
+    localkafka.wait_in_sync(cluster, timeout_s=60)  # every partition, this one included
 
     consumer = Consumer({"bootstrap.servers": cluster.bootstrap, "group.id": topic,
                          "enable.auto.commit": False})
