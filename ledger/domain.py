@@ -666,6 +666,31 @@ def fold(events, state: AccountState | None = None) -> AccountState | None:
     return state
 
 
+# A transfer's status at its source account, as its records there make it.
+TRANSFER_PENDING, TRANSFER_COMPLETED, TRANSFER_FAILED = "pending", "completed", "failed"
+TRANSFER_STATUSES = (TRANSFER_PENDING, TRANSFER_COMPLETED, TRANSFER_FAILED)
+
+
+def transfer_status(record) -> tuple[str, str | None] | None:
+    """The (status, reason) a transfer has at its source right after ``record``,
+    or None if the record is not one of a transfer's records at its source.
+
+    The one fold of transfer status: debited is pending, completed is
+    completed, refunded (the destination refused the credit) or rejected
+    (refused at the source) is failed with the reason. Pure.
+    """
+    if isinstance(record, TransferDebited):
+        return TRANSFER_PENDING, None
+    if isinstance(record, TransferCompleted):
+        return TRANSFER_COMPLETED, None
+    if isinstance(record, TransferRefunded):
+        return TRANSFER_FAILED, record.reason
+    if isinstance(record, CommandRejected) and record.command_type == Transfer.type \
+            and record.reason != RejectionReason.command_id_reused.value:
+        return TRANSFER_FAILED, record.reason
+    return None
+
+
 # --------------------------------------------------------------------------
 # decide
 # --------------------------------------------------------------------------

@@ -677,6 +677,19 @@ def is_tick(data) -> bool:
     return found is not None and found[0] is _TICK
 
 
+def decode_record(data: bytes):
+    """Return ``(record, is_tick)`` of any event-log record: an event or a
+    rejection (without its command hash), or a PartitionTick. Raises
+    :class:`CodecError`."""
+    schema, cls, value = _read(data)
+    if schema is _TICK:
+        return domain.PartitionTick(value["partition"], value["recorded_at_ms"]), True
+    if cls is None:
+        raise CodecError(f"{schema.name} is not a log record")
+    del value["command_hash"]
+    return cls(**_from_avro(value)), False
+
+
 def decode_tick(data: bytes) -> domain.PartitionTick:
     """Return the PartitionTick or raise :class:`CodecError`."""
     schema, _cls, value = _read(data)

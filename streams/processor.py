@@ -72,9 +72,9 @@ from ledger import domain
 from schemas import codec
 from streams import metrics, replies, routing
 from streams.config import Settings
+from streams.eventlog import CommittedLog
 from streams.legauth import LegAuth
 from streams.partitioner import partition_for
-from streams.topics import watermarks
 from streams.store import Batch, Outcome, PartitionStore, TransferEntry
 
 log = logging.getLogger("ledger.processor")
@@ -205,7 +205,7 @@ def _failed(command, rejection: domain.Rejection):
     if not isinstance(command, domain.Transfer):
         return None
     return TransferEntry(command.command_id, command.account_id, command.to_account_id,
-                         command.amount_minor, command.currency, "failed",
+                         command.amount_minor, command.currency, domain.TRANSFER_FAILED,
                          rejection.reason.value, ())
 
 
@@ -239,12 +239,13 @@ def fold_record(batch: Batch, record, digest: str, raw: bytes, transfer=None) ->
         if batch.outcome(record.account_id, record.command_id) is None:
             batch.put_outcome(Outcome(record.command_id, record.account_id, digest,
                                       "rejected", record.reason, None))
-            if record.command_type == domain.Transfer.type:
+            status = domain.transfer_status(record)
+            if status is not None:
                 t = transfer if isinstance(transfer, domain.Transfer) else None
                 batch.put_transfer(TransferEntry(
                     record.command_id, record.account_id,
                     t.to_account_id if t else None, t.amount_minor if t else None,
-                    t.currency if t else None, "failed", record.reason, ()))
+                    t.currency if t else None, *status, ()))
         return
     state = batch.account(record.account_id)
     if state is not None and record.sequence <= state.version:
@@ -258,17 +259,18 @@ def fold_record(batch: Batch, record, digest: str, raw: bytes, transfer=None) ->
     first = prior.sequences[0] if prior and prior.status == "applied" else record.sequence
     batch.put_outcome(Outcome(record.command_id, record.account_id, digest, "applied",
                               None, (first, record.sequence)))
-    if isinstance(record, domain.TransferDebited):
+    status = domain.transfer_status(record)
+    if status is None:
+        pass
+    elif isinstance(record, domain.TransferDebited):
         batch.put_transfer(TransferEntry(
             record.transfer_id, record.account_id, record.counterparty_account_id,
-            record.amount_minor, record.currency, "pending", None, (record.sequence,)))
-    elif isinstance(record, (domain.TransferCompleted, domain.TransferRefunded)):
+            record.amount_minor, record.currency, *status, (record.sequence,)))
+    else:
         entry = batch.transfer(record.account_id, record.transfer_id)
-        completed = isinstance(record, domain.TransferCompleted)
         batch.put_transfer(dataclasses.replace(
-            entry, sequences=entry.sequences + (record.sequence,),
-            status="completed" if completed else "failed",
-            reason=None if completed else record.reason))
+            entry, sequences=entry.sequences + (record.sequence,), status=status[0],
+            reason=status[1]))
 
 
 def routing_problem(key: bytes | None, command, partition: int,
@@ -961,74 +963,50 @@ class Processor:
         ``transaction.timeout.ms``), so we wait rather than act on a state
         that might still change under us.
         """
-        topic = self.settings.events_topic
-        reader = Consumer(self.settings.kafka(**{
-            "group.id": f"{self.settings.group_id}-catch-up",  # never commits
-            "enable.auto.commit": False,
-            "isolation.level": "read_committed",
-            "auto.offset.reset": "earliest",
-            # The end is known by an EOF event carrying the end offset: with
-            # read_committed the position does not move past a trailing
-            # control record (an abort marker) when no message follows it.
-            "enable.partition.eof": True,
-        }))
+        reader = CommittedLog(self.settings, f"{self.settings.group_id}-catch-up")
         try:
-            targets = {}
-            for p in partitions:
-                _low, high = watermarks(reader, topic, p)
-                if self._stores[p].events_offset < high:
-                    targets[p] = high
+            starts = {p: self._stores[p].events_offset for p in partitions}
+            ends = reader.end_offsets(partitions)
+            # Everything committed is taken (no cut at the end): the end only
+            # says when the store is caught up.
+            reader.start(starts, ends, cut=False)
+            targets = {p: ends[p] for p in sorted(reader.remaining)}
             if not targets:
                 return
             log.info("catching up partitions %s to offsets %s", sorted(targets), targets)
-            reader.assign([TopicPartition(topic, p, self._stores[p].events_offset)
-                           for p in targets])
             batches = {p: Batch(self._stores[p]) for p in targets}
-            next_offsets = {p: self._stores[p].events_offset for p in targets}
-            eofs: dict[int, int] = {}
             pending = 0
-            said_at = progress_at = time.monotonic()
+            said_at = time.monotonic()
             # An open transaction of a previous owner ends within the
             # transaction timeout (the broker aborts it); far longer without
             # progress means something is stale: start over with new clients.
             stall_s = 3 * self.settings.transaction_timeout_ms / 1000
-            while targets:
+            while batches:
                 if self._stop.is_set():
                     raise Stopping()
-                if time.monotonic() - progress_at > stall_s:
+                if time.monotonic() - reader.progress_at > stall_s:
                     raise Rebuild(f"catch-up made no progress for {stall_s:.0f} s: "
-                                  f"{next_offsets} of {targets}, end seen {eofs}")
+                                  f"{reader.positions} of {targets}, end seen {reader.eofs}")
                 if time.monotonic() - said_at > CATCH_UP_REPORT_S:
                     said_at = time.monotonic()
                     # Usually a previous owner's transaction still open: read
                     # committed cannot pass it until the broker ends it.
                     log.warning("still catching up: %s", {
-                        p: f"at {next_offsets[p]} of {t}, end seen {eofs.get(p)}"
-                        for p, t in targets.items()})
-                messages = reader.consume(5000, timeout=0.2)
-                if messages:
-                    progress_at = time.monotonic()
-                done = set()
+                        p: f"at {reader.positions[p]} of {targets[p]}, "
+                           f"end seen {reader.eofs.get(p)}" for p in batches})
+                messages = reader.batch(0.2)
                 for msg in messages:
-                    p = msg.partition()
-                    if msg.error():
-                        if msg.error().code() == KafkaError._PARTITION_EOF and p in targets:
-                            eofs[p] = msg.offset()
-                            next_offsets[p] = max(next_offsets[p], msg.offset())
-                            if msg.offset() >= targets[p]:
-                                done.add(p)
-                        continue
-                    apply_logged(batches[p], msg.value())
-                    next_offsets[p] = msg.offset() + 1
-                    pending += 1
+                    apply_logged(batches[msg.partition()], msg.value())
+                pending += len(messages)
                 metrics.RECOVERED_EVENTS.inc(len(messages))
+                done = [p for p in batches if p in reader.reached]
                 if done or pending >= CATCH_UP_FLUSH_RECORDS:
-                    for p in (batches if pending >= CATCH_UP_FLUSH_RECORDS else done):
-                        self._stores[p].apply(batches[p], next_offsets[p])
+                    for p in (list(batches) if pending >= CATCH_UP_FLUSH_RECORDS else done):
+                        self._stores[p].apply(batches[p], reader.positions[p])
                         batches[p] = Batch(self._stores[p])
                     pending = 0
                 for p in done:
-                    del targets[p]
+                    reader.stop(p)
                     del batches[p]
         finally:
             reader.close()
