@@ -111,28 +111,29 @@ def cmd_worker(args) -> int:
 
 
 # The CLI's short names for two command types; every other name is the
-# command type itself (ledger.domain.COMMAND_TYPES is the one list).
+# command type itself (streams.api.models.COMMAND_MODELS, one per domain type).
 _SEND_ALIASES = {"open": "open_account", "close": "close_account"}
 EXIT_APPLIED, EXIT_ERROR, EXIT_USAGE, EXIT_REJECTED = 0, 1, 2, 3
-# Options each command type cannot do without (no silent defaults: a money
-# command names its amount and currency). Anything else is optional.
-_SEND_REQUIRED = {
-    "open_account": ("--currency",),
-    "credit": ("--amount", "--currency"),
-    "debit": ("--amount", "--currency"),
-    "transfer": ("--to", "--amount", "--currency"),
-    "hold": ("--amount", "--currency"),
-    "capture": ("--hold-id",),
-    "release": ("--hold-id",),
-    "close_account": (),
-}
-# Options a type takes besides the account (the rest are refused, not ignored).
-_SEND_OPTIONAL = {
-    "open_account": ("--overdraft-limit",),
-    "transfer": ("--meta",),
-    "hold": ("--to", "--expires-in-ms", "--expires-at", "--meta"),
-    "capture": ("--to", "--amount"),
-}
+# The option that carries each field of a command's model (streams.api.models);
+# account_id and from_account_id are the positional account, expected_version is
+# --expected-version, which every type takes.
+_SEND_OPTIONS = {"to_account_id": "--to", "amount": "--amount", "currency": "--currency",
+                 "overdraft_limit": "--overdraft-limit", "hold_id": "--hold-id",
+                 "expires_in_ms": "--expires-in-ms", "expires_at": "--expires-at",
+                 "metadata": "--meta"}
+_SEND_POSITIONAL = ("account_id", "from_account_id", "expected_version")
+
+
+def _send_options(type_name: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(required, optional) options of a command type, read from its model: what
+    it cannot do without (no silent defaults: a money command names its amount and
+    currency) and what it may take (anything else is refused, not ignored)."""
+    from streams.api.models import REQUIRED_FIELDS, TYPE_FIELDS
+
+    fields = [f for f in TYPE_FIELDS[type_name] if f not in _SEND_POSITIONAL]
+    required = tuple(_SEND_OPTIONS[f] for f in fields if f in REQUIRED_FIELDS[type_name])
+    optional = tuple(_SEND_OPTIONS[f] for f in fields if f not in REQUIRED_FIELDS[type_name])
+    return required, optional
 
 
 def cmd_send(args) -> int:
@@ -148,11 +149,12 @@ def cmd_send(args) -> int:
              "--overdraft-limit": args.overdraft_limit, "--hold-id": args.hold_id,
              "--expires-in-ms": args.expires_in_ms, "--expires-at": args.expires_at,
              "--meta": args.meta or None}
-    missing = [flag for flag in _SEND_REQUIRED[type_name] if given[flag] is None]
+    required, optional = _send_options(type_name)
+    missing = [flag for flag in required if given[flag] is None]
     if missing:
         print(f"ledger send {args.type}: {', '.join(missing)} required", file=sys.stderr)
         return EXIT_USAGE
-    allowed = set(_SEND_REQUIRED[type_name]) | set(_SEND_OPTIONAL.get(type_name, ()))
+    allowed = set(required) | set(optional)
     foreign = [flag for flag, value in given.items() if value is not None and flag not in allowed]
     if foreign:
         print(f"ledger send {args.type}: {', '.join(foreign)} not allowed for {args.type}",
@@ -490,6 +492,9 @@ def main(argv=None) -> int:
     p.add_argument("--loglevel", default="info")
     p.set_defaults(func=cmd_worker)
 
+    # The types `ledger send` offers and the options each needs: the API's models.
+    from streams.api.models import COMMAND_MODELS
+
     p = sub.add_parser(
         "send", help="send one command",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -497,8 +502,8 @@ def main(argv=None) -> int:
                     "and exit by it; a retry (same --command-id and options) prints the "
                     "original outcome with \"duplicate\": true.",
         epilog="required options by type:\n"
-               + "".join(f"  {t:<14}{' '.join(flags) or '(none)'}\n"
-                         for t, flags in _SEND_REQUIRED.items())
+               + "".join(f"  {t:<14}{' '.join(_send_options(t)[0]) or '(none)'}\n"
+                         for t in COMMAND_MODELS)
                + "\nexit codes:\n"
                f"  {EXIT_APPLIED}  applied (a transfer: completed), or accepted without --wait\n"
                f"  {EXIT_REJECTED}  rejected (a transfer: failed); the reason is printed\n"
@@ -514,9 +519,7 @@ def main(argv=None) -> int:
                "  ledger send release alice --hold-id h-1 --wait\n"
                "  ledger send debit alice --amount 100 --currency EUR --expected-version 7\n"
                "  ledger send close alice")
-    from ledger.domain import COMMAND_TYPES
-
-    p.add_argument("type", choices=sorted([*_SEND_ALIASES, *COMMAND_TYPES]))
+    p.add_argument("type", choices=sorted([*_SEND_ALIASES, *COMMAND_MODELS]))
     p.add_argument("account_id", help="the account (a transfer's source, a hold's account)")
     p.add_argument("--to", help="transfer: the destination; hold, capture: where a capture "
                                 "moves the money (default: it leaves the ledger)")

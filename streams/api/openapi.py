@@ -1,10 +1,12 @@
 """The OpenAPI 3.0.3 description of a worker's HTTP API (served at /v1/openapi.json).
 
-:func:`openapi_document` builds it from the same limits that
-:mod:`streams.api.requests` enforces, so a generator (schemathesis) working from
-the request body schema produces bodies ``parse_command`` accepts, and the
-documented 400s when it strays (metadata key lengths cannot be expressed in
-OpenAPI 3.0 and are checked only by the server).
+Every request and response body schema is generated from the models of
+:mod:`streams.api.models` (the msgspec Structs that :mod:`streams.api.requests`
+validates with), so the document and the server cannot disagree about a
+field, a limit or a pattern. Written here by hand: the paths, their
+parameters and descriptions, and which response (status, schema) each
+operation gives. (Metadata key lengths cannot be expressed in OpenAPI 3.0
+and are in the description, checked only by the server.)
 
 Money (``amount``, ``balance``, ``balance_after``, ``overdraft_limit``) is
 always ``type: integer, format: int64``, in minor units; never a number.
@@ -16,7 +18,6 @@ from __future__ import annotations
 
 import copy
 
-from ledger import domain
 from streams.api import auth, models
 from streams.api import requests as req
 
@@ -35,11 +36,6 @@ EVENTS_LIMIT_MAX = 1_000
 # for T to become final (streams.api.accounts).
 AS_OF_TIMEOUT_MS_DEFAULT = 2_000
 AS_OF_TIMEOUT_MS_MAX = 10_000
-
-INT64_MIN = models.INT64_MIN
-INT64_MAX = models.INT64_MAX
-
-EVENT_TYPE_NAMES = tuple(domain.EVENT_TYPES)
 
 # The request bodies, from the models: one schema per command type
 # (OpenAccountCommand, CreditCommand, ...) and Command, their union by type.
@@ -65,10 +61,6 @@ def _account_id(description: str = "Account id.") -> dict:
 
 def _command_id(description: str = "Client-chosen idempotency key.") -> dict:
     return _field_schema(models.CommandId, description)
-
-
-def _currency() -> dict:
-    return _field_schema(models.Currency)
 
 
 def _ref(name: str) -> dict:
@@ -273,7 +265,7 @@ def _paths() -> dict:
                                  "final, then the same forever. Not together with "
                                  "version."),
                     _query_param("version", {"type": "integer", "format": "int64",
-                                             "minimum": 1, "maximum": INT64_MAX},
+                                             "minimum": 1, "maximum": models.INT64_MAX},
                                  "State after this event sequence. Not together with as_of."),
                     _timeout_param("as_of"),
                 ],

@@ -2,7 +2,8 @@
 
 Checks that it is valid OpenAPI 3.0 (with openapi-spec-validator when it is
 installed, else a structural check), that money is integer/int64 everywhere,
-and that the request body schema agrees with streams.api.requests: every
+that every body schema is the one generated from streams.api.models, and
+that the request body schema agrees with streams.api.requests: every
 command parse_command accepts validates against it, and the 400s a schema can
 express are refused by it too. (tests/streams/test_http_table.py validates live
 answers of two workers against the documented responses.)
@@ -17,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ledger import domain
+from streams.api import models
 from streams.api import requests as req
 from streams.api.openapi import openapi_document
 from streams.api.requests import InvalidRequest, command_to_json, parse_command
@@ -135,6 +137,20 @@ def test_document_is_json_and_fresh(doc):
 # --------------------------------------------------------------------------
 # Money is an integer everywhere
 # --------------------------------------------------------------------------
+
+
+def test_body_schemas_are_generated_from_the_models(doc):
+    """Every request and response body schema is the one streams.api.models
+    generates (Command adds only its description), and every model is used."""
+    _, generated = models.openapi_schemas([models.Command, *models.RESPONSE_MODELS])
+    schemas = doc["components"]["schemas"]
+    assert set(schemas) == set(generated) | {"Command"}
+    for name, schema in generated.items():
+        assert schemas[name] == schema, name
+    used = {node["$ref"].rsplit("/", 1)[1] for _, node in walk(doc["paths"]) if "$ref" in node}
+    for model in models.RESPONSE_MODELS:
+        name = model.__name__
+        assert name in used or any(f"/{name}" in json.dumps(s) for s in schemas.values()), name
 
 
 def test_money_properties_are_int64(doc):
