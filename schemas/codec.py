@@ -103,6 +103,9 @@ def _write_long(out: bytearray, n) -> None:
     out.append(z)
 
 
+_NON_CANONICAL = "non-canonical Avro encoding (a long outside 64 bits)"
+
+
 def _read_long(buf: bytes, pos: int) -> tuple[int, int]:
     b = buf[pos]
     pos += 1
@@ -117,9 +120,9 @@ def _read_long(buf: bytes, pos: int) -> tuple[int, int]:
             break
         shift += 7
         if shift > 63:
-            raise CodecError("non-canonical Avro encoding (a long outside 64 bits)")
+            raise CodecError(_NON_CANONICAL)
     if z >> 64:
-        raise CodecError("non-canonical Avro encoding (a long outside 64 bits)")
+        raise CodecError(_NON_CANONICAL)
     return (z >> 1) ^ -(z & 1), pos
 
 
@@ -212,13 +215,8 @@ def _compile(schema):
             for name, write, _read in fields:
                 write(out, record[name])
 
-        def read_record(buf: bytes, pos: int):
-            record = {}
-            for name, _write, read in fields:
-                record[name], pos = read(buf, pos)
-            return record, pos
-
-        return write_record, read_record
+        return write_record, _record_reader(
+            [(f["name"], f["type"], read) for f, (_n, _w, read) in zip(schema["fields"], fields)])
     if kind == "map":
         write_value, read_value = _compile(schema["values"])
 
@@ -232,6 +230,53 @@ def _compile(schema):
 
         return write_map, _map_reader(read_value)
     raise NotImplementedError(f"Avro type {kind!r} is not used by the ledger")
+
+
+def _record_reader(fields):
+    """A reader of one record's fields, generated as straight-line code: the
+    longs and strings of the fields are read inline (a one-byte long, the
+    common case, without a call), other types by their compiled reader. The
+    same checks as _read_long and _read_string: a record decodes to the same
+    value or raises the same CodecError. This is most of the cost of reading
+    the log back (catch-up, replay: issue 10)."""
+    lines = ["def read_record(buf, pos):", "    try:"]
+    env = {"CodecError": CodecError, "_NON_CANONICAL": _NON_CANONICAL}
+    for i, (_name, kind, read) in enumerate(fields):
+        if kind in ("long", "string"):
+            target = f"v{i}" if kind == "long" else "n"
+            lines += ["        b = buf[pos]",
+                      "        pos += 1",
+                      "        if b < 0x80:",
+                      f"            {target} = (b >> 1) ^ -(b & 1)",
+                      "        else:",
+                      "            z, shift = b & 0x7F, 7",
+                      "            while True:",
+                      "                b = buf[pos]",
+                      "                pos += 1",
+                      "                z |= (b & 0x7F) << shift",
+                      "                if b < 0x80:",
+                      "                    break",
+                      "                shift += 7",
+                      "                if shift > 63:",
+                      "                    raise CodecError(_NON_CANONICAL)",
+                      "            if z >> 64:",
+                      "                raise CodecError(_NON_CANONICAL)",
+                      f"            {target} = (z >> 1) ^ -(z & 1)"]
+            if kind == "string":
+                lines += ["        end = pos + n",
+                          "        if n < 0 or end > len(buf):",
+                          "            raise CodecError(f'string of {n} bytes does not fit the record')",
+                          f"        v{i} = buf[pos:end].decode('utf-8')",
+                          "        pos = end"]
+        else:
+            env[f"r{i}"] = read
+            lines.append(f"        v{i}, pos = r{i}(buf, pos)")
+    lines += ["    except UnicodeDecodeError:",
+              "        raise CodecError('string is not UTF-8') from None",
+              "    return {" + ", ".join(f"{name!r}: v{i}" for i, (name, _k, _r) in enumerate(fields))
+              + "}, pos"]
+    exec("\n".join(lines), env)  # noqa: S102 - code built above from the schema's field list
+    return env["read_record"]
 
 
 def _map_reader(read_value):
@@ -678,16 +723,17 @@ def is_tick(data) -> bool:
 
 
 def decode_record(data: bytes):
-    """Return ``(record, is_tick)`` of any event-log record: an event or a
-    rejection (without its command hash), or a PartitionTick. Raises
+    """Return ``(record, command_hash)`` of any event-log record: an event or
+    a rejection with the hash of its command, or a PartitionTick with None
+    (one header lookup, for the readers of the whole log). Raises
     :class:`CodecError`."""
     schema, cls, value = _read(data)
     if schema is _TICK:
-        return domain.PartitionTick(value["partition"], value["recorded_at_ms"]), True
+        return domain.PartitionTick(value["partition"], value["recorded_at_ms"]), None
     if cls is None:
         raise CodecError(f"{schema.name} is not a log record")
-    del value["command_hash"]
-    return cls(**_from_avro(value)), False
+    command_hash = value.pop("command_hash")
+    return cls(**_from_avro(value)), command_hash
 
 
 def decode_tick(data: bytes) -> domain.PartitionTick:

@@ -199,13 +199,13 @@ def read_log(settings: Settings, timeout_s: float = 30.0,
                 if follow and p in final and p in reader.reached:
                     reader.stop(p)  # records past a final end are all after T
                     continue
-                record, tick = decode(msg.value())
+                record, command_hash = decode(msg.value())
                 if follow:
                     if newest[p] is None or record.recorded_at_ms > newest[p]:
                         newest[p] = record.recorded_at_ms
                     if record.recorded_at_ms > final_after_ms:
                         final.add(p)
-                if ticks or not tick:
+                if ticks or command_hash is not None:  # None: a PartitionTick
                     yield p, msg.offset(), record
             if follow:
                 for p in final & reader.reached:
