@@ -216,12 +216,10 @@ class LegConflict(ValueError):
 def apply_logged(batch: Batch, raw: bytes) -> None:
     """Fold one committed log record into the batch while catching up: an
     account record into state, any record (ticks too) into the watermark."""
-    if codec.is_tick(raw):
-        batch.advance(codec.decode_tick(raw).recorded_at_ms)
-        return
-    record, digest = codec.decode_outcome(raw)
+    record, digest = codec.decode_record(raw)
     batch.advance(record.recorded_at_ms)
-    fold_record(batch, record, digest, raw)
+    if digest is not None:  # None: a PartitionTick
+        fold_record(batch, record, digest, raw)
 
 
 def fold_record(batch: Batch, record, digest: str, raw: bytes, transfer=None) -> None:
@@ -255,8 +253,15 @@ def fold_record(batch: Batch, record, digest: str, raw: bytes, transfer=None) ->
     batch.put_history(record, raw, state)
     if isinstance(record, domain.HoldEvent):
         batch.put_hold(domain.evolve_hold(batch.hold(record.account_id, record.hold_id), record))
-    prior = batch.outcome(record.account_id, record.command_id)
-    first = prior.sequences[0] if prior and prior.status == "applied" else record.sequence
+    last = batch.last_applied(record.account_id)
+    if last is not None and last.sequences[1] == record.sequence - 1:
+        # The account's previous event is this batch's: a command's events
+        # are consecutive, so this one continues that command or starts its
+        # own (no index lookup: a RocksDB read per event in a catch-up).
+        first = last.sequences[0] if last.command_id == record.command_id else record.sequence
+    else:
+        prior = batch.outcome(record.account_id, record.command_id)
+        first = prior.sequences[0] if prior and prior.status == "applied" else record.sequence
     batch.put_outcome(Outcome(record.command_id, record.account_id, digest, "applied",
                               None, (first, record.sequence)))
     status = domain.transfer_status(record)
@@ -609,7 +614,9 @@ class Processor:
             for msg in messages:
                 error = msg.error()
                 if error:
-                    if error.fatal():
+                    # A fatal consumer error (e.g. "static consumer fenced") comes
+                    # as code _FATAL; left alone, the consumer never fetches again.
+                    if error.fatal() or error.code() == KafkaError._FATAL:
                         raise Rebuild(f"consumer: {error}")
                     if error.code() != KafkaError._PARTITION_EOF:
                         log.warning("consume error: %s", error)
@@ -838,9 +845,17 @@ class Processor:
         return [TopicPartition(t, p, self._positions[(t, p)]) for t, p in owned
                 if (t, p) in self._positions]
 
+    def _flushed_left(self) -> int:
+        try:
+            return self._producer.flush(KAFKA_CALL_S)
+        except SystemError as exc:
+            # A fatal error (fenced) raised while a delivery report was being
+            # served comes out of flush as SystemError, not KafkaException.
+            raise Rebuild(f"flush: {exc.__cause__ or exc}") from None
+
     def _flush(self, deadline_s: float) -> None:
         deadline = time.monotonic() + deadline_s
-        while self._producer.flush(KAFKA_CALL_S) > 0:
+        while self._flushed_left() > 0:
             self._retrying = True
             if self._stop.is_set():
                 raise Stopping()

@@ -142,7 +142,19 @@ def history_key(account_id: str, sequence: int) -> bytes:
     return _account_prefix(b"e", account_id) + _U64.pack(sequence)
 
 
+def _plain(text: str) -> bool:
+    """Whether json.dumps writes ``text`` as itself between quotes."""
+    return text.isascii() and text.isprintable() and '"' not in text and "\\" not in text
+
+
 def encode_state(state: domain.AccountState) -> bytes:
+    if _plain(state.account_id) and _plain(state.currency):
+        # The same bytes as json.dumps below, without its machinery: this runs
+        # once per account per batch, on the hot path and in every catch-up.
+        return (f'["{state.account_id}","{state.currency}",{state.balance_minor},'
+                f'{state.overdraft_limit_minor},{state.version},"{state.status.value}",'
+                f'{state.opened_at_ms},{state.updated_at_ms},{state.credits_minor},'
+                f'{state.debits_minor},{state.pending_out_minor},{state.held_minor}]').encode()
     return json.dumps(
         [state.account_id, state.currency, state.balance_minor,
          state.overdraft_limit_minor, state.version, state.status.value,
@@ -188,8 +200,14 @@ class Outcome:
     sequences: tuple[int, int] | None  # first and last event of an applied command
 
     def encode(self) -> bytes:
-        return json.dumps([self.command_hash, self.status, self.reason,
-                           list(self.sequences) if self.sequences else None],
+        reason, q = self.reason, self.sequences
+        if _plain(self.command_hash) and _plain(self.status) and (reason is None
+                                                                  or _plain(reason)):
+            # The same bytes as json.dumps below: one per command, hot path and catch-up.
+            return (f'["{self.command_hash}","{self.status}",'
+                    f'{"null" if reason is None else f"{chr(34)}{reason}{chr(34)}"},'
+                    f'{f"[{q[0]},{q[1]}]" if q else "null"}]').encode()
+        return json.dumps([self.command_hash, self.status, reason, list(q) if q else None],
                           separators=(",", ":")).encode()
 
     @classmethod
@@ -407,6 +425,10 @@ class PartitionStore:
                 wb.delete(key)
             else:
                 wb.put(key, value)
+        states = batch._states
+        for account_id in batch.changed_accounts:
+            # Encoded here, once per account per batch, not once per event.
+            wb.put(account_key(account_id), encode_state(states[account_id]))
         if events_offset is not None:
             wb.put(_EVENTS_OFFSET_KEY, _U64.pack(events_offset))
         watermark = batch.watermark
@@ -420,8 +442,8 @@ class PartitionStore:
 class Batch:
     """Uncommitted changes to one partition's store, readable before commit."""
 
-    __slots__ = ("store", "writes", "watermark", "_states", "_outcomes", "_transfers",
-                 "_holds")
+    __slots__ = ("store", "writes", "watermark", "changed_accounts", "_states", "_outcomes",
+                 "_transfers", "_holds", "_last_applied")
 
     def __init__(self, store: PartitionStore):
         self.store = store
@@ -432,6 +454,10 @@ class Batch:
         self._outcomes: dict[str, dict | None] = {}
         self._transfers: dict[str, dict | None] = {}
         self._holds: dict[tuple[str, str], domain.Hold | None] = {}
+        # Accounts whose state this batch changed: written at apply.
+        self.changed_accounts: set[str] = set()
+        # account -> the outcome of the last command applied to it in this batch.
+        self._last_applied: dict[str, Outcome] = {}
 
     def account(self, account_id: str) -> domain.AccountState | None:
         try:
@@ -493,11 +519,18 @@ class Batch:
 
     def put_account(self, state: domain.AccountState) -> None:
         self._states[state.account_id] = state
-        self.writes[account_key(state.account_id)] = encode_state(state)
+        self.changed_accounts.add(state.account_id)
 
     def put_outcome(self, outcome: Outcome) -> None:
         self._outcomes[(outcome.account_id, outcome.command_id)] = outcome
         self.writes[command_key(outcome.account_id, outcome.command_id)] = outcome.encode()
+        if outcome.sequences:
+            self._last_applied[outcome.account_id] = outcome
+
+    def last_applied(self, account_id: str) -> Outcome | None:
+        """The outcome of the last command this batch applied to the account
+        (None if it applied none)."""
+        return self._last_applied.get(account_id)
 
     def put_history(self, event, record: bytes, state: domain.AccountState) -> None:
         """Index one event by sequence and by time; snapshot ``state`` (the

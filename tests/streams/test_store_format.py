@@ -125,3 +125,27 @@ def test_worker_rebuilds_a_store_of_unknown_format_from_the_log(settings, worker
                 (again.duplicate, again.status, again.reason, again.events)
         assert {a: worker.get(f"/v1/accounts/{a}") for a in accounts} == before
     workers.stop(worker)
+
+
+def test_store_values_are_the_json_they_always_were():
+    """encode_state and Outcome.encode build their JSON by hand for speed
+    (issue 10): the bytes are json.dumps's, so a store's layout is unchanged."""
+    import json
+
+    from streams.store import Outcome, decode_state, encode_state
+
+    def dumps(value) -> bytes:
+        return json.dumps(value, separators=(",", ":")).encode()
+
+    for account_id in ("acct-1", "a.b:c@d_e", 'quote"d', "back\\slash", "caf\u00e9", "tab\t"):
+        state = domain.AccountState(account_id, "EUR", -5, 100, 7, domain.AccountStatus.closed,
+                                    1, 2, 30, 40, 5, 6)
+        assert dumps([account_id, "EUR", -5, 100, 7, "closed", 1, 2, 30, 40, 5, 6]) == \
+            encode_state(state)
+        assert state == decode_state(encode_state(state))
+    for outcome in (Outcome("c", "a", "ab12", "applied", None, (3, 4)),
+                    Outcome("c", "a", "ab12", "rejected", "insufficient_funds", None),
+                    Outcome("c", "a", "ab12", "rejected", 'odd "reason"', None)):
+        assert dumps([outcome.command_hash, outcome.status, outcome.reason,
+                      list(outcome.sequences) if outcome.sequences else None]) == outcome.encode()
+        assert outcome == Outcome.decode("a", "c", outcome.encode())
