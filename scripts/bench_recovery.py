@@ -135,16 +135,20 @@ def run_replay(settings: Settings, _data_dir: Path) -> None:
 def timed(name: str, run, settings: Settings, data_dir: Path, events: int,
           profile_dir: Path | None, index: int) -> float:
     profiler = cProfile.Profile() if profile_dir else None
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     if profiler:
         profiler.enable()
     run(settings, data_dir)
     if profiler:
         profiler.disable()
     seconds = time.perf_counter() - started
+    cpu = time.process_time() - cpu
     rate = events / seconds
-    print(f"{name} #{index}: {events:,} events in {seconds:.2f} s = {rate:,.0f} events/s"
-          f"{' (profiled)' if profiler else ''}", flush=True)
+    # CPU time (this process, librdkafka's threads included) is steadier than
+    # wall time on a shared machine: events per CPU second is quoted too.
+    print(f"{name} #{index}: {events:,} events in {seconds:.2f} s = {rate:,.0f} events/s; "
+          f"{cpu:.2f} s CPU = {events / cpu:,.0f} events per CPU s, load "
+          f"{os.getloadavg()[0]:.1f}{' (profiled)' if profiler else ''}", flush=True)
     if profiler:
         path = profile_dir / f"{name}-{index}.prof"
         profiler.dump_stats(path)
