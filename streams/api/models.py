@@ -15,11 +15,14 @@ declarations, never written again:
 - ``ledger send`` (streams/cli.py) takes the options each type needs and
   allows from :data:`REQUIRED_FIELDS` and :data:`TYPE_FIELDS`.
 
-Why msgspec: the type information and JSON Schema come with it, and it is
-the cheaper of the two candidates on this path (README, API: measured
-against pydantic v2). Its own ValidationError is not used: its messages are
-not the API's 400 format and it reports fields in body order, not in the
-fixed order the API promises.
+Why msgspec rather than pydantic v2: neither library's own validator runs
+on the request path (their errors are not the API's 400 format, and they
+report fields in body order, not in the fixed order the API promises), so
+what is used is the model's type information and JSON Schema, which msgspec
+gives as plain data (``msgspec.inspect``). Measured on a credit body (README,
+HTTP API): msgspec validates one Struct in 1.3 us, pydantic one model in
+1.4-1.7 us; the walk in requests.py costs within 0.7 us of the hand-written
+checks it replaced.
 
 Optional fields default to ``UNSET`` (absent on the wire; ``null`` is never
 accepted), except ``overdraft_limit`` and ``metadata``, whose defaults are

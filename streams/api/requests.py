@@ -289,7 +289,7 @@ def _dict_check(info: mi.DictType) -> Check:
     return check
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class _Field:
     name: str         # on the wire
     attribute: str    # of the domain command
@@ -357,10 +357,11 @@ def parse_command(body: object) -> Command:
                              f"unknown field {_show(key)}")
 
     for field in _FIELDS[type_name]:
-        if field.name in body:
-            values[field.attribute] = field.check(field.name, body[field.name])
+        name = field.name
+        if name in body:
+            values[field.attribute] = field.check(name, body[name])
         elif field.required:
-            raise InvalidRequest(field.name, "missing", f"{field.name} is required")
+            raise InvalidRequest(name, "missing", f"{name} is required")
     return domain.COMMAND_TYPES[type_name](**values)
 
 
@@ -429,6 +430,8 @@ def command_to_json(command: Command) -> dict:
 
 def _is_utf8(text: str) -> bool:
     # JSON may carry a lone surrogate ("\ud800"); Avro (UTF-8) cannot.
+    if text.isascii():  # every id and currency: no encoding needed to know
+        return True
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
