@@ -149,20 +149,19 @@ class OpenAccountCommand(_Command, tag="open_account", kw_only=True):
     expected_version: ExpectedVersion | UnsetType = UNSET
 
 
-class CreditCommand(_Command, tag="credit", kw_only=True):
+class _ExternalMoney(_Command, kw_only=True):
+    account_id: AccountId
+    amount: Amount
+    currency: Currency
+    expected_version: ExpectedVersion | UnsetType = UNSET
+
+
+class CreditCommand(_ExternalMoney, tag="credit", kw_only=True):
     """Money in from outside the ledger."""
-    account_id: AccountId
-    amount: Amount
-    currency: Currency
-    expected_version: ExpectedVersion | UnsetType = UNSET
 
 
-class DebitCommand(_Command, tag="debit", kw_only=True):
+class DebitCommand(_ExternalMoney, tag="debit", kw_only=True):
     """Money out of the ledger (refused as insufficient_funds past the overdraft limit)."""
-    account_id: AccountId
-    amount: Amount
-    currency: Currency
-    expected_version: ExpectedVersion | UnsetType = UNSET
 
 
 class CloseAccountCommand(_Command, tag="close_account", kw_only=True):
@@ -210,13 +209,20 @@ class ReleaseCommand(_Command, tag="release", kw_only=True):
 
 
 # Command type -> its Struct, in the domain's order (the one list of types).
-COMMAND_MODELS: dict[str, type[Struct]] = {}
-for _model in _Command.__subclasses__():
-    COMMAND_MODELS[msgspec.inspect.type_info(_model).tag] = _model
-COMMAND_MODELS = {name: COMMAND_MODELS[name] for name in domain.COMMAND_TYPES
-                  if name in COMMAND_MODELS}
-if list(COMMAND_MODELS) != list(domain.COMMAND_TYPES):  # a new type needs its model here
-    raise ImportError(f"models for {sorted(COMMAND_MODELS)}, the domain's command types "
+def _command_models(base: type[Struct]):
+    """The Structs a client may send: the classes below ``base`` that nothing extends."""
+    for model in base.__subclasses__():
+        if model.__subclasses__():
+            yield from _command_models(model)
+        else:
+            yield msgspec.inspect.type_info(model).tag, model
+
+
+_BY_TAG = dict(_command_models(_Command))
+COMMAND_MODELS: dict[str, type[Struct]] = {
+    name: _BY_TAG[name] for name in domain.COMMAND_TYPES if name in _BY_TAG}
+if set(_BY_TAG) != set(domain.COMMAND_TYPES):  # a new type needs its model here, and back
+    raise ImportError(f"models for {sorted(_BY_TAG)}, the domain's command types "
                       f"are {sorted(domain.COMMAND_TYPES)}")
 Command = Union[tuple(COMMAND_MODELS.values())]
 
