@@ -40,10 +40,10 @@ With a node killed, ``acks=all`` writes to a partition it led or followed
 wait until the controller fences it: nodes heartbeat every 1 s and are
 fenced after 6 s of silence (``broker.heartbeat.interval.ms`` and
 ``broker.session.timeout.ms``; Kafka's defaults are 2 s and 9 s).  Measured
-2026-12-02 under a load average of 25-50 on the 2 cores: fenced 5.3-6.4 s
+2026-12-02 under a load average of 15-65 on the 2 cores: fenced 5.3-6.4 s
 after the kill of a node that is not the active controller (8.1 s with the
-defaults), 9.0-10.9 s after the kill of the active controller (13.5 s with the
-defaults): a quorum election comes first (3-5 s under that load) and the new
+defaults), 7.9-12.3 s after the kill of the active controller (13.5 s with the
+defaults): a quorum election comes first (1.9-5.6 s under that load) and the new
 controller gives every node a fresh session.  4 s / 0.5 s was tried and
 fenced a live node whose controller was starved of CPU.  ``wait_in_sync``
 waits for a restarted node to be back in every ISR, as a rolling restart

@@ -6,9 +6,11 @@ start_cluster), ledger topics at replication factor 3 and min.insync.replicas
 transfers sent through the Python client and through HTTP (retrying with
 the same command_id on errors, as a real client does). The broker that
 leads the most ledger partitions is SIGKILLed for 20 s and restarted, then
-another one: commands keep being applied during each outage (the longest gap
-between applied outcomes stays under 15 s), and at the end every command has
-exactly one outcome equal to an independent model's and verify exits 0.
+another one, once the first is back in every ISR: commands keep being applied
+during each outage (the longest pause between applied outcomes is printed with
+its timeline and held under GAP_LIMIT_S; issue 14's 15 s is not met on this
+machine yet), and at the end every command has exactly one outcome equal to an
+independent model's and verify exits 0.
 With two brokers down (below min.insync.replicas) nothing is applied, and
 everything resumes, nothing lost or doubled, when one comes back.
 """
@@ -40,11 +42,17 @@ pytestmark = [pytest.mark.kafka, pytest.mark.cluster, pytest.mark.slow]
 
 RATE_PER_S = 150
 OUTAGE_S = 20
-# Issue 14 asks for outages under 15 s. On this 2-core machine, inside the
-# suite, they measure 14.4-15.8 s (the controller fences a dead node after
-# Kafka's 9 s broker session timeout, then leaders move and transactions
-# resume), so 15 s is a target the project does not meet yet (issue 14 stays
-# open) and the test holds the line at 20 s: a stall or a hang still fails it.
+# Issue 14 asks for outages under 15 s; the test holds the line at 20 s (a
+# stall or a hang still fails it), and issue 14 stays open. Measured on this
+# 2-core machine on 2026-12-02 with the other engineers' suites and benchmarks
+# running (load average 15-65): the controller fences a killed node 5.3-6.4 s
+# after the kill (7.9-12.3 s when it was the active controller: an election
+# first), but the workers, starved of CPU, took seconds per transaction, so a
+# batch begun before the kill could not be delivered within the suite's 10 s
+# transaction timeout: aborted, fenced, rebuilt, caught up again. Pauses
+# measured: 13.3/20.2 s with Kafka's 9 s session, then 20.2/10.4, 20.5/16.8,
+# 11.3/20.3 s (the window is 20 s: "20" means nothing applied during the whole
+# outage); the timeline printed below says where each pause lies.
 GAP_LIMIT_S = 20
 
 
@@ -61,6 +69,7 @@ def cluster(tmp_path_factory):
 
 @pytest.fixture
 def ledger(cluster, tmp_path, leg_key_file, workers):
+    localkafka.wait_in_sync(cluster, timeout_s=180)  # a node restarted by the test before
     base = ledger_settings(cluster.bootstrap, tmp_path, leg_key_file)
     ensure_topics(base)
     w = start_workers(workers, base, tmp_path, 2, ready_timeout_s=120)
@@ -127,6 +136,25 @@ def applied_gaps(records, windows) -> list[float]:
     return gaps
 
 
+def outage_timeline(records, window) -> str:
+    """Where the longest pause of an outage window lies, in seconds from the
+    kill, and each partition's last outcome before and first after the kill:
+    which partitions stalled and for how long (printed, for the timeline)."""
+    start, end = window
+    times = sorted(r.recorded_at_ms / 1000 for _p, _o, r in records)
+    inside = [start] + [t for t in times if start <= t <= end] + [end]
+    a, b = max(zip(inside, inside[1:]), key=lambda pair: pair[1] - pair[0])
+    parts = []
+    for partition in sorted({p for p, _o, _r in records}):
+        mine = sorted(r.recorded_at_ms / 1000 for p, _o, r in records if p == partition)
+        before = [t - start for t in mine if t < start]
+        after = [t - start for t in mine if t >= start]
+        parts.append(f"p{partition} {before[-1] if before else float('nan'):+.1f}/"
+                     f"{after[0] if after else float('nan'):+.1f}")
+    return (f"longest pause {b - a:.1f} s from {a - start:+.1f} to {b - start:+.1f} s "
+            f"after the kill; last before/first after per partition: {', '.join(parts)}")
+
+
 def test_one_broker_killed_under_load_twice(cluster, ledger, ledger_cli):
     base, w = ledger
     seed = int(os.environ.get("LEDGER_CRASH_SEED", random.randrange(2**32)))
@@ -151,10 +179,17 @@ def test_one_broker_killed_under_load_twice(cluster, ledger, ledger_cli):
                      key=lambda n: led.get(n.node_id, 0))
         down = time.time()
         localkafka.kill_node(cluster, victim.node_id)
+        print(f"killed node {victim.node_id} at {time.strftime('%H:%M:%S', time.gmtime(down))}"
+              f".{int(down % 1 * 1000):03d} UTC (leads {led.get(victim.node_id, 0)} "
+              f"ledger partitions)")
         time.sleep(OUTAGE_S)  # the outage, with the load going on
         windows.append((down, time.time()))
         localkafka.start_node(cluster, victim.node_id)
         killed.append(victim.node_id)
+        # As a rolling restart does: the next node goes down only once the
+        # restarted one is back in every ISR (else it is a two-node outage).
+        print(f"node {victim.node_id} back; replicas in sync after "
+              f"{localkafka.wait_in_sync(cluster, timeout_s=180):.1f} s")
 
     sender.join(400)
     poster.join(400)
@@ -166,6 +201,8 @@ def test_one_broker_killed_under_load_twice(cluster, ledger, ledger_cli):
     print(f"longest pause in applied outcomes per broker outage: "
           f"{', '.join(f'{g:.1f}' for g in gaps)} s (median {statistics.median(gaps):.1f}, "
           f"max {max(gaps):.1f}); HTTP retries {poster.retries}")
+    for window in windows:
+        print(outage_timeline(records, window))
     # Nothing lost or doubled is checked first: it must hold whatever the gaps.
     check_against_model(records, outcomes, expected, balances_expected)
     result = ledger_cli(base, "verify", "--no-store")
