@@ -180,6 +180,8 @@ def cmd_send(args) -> int:
         with LedgerClient(settings, watch_outcomes=args.wait) as client:
             if not args.wait:
                 client.send(command)
+                # "accepted" means the broker has it: not before delivery.
+                client.flush(args.timeout)
                 print(json.dumps({"command_id": command.command_id, "status": "accepted"}))
                 return EXIT_APPLIED
             if isinstance(command, domain.Transfer):

@@ -243,7 +243,17 @@ class LedgerClient:
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, exc, tb):
+        if isinstance(exc, DeliveryFailed):
+            # The caller has been told these were not delivered (and retries
+            # them under the same command ids); do not wait on them again.
+            self._producer.purge()
+            while True:  # their delivery reports say purged; each one raises
+                try:
+                    self._producer.poll(0)
+                    break
+                except DeliveryFailed:
+                    continue
         self.close()
 
 

@@ -109,6 +109,26 @@ def test_cli_retries_exit_with_the_original_outcome(settings, workers, ledger_cl
         assert original["events"] == again["events"] or name == "transfer"
 
 
+def test_cli_says_accepted_only_once_the_broker_has_the_command(settings, workers,
+                                                                   ledger_cli):
+    from streams.localkafka import free_port
+
+    nobody = settings.with_(bootstrap_servers=f"127.0.0.1:{free_port()}")
+    lost = ledger_cli(nobody, "send", "open", "carol", "--currency", "EUR",
+                      "--timeout", "2")
+    assert lost.returncode == 1, (lost.stdout, lost.stderr)
+    assert "accepted" not in lost.stdout and "not delivered" in lost.stderr
+    workers.start(settings)
+    sent = ledger_cli(settings, "send", "open", "carol", "--currency", "EUR",
+                      "--command-id", "open-carol")
+    assert sent.returncode == 0, sent.stderr
+    assert json.loads(sent.stdout) == {"command_id": "open-carol", "status": "accepted"}
+    again = ledger_cli(settings, "send", "open", "carol", "--currency", "EUR",
+                       "--command-id", "open-carol", "--wait", "--timeout", "30")
+    assert again.returncode == 0, again.stderr  # the first send was applied
+    assert json.loads(again.stdout)["duplicate"] is True
+
+
 def test_http_retries_answer_the_original_outcome(settings, workers):
     worker = workers.start(settings)
     for account in ("alice", "bob"):
