@@ -127,6 +127,9 @@ from streams import legauth  # noqa: E402
 from streams.localkafka import free_port  # noqa: E402
 from streams.config import Settings, kafka_properties_from_env  # noqa: E402
 from streams.topics import ensure_topics  # noqa: E402
+from streams.processor import PHASES  # noqa: E402  (the worker loop's phases)
+
+from benchkit import drain  # noqa: E402  (scripts/, next to this file)
 
 PYTHON = sys.executable
 T_START = time.monotonic()
@@ -344,7 +347,7 @@ class LogWatcher(threading.Thread):
     def run(self) -> None:
         try:
             while not self._stop_event.is_set():
-                messages = self._consumer.consume(10_000, timeout=0.1)
+                messages = drain(self._consumer, 10_000, 0.1)
                 now = time.monotonic()
                 if not messages:
                     continue
@@ -503,6 +506,8 @@ class Worker:
             "ledger_transaction_seconds_sum": "transaction_seconds",
             "ledger_batch_commands_sum": "batched_commands",
             "ledger_recovery_seconds_sum": "recovery_seconds",
+            **{f'ledger_batch_phase_seconds_total{{phase="{phase}"}}': f"phase_{phase}"
+               for phase in PHASES},
         }
         out = {v: 0.0 for v in wanted.values()}
         try:
@@ -559,6 +564,11 @@ def metrics_delta(before: dict, after: dict) -> dict:
         if txns else None,
         # Sum over workers of time inside _process (consume wait excluded).
         "busy_seconds_in_transactions": round(d["transaction_seconds"], 2),
+        # Mean ms per transaction in each phase of the worker's loop ("wait":
+        # for commands, per loop turn that found some or waited in vain).
+        "phase_ms_per_transaction": {
+            phase: round(1000 * d.get(f"phase_{phase}", 0.0) / txns, 2) for phase in PHASES}
+        if txns else None,
     }
 
 
@@ -1244,7 +1254,9 @@ def run_latency(ctx: Context, rate: float) -> dict:
     }
     say(f"latency: p50 {result['p50_ms']} ms, p95 {result['p95_ms']} ms, "
         f"p99 {result['p99_ms']} ms ({len(latencies):,}/{total:,} outcomes; "
-        f"sender lag p99 {result['send_lag_p99_ms']} ms)")
+        f"sender lag p99 {result['send_lag_p99_ms']} ms); per transaction "
+        f"{worker_metrics.get('mean_batch_commands')} commands, ms by phase "
+        f"{worker_metrics.get('phase_ms_per_transaction')}")
     return result
 
 
@@ -1475,8 +1487,11 @@ def summary_rows(results: dict) -> list[tuple]:
                      f"{rec['replay_rate']:,} events/s", f"{rec['replay_seconds']} s", "",
                      f"{rec['loadavg'][0]:.2f}"))
     for lat in results.get("latency", []):
-        rows.append((f"latency p50 / p95 / p99 at {lat['load_fraction']:.0%} load "
-                     f"({lat['target_rate']:,}/s, open loop)", "1",
+        load = "" if lat.get("load_fraction") is None else f" at {lat['load_fraction']:.0%} load"
+        txn = lat.get("worker_metrics") or {}
+        rows.append((f"latency p50 / p95 / p99{load} ({lat['target_rate']:,}/s, open loop; "
+                     f"{txn.get('mean_batch_commands')} commands, "
+                     f"{txn.get('mean_transaction_ms')} ms per transaction)", "1",
                      f"{lat['p50_ms']} / {lat['p95_ms']} / {lat['p99_ms']} ms",
                      f"{lat['outcomes_seen']:,}/{lat['commands']:,} outcomes", "",
                      f"{lat['loadavg'][0]:.2f}"))
@@ -1560,6 +1575,10 @@ def parse_args(argv=None):
     parser.add_argument("--latency-loads", default="0.1,0.5",
                         help="open-loop rates as fractions of the median 1-worker rate "
                              "(default 0.1,0.5)")
+    parser.add_argument("--latency-rates", default=None,
+                        help="open-loop rates in commands/s instead of --latency-loads "
+                             "(e.g. 900,4500): the same load on every run, to compare "
+                             "code before and after a change")
     parser.add_argument("--ceiling-runs", type=int, default=3)
     parser.add_argument("--ceiling-seconds", type=float, default=10.0,
                         help="minimum length of a counted ceiling run (default 10)")
@@ -1603,6 +1622,8 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     args.worker_counts = [int(x) for x in args.workers.split(",") if x.strip()]
     args.latency_load_list = [float(x) for x in args.latency_loads.split(",") if x.strip()]
+    args.latency_rate_list = [float(x) for x in (args.latency_rates or "").split(",")
+                              if x.strip()]
     if args.repeat is None:
         args.repeat = 3 if (args.reference_cmd or args.compare) else 1
     if args.reference_workers:
@@ -1731,7 +1752,14 @@ def main(argv=None) -> int:
             if one and "ceiling" in results:
                 results["ratio"] = round(one / results["ceiling"]["rate"], 4)
             results["latency"] = []
-            if not args.skip_latency:
+            if not args.skip_latency and args.latency_rate_list:
+                for rate in args.latency_rate_list:
+                    r = attempt(f"latency {rate:,.0f}/s", run_latency, ctx, rate)
+                    if r:
+                        r["load_fraction"] = round(rate / one, 3) if one else None
+                        r["of_rate"] = one
+                        results["latency"].append(r)
+            elif not args.skip_latency:
                 if not one:
                     errors.append("latency: no 1-worker credit/debit rate to base the load on")
                 for fraction in args.latency_load_list if one else []:

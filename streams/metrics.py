@@ -27,6 +27,11 @@ TRANSACTION_SECONDS = Histogram(
     "ledger_transaction_seconds", "Time from begin to commit of one batch",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+# Where a batch's time goes (scripts/bench reads it): waiting for commands,
+# deciding and producing them, flushing (acks), sending offsets, committing.
+PHASE_SECONDS = Counter(
+    "ledger_batch_phase_seconds", "Seconds of the worker loop by phase", ["phase"]
+)
 BATCH_SIZE = Histogram(
     "ledger_batch_commands", "Commands per transaction",
     buckets=(1, 10, 50, 100, 250, 500, 1000, 2500, 5000),

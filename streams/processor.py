@@ -90,6 +90,9 @@ CLOCK_BEHIND_WARN_MS = 1_000
 # a commit of its expires_at, well inside the issue's 5 s.
 EXPIRY_CHECK_S = 0.25
 CLOCK_WARN_EVERY_S = 10.0
+# The loop's phases, as counted in ledger_batch_phase_seconds{phase}.
+PHASES = {name: metrics.PHASE_SECONDS.labels(name)
+          for name in ("wait", "decide", "flush", "offsets", "commit", "apply")}
 
 
 # --------------------------------------------------------------------------
@@ -562,6 +565,7 @@ class Processor:
         timeout, which cost each step of a transfer 100 ms at low load. Under
         load the fetched queue is deep, so batches stay large by themselves."""
         n = self.settings.batch_size_max
+        started = time.perf_counter()
         try:
             messages = self._consumer.consume(n, timeout=0)
             if not messages:
@@ -570,6 +574,7 @@ class Processor:
                     messages += self._consumer.consume(n - 1, timeout=0)
         except KafkaException as exc:  # fatal consumer errors are raised here
             raise Rebuild(f"consume: {exc.args[0]}") from None
+        PHASES["wait"].inc(time.perf_counter() - started)
         return messages
 
     def _measure_lag(self) -> None:
@@ -645,13 +650,16 @@ class Processor:
                 if p not in batches:
                     batches[p] = Batch(self._stores[p])
                 self._produce_tick(p, stamps.get(p) or self._stamp(p, wall_ms), batches[p])
+            t_decided = time.perf_counter()
             self._flush(txn_deadline_s)  # delivery reports give event offsets
+            t_flushed = time.perf_counter()
             if next_offsets:
                 self._retry(
                     self._producer.send_offsets_to_transaction,
                     [TopicPartition(t, p, o) for (t, p), o in next_offsets.items()],
                     self._consumer.consumer_group_metadata(),
                     deadline_s=txn_deadline_s)
+            t_offsets = time.perf_counter()
             self._retry(self._producer.commit_transaction, deadline_s=txn_deadline_s)
         except KafkaException as exc:  # abortable
             self._abort(exc, first_offsets)
@@ -660,9 +668,16 @@ class Processor:
         self._retrying = False
         self._state = CONSUMING
         self._positions.update(next_offsets)
+        t_committed = time.perf_counter()
         self._apply(batches)
+        done = time.perf_counter()
+        PHASES["decide"].inc(t_decided - started)
+        PHASES["flush"].inc(t_flushed - t_decided)
+        PHASES["offsets"].inc(t_offsets - t_flushed)
+        PHASES["commit"].inc(t_committed - t_offsets)
+        PHASES["apply"].inc(done - t_committed)
         metrics.TRANSACTIONS.labels("committed").inc()
-        metrics.TRANSACTION_SECONDS.observe(time.perf_counter() - started)
+        metrics.TRANSACTION_SECONDS.observe(done - started)
         metrics.BATCH_SIZE.observe(len(messages))
 
     def _apply(self, batches: dict[int, Batch]) -> None:
