@@ -92,7 +92,7 @@ EXPIRY_CHECK_S = 0.25
 CLOCK_WARN_EVERY_S = 10.0
 # The loop's phases, as counted in ledger_batch_phase_seconds{phase}.
 PHASES = {name: metrics.PHASE_SECONDS.labels(name)
-          for name in ("wait", "decide", "flush", "offsets", "commit", "apply")}
+          for name in ("wait", "decide", "offsets", "commit", "apply")}
 
 
 # --------------------------------------------------------------------------
@@ -651,8 +651,9 @@ class Processor:
                     batches[p] = Batch(self._stores[p])
                 self._produce_tick(p, stamps.get(p) or self._stamp(p, wall_ms), batches[p])
             t_decided = time.perf_counter()
-            self._flush(txn_deadline_s)  # delivery reports give event offsets
-            t_flushed = time.perf_counter()
+            # The offsets' two round trips (AddOffsetsToTxn, TxnOffsetCommit)
+            # while the records are still being acknowledged: waiting for the
+            # acks first (a flush) put them one after the other.
             if next_offsets:
                 self._retry(
                     self._producer.send_offsets_to_transaction,
@@ -660,7 +661,7 @@ class Processor:
                     self._consumer.consumer_group_metadata(),
                     deadline_s=txn_deadline_s)
             t_offsets = time.perf_counter()
-            self._retry(self._producer.commit_transaction, deadline_s=txn_deadline_s)
+            self._commit(txn_deadline_s)
         except KafkaException as exc:  # abortable
             self._abort(exc, first_offsets)
             return
@@ -672,8 +673,7 @@ class Processor:
         self._apply(batches)
         done = time.perf_counter()
         PHASES["decide"].inc(t_decided - started)
-        PHASES["flush"].inc(t_flushed - t_decided)
-        PHASES["offsets"].inc(t_offsets - t_flushed)
+        PHASES["offsets"].inc(t_offsets - t_decided)
         PHASES["commit"].inc(t_committed - t_offsets)
         PHASES["apply"].inc(done - t_committed)
         metrics.TRANSACTIONS.labels("committed").inc()
@@ -778,10 +778,9 @@ class Processor:
                     continue
                 batches.setdefault(p, Batch(self._stores[p]))
                 self._produce_tick(p, self._stamp(p, wall_ms), batches[p])
-            self._flush(txn_deadline_s)
             self._retry(self._producer.send_offsets_to_transaction, offsets,
                         self._consumer.consumer_group_metadata(), deadline_s=txn_deadline_s)
-            self._retry(self._producer.commit_transaction, deadline_s=txn_deadline_s)
+            self._commit(txn_deadline_s)
         except KafkaException as exc:  # abortable (fenced, for one)
             self._abort(exc, {})
             return
@@ -868,7 +867,10 @@ class Processor:
             # served comes out of flush as SystemError, not KafkaException.
             raise Rebuild(f"flush: {exc.__cause__ or exc}") from None
 
-    def _flush(self, deadline_s: float) -> None:
+    def _commit(self, deadline_s: float) -> None:
+        """Wait (stop-aware) for the transaction's records to be acknowledged,
+        which serves their delivery reports (the event offsets the stores are
+        written with), then commit."""
         deadline = time.monotonic() + deadline_s
         while self._flushed_left() > 0:
             self._retrying = True
@@ -878,6 +880,8 @@ class Processor:
                 raise Rebuild(f"fatal client error: {self._fatal}")
             if time.monotonic() > deadline:
                 raise Rebuild("events not delivered within the transaction timeout")
+        self._retry(self._producer.commit_transaction,
+                    deadline_s=max(0.0, deadline - time.monotonic()))
 
     def _handle(self, msg, partition: int, batch: Batch, now_ms: int) -> bool:
         """Apply one consumed record; True if it wrote records to the event log."""
