@@ -58,6 +58,6 @@ def test_raw_events_and_store_settings_go_through_the_overlay(tmp_path):
         assert len(second.raw_events("bob", [1])) == 1
         assert view.get(b"no such key") is None
         # Anything else is the store's (e.g. its snapshot interval).
-        assert view.close == store.close
+        assert view.snapshot_every == store.snapshot_every
     finally:
         store.close()
