@@ -29,14 +29,14 @@ import urllib.request
 from dataclasses import asdict
 from pathlib import Path
 
-from streams.config import Settings
+from streams.config import Settings, given
 from streams.eventlog import read_log
 
 
 def _settings_with_local_broker(start: bool) -> Settings:
     """Settings; without KAFKA_BOOTSTRAP_SERVERS, point at (and maybe start) the local broker."""
     settings = Settings.from_env()
-    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+    if given("KAFKA_BOOTSTRAP_SERVERS"):
         return settings
     from streams import localkafka
 
@@ -319,7 +319,7 @@ def cmd_statement(args) -> int:
     last = date(year, month, calendar.monthrange(year, month)[1])
     url = (f"{args.url.rstrip('/')}/v1/accounts/{quote(args.account_id, safe='')}/statements?"
            + urlencode({"from": first.isoformat(), "to": last.isoformat()}))
-    token = args.token or os.environ.get("LEDGER_API_TOKEN")
+    token = args.token or Settings.from_env().api_token
     request = urllib.request.Request(
         url, headers={"Authorization": f"Bearer {token}"} if token else {})
     try:
@@ -406,7 +406,7 @@ def cmd_demo(args) -> int:
         return 0
     _stop_demo_worker(demo_dir)  # the previous run's, which holds the port
     settings = _settings_with_local_broker(start=True)
-    if not os.environ.get("LEDGER_TOPIC_PREFIX"):
+    if not given("LEDGER_TOPIC_PREFIX"):
         # A fresh ledger per demo run, so its output is the same every time.
         settings = settings.with_(topic_prefix=f"demo-{uuid.uuid4().hex[:8]}")
     data_dir = demo_dir / settings.topic_prefix

@@ -63,6 +63,20 @@ def redacted(props: dict[str, str]) -> dict[str, str]:
             for k, v in props.items()}
 
 
+def given(name: str) -> bool:
+    """Whether the environment sets ``name`` to something: for defaults that
+    apply only when a setting is not given (the CLI's local broker, the
+    demo's fresh topic prefix)."""
+    return bool(os.environ.get(name))
+
+
+def local_cache_dir() -> Path | None:
+    """``LEDGER_CACHE_DIR``: where the Kafka jars and the local broker's data
+    live (streams/localkafka.py); None means its default."""
+    value = os.environ.get("LEDGER_CACHE_DIR")
+    return Path(value).expanduser() if value else None
+
+
 def _path_env(name: str) -> Path | None:
     value = os.environ.get(name)
     return Path(value) if value else None
@@ -110,6 +124,8 @@ class Settings:
     # "<token> <scope>[,<scope>]", scopes read and write, re-read on SIGHUP.
     # None: the API is open, and the worker binds to a loopback host only.
     api_tokens_file: Path | None = None
+    # The bearer token the CLI's HTTP commands send (LEDGER_API_TOKEN).
+    api_token: str | None = field(default=None, repr=False)
     # Serve an open API (no tokens) on a non-loopback web_host anyway.
     api_insecure: bool = False
     # TLS for the HTTP server (PEM certificate chain and key; the key may be
@@ -223,6 +239,7 @@ class Settings:
             min_insync_replicas=int(os.environ["LEDGER_MIN_INSYNC_REPLICAS"])
             if os.environ.get("LEDGER_MIN_INSYNC_REPLICAS") else None,
             api_tokens_file=_path_env("LEDGER_API_TOKENS"),
+            api_token=os.environ.get("LEDGER_API_TOKEN") or None,
             api_insecure=_env("LEDGER_API_INSECURE", "0").lower() in ("1", "true", "yes"),
             web_tls_cert=_path_env("LEDGER_WEB_TLS_CERT"),
             web_tls_key=_path_env("LEDGER_WEB_TLS_KEY"),
@@ -264,6 +281,8 @@ class Settings:
         if self.leg_key_file is not None:
             env["LEDGER_LEG_KEY_FILE"] = str(self.leg_key_file)
         env["LEDGER_API_INSECURE"] = "1" if self.api_insecure else "0"
+        if self.api_token:
+            env["LEDGER_API_TOKEN"] = self.api_token
         for name, path in (("LEDGER_API_TOKENS", self.api_tokens_file),
                            ("LEDGER_WEB_TLS_CERT", self.web_tls_cert),
                            ("LEDGER_WEB_TLS_KEY", self.web_tls_key),

@@ -126,6 +126,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from streams import config
 from streams.config import read_properties
 
 KAFKA_VERSION = "4.1.1"
@@ -265,11 +266,8 @@ class AclRule:
 
 
 def default_cache_dir() -> Path:
-    """``$LEDGER_CACHE_DIR``, else ``<repo root>/.cache``."""
-    env = os.environ.get("LEDGER_CACHE_DIR")
-    if env:
-        return Path(env).expanduser()
-    return Path(__file__).resolve().parent.parent / ".cache"
+    """``$LEDGER_CACHE_DIR`` (streams/config.py), else ``<repo root>/.cache``."""
+    return config.local_cache_dir() or Path(__file__).resolve().parent.parent / ".cache"
 
 
 def _kafka_home(cache_dir: Path | None) -> Path:
