@@ -43,22 +43,17 @@ from streams.api.errors import ApiError
 from streams.api.forwarding import Target
 from streams.shapes import account_json, event_json, rfc3339_ms
 
-EVENTS_LIMIT_DEFAULT = 100
-EVENTS_LIMIT_MAX = 1_000
-# ?as_of=T / ?to=T: how long a read may wait for T to become final.
-AS_OF_TIMEOUT_MS_DEFAULT = 2_000
-AS_OF_TIMEOUT_MS_MAX = 10_000
 WAIT_POLL_S = 0.005  # how often a waiting read looks at the watermark
 NOT_FINAL = "as_of_not_final"
 
 
 def parse_timeout_ms(query) -> int:
-    """``timeout_ms``: 0 (do not wait) to AS_OF_TIMEOUT_MS_MAX."""
+    """``timeout_ms``: 0 (do not wait) to AS_OF_TIMEOUT_MS_MAX (streams/api/requests.py)."""
     if "timeout_ms" not in query:
-        return AS_OF_TIMEOUT_MS_DEFAULT
+        return req.AS_OF_TIMEOUT_MS_DEFAULT
     if query["timeout_ms"] == "0":
         return 0
-    return req.parse_positive_int("timeout_ms", query["timeout_ms"], AS_OF_TIMEOUT_MS_MAX)
+    return req.parse_positive_int("timeout_ms", query["timeout_ms"], req.AS_OF_TIMEOUT_MS_MAX)
 
 
 def retry_after_s(t_ms: int, watermark_ms: int) -> int:
@@ -216,8 +211,8 @@ class AccountEvents(FinalView):
     async def get(self, request, account_id: str):
         account_id = req.parse_account_id("account_id", account_id)
         q = request.query
-        limit = req.parse_positive_int("limit", q["limit"], EVENTS_LIMIT_MAX) \
-            if "limit" in q else EVENTS_LIMIT_DEFAULT
+        limit = req.parse_positive_int("limit", q["limit"], req.EVENTS_LIMIT_MAX) \
+            if "limit" in q else req.EVENTS_LIMIT_DEFAULT
         cursor = req.parse_cursor("cursor", q["cursor"]) if "cursor" in q else None
         from_ms = req.parse_instant("from", q["from"]) if "from" in q else None
         to_ms = req.parse_instant("to", q["to"]) if "to" in q else None

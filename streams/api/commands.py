@@ -21,8 +21,6 @@ from streams.shapes import event_json
 
 log = logging.getLogger("ledger.http")
 
-WAIT_TIMEOUT_MS_DEFAULT = 5_000
-WAIT_TIMEOUT_MS_MAX = 60_000
 # Only in answers to forwarded requests (a worker's own view of an outcome).
 COMMAND_HASH = "command_hash"
 OUTCOME_QUERY = frozenset(("account_id",))
@@ -85,8 +83,8 @@ class Commands(LedgerView):
         q = request.query
         wait = req.parse_flag("wait", q.get("wait"))
         timeout_ms = req.parse_positive_int("timeout_ms", q["timeout_ms"],
-                                            WAIT_TIMEOUT_MS_MAX) \
-            if "timeout_ms" in q else WAIT_TIMEOUT_MS_DEFAULT
+                                            req.WAIT_TIMEOUT_MS_MAX) \
+            if "timeout_ms" in q else req.WAIT_TIMEOUT_MS_DEFAULT
         raw = await read_body(request, req.REQUEST_BODY_BYTES_MAX)
         command = req.parse_command_json(raw)  # 400 before anything is published
         loop = asyncio.get_running_loop()

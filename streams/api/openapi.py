@@ -24,19 +24,6 @@ from streams.api import requests as req
 OPENAPI_VERSION = "3.0.3"
 API_VERSION = "1.0.0"
 
-# POST /v1/commands?wait=1&timeout_ms=...: how long the view may wait for the outcome.
-# (The same numbers as streams.api.commands and streams.api.accounts, which
-# import the web framework; tests/streams/test_openapi.py checks they agree.)
-WAIT_TIMEOUT_MS_DEFAULT = 5_000
-WAIT_TIMEOUT_MS_MAX = 60_000
-# GET /v1/accounts/{account_id}/events?limit=...
-EVENTS_LIMIT_DEFAULT = 100
-EVENTS_LIMIT_MAX = 1_000
-# GET /v1/accounts/{account_id}?as_of=T (and /events?to=T): how long to wait
-# for T to become final (streams.api.accounts).
-AS_OF_TIMEOUT_MS_DEFAULT = 2_000
-AS_OF_TIMEOUT_MS_MAX = 10_000
-
 # The request bodies, from the models: one schema per command type
 # (OpenAccountCommand, CreditCommand, ...) and Command, their union by type.
 (_COMMAND_SCHEMA,), _COMMAND_SCHEMAS = models.openapi_schemas([models.Command])
@@ -131,8 +118,8 @@ def _unavailable_or_not_final(field: str) -> dict:
 
 def _timeout_param(field: str) -> dict:
     return _query_param("timeout_ms", {"type": "integer", "minimum": 0,
-                                       "maximum": AS_OF_TIMEOUT_MS_MAX,
-                                       "default": AS_OF_TIMEOUT_MS_DEFAULT},
+                                       "maximum": req.AS_OF_TIMEOUT_MS_MAX,
+                                       "default": req.AS_OF_TIMEOUT_MS_DEFAULT},
                         f"How long to wait for {field} to become final (the answering "
                         "store's watermark to pass it) before answering 503 "
                         "as_of_not_final; 0: do not wait.")
@@ -161,8 +148,8 @@ def _paths() -> dict:
                     _query_param("wait", {"type": "integer", "enum": [0, 1], "default": 0},
                                  "1: wait for the outcome and answer 200 with it."),
                     _query_param("timeout_ms", {"type": "integer", "minimum": 1,
-                                                "maximum": WAIT_TIMEOUT_MS_MAX,
-                                                "default": WAIT_TIMEOUT_MS_DEFAULT},
+                                                "maximum": req.WAIT_TIMEOUT_MS_MAX,
+                                                "default": req.WAIT_TIMEOUT_MS_DEFAULT},
                                  "How long to wait when wait=1."),
                 ],
                 "requestBody": {
@@ -296,8 +283,8 @@ def _paths() -> dict:
                                  + _INSTANT_RANGE + ". Answered only once final, then "
                                  "the same forever. Default: the latest."),
                     _query_param("limit", {"type": "integer", "minimum": 1,
-                                           "maximum": EVENTS_LIMIT_MAX,
-                                           "default": EVENTS_LIMIT_DEFAULT},
+                                           "maximum": req.EVENTS_LIMIT_MAX,
+                                           "default": req.EVENTS_LIMIT_DEFAULT},
                                  "Events per page."),
                     _query_param("cursor", {"type": "string", "maxLength": 66},
                                  "next_cursor of the previous page (opaque; a cursor "

@@ -501,6 +501,19 @@ def _no_duplicates(pairs: list[tuple[str, object]]) -> dict:
 # Path ids and query parameters
 # --------------------------------------------------------------------------
 
+# Query-string limits of the views, here (not in the views, which import the
+# web framework) so that the API document reads the same numbers.
+# POST /v1/commands?wait=1&timeout_ms=...: how long the view may wait for the outcome.
+WAIT_TIMEOUT_MS_DEFAULT = 5_000
+WAIT_TIMEOUT_MS_MAX = 60_000
+# GET /v1/accounts/{account_id}/events?limit=...
+EVENTS_LIMIT_DEFAULT = 100
+EVENTS_LIMIT_MAX = 1_000
+# GET /v1/accounts/{account_id}?as_of=T (and /events?to=T): how long a read
+# may wait for T to become final.
+AS_OF_TIMEOUT_MS_DEFAULT = 2_000
+AS_OF_TIMEOUT_MS_MAX = 10_000
+
 # Instants a query may name: 1970-01-01T00:00:00.000Z to 9999-12-31T23:59:59.999Z
 # (what RFC 3339 can write and the event log can have recorded).
 INSTANT_MS_MIN = 0

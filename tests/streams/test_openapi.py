@@ -197,18 +197,6 @@ def test_query_parameters(doc):
         assert parameters["account_id"]["required"], name
 
 
-def test_limits_agree_with_the_views():
-    """The document repeats a few numbers of the views (which import Faust)."""
-    from streams.api import accounts, commands, openapi
-
-    assert (openapi.EVENTS_LIMIT_DEFAULT, openapi.EVENTS_LIMIT_MAX) == (
-        accounts.EVENTS_LIMIT_DEFAULT, accounts.EVENTS_LIMIT_MAX)
-    assert (openapi.AS_OF_TIMEOUT_MS_DEFAULT, openapi.AS_OF_TIMEOUT_MS_MAX) == (
-        accounts.AS_OF_TIMEOUT_MS_DEFAULT, accounts.AS_OF_TIMEOUT_MS_MAX)
-    assert (openapi.WAIT_TIMEOUT_MS_DEFAULT, openapi.WAIT_TIMEOUT_MS_MAX) == (
-        commands.WAIT_TIMEOUT_MS_DEFAULT, commands.WAIT_TIMEOUT_MS_MAX)
-
-
 def test_account_id_pattern_is_the_servers_rule():
     import re
 
