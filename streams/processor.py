@@ -780,14 +780,7 @@ class Processor:
                 batches[p] = Batch(self._stores[p])
             self._produce_tick(p, stamps.get(p) or self._stamp(p, wall_ms), batches[p],
                                decided.out)
-        # A transaction that has not committed within the broker's transaction
-        # timeout will be aborted by it: give up on it then and rebuild.
-        txn_deadline_s = self.settings.transaction_timeout_ms / 1000
-        self._event_offsets.clear()
-        try:
-            self._producer.begin_transaction()
-        except KafkaException as exc:
-            raise Rebuild(f"begin_transaction: {exc.args[0]}") from None
+        txn_deadline_s = self._begin()
         started = time.perf_counter()
         try:
             self._produce_out(decided.out)
@@ -805,6 +798,17 @@ class Processor:
             return
         PHASES["offsets"].inc(time.perf_counter() - started)
         self._committing = (decided, self._committer.submit(self._timed_commit, txn_deadline_s))
+
+    def _begin(self) -> float:
+        """Begin a transaction; returns how long it may take: one that has not
+        committed within the broker's transaction timeout is aborted by it, so
+        the worker gives up on it then and rebuilds."""
+        self._event_offsets.clear()
+        try:
+            self._producer.begin_transaction()
+        except KafkaException as exc:
+            raise Rebuild(f"begin_transaction: {exc.args[0]}") from None
+        return self.settings.transaction_timeout_ms / 1000
 
     def _produce_out(self, out: list) -> None:
         """Produce a batch's records in order. Only the last event of each
@@ -972,12 +976,7 @@ class Processor:
         if not offsets:
             self._expiry_checked_at = 0.0  # look again on the next turn
             return  # cannot be fenced yet: try again on the next turn
-        txn_deadline_s = self.settings.transaction_timeout_ms / 1000
-        self._event_offsets.clear()
-        try:
-            self._producer.begin_transaction()
-        except KafkaException as exc:
-            raise Rebuild(f"begin_transaction: {exc.args[0]}") from None
+        txn_deadline_s = self._begin()
         batches: dict[int, Batch] = {}
         out: list[tuple] = []
         try:
