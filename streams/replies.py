@@ -39,9 +39,11 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+import msgspec
 from confluent_kafka import Consumer, TopicPartition
 
 from schemas import codec
+from streams.api import models
 from streams.shapes import event_json
 from streams.topics import watermarks
 
@@ -89,10 +91,10 @@ def reply_key(reply: dict) -> tuple[str, str]:
 
 def public(reply: dict) -> dict:
     """A reply as the HTTP API answers a command: its outcome."""
-    return {"command_id": reply["command_id"], "status": reply["status"],
-            "reason": reply["reason"], "duplicate": bool(reply.get("duplicate")),
-            "version": reply.get("version"),
-            "events": [event_json(e) for e in reply_events(reply)]}
+    return msgspec.to_builtins(models.Outcome(
+        command_id=reply["command_id"], status=reply["status"], reason=reply["reason"],
+        events=[event_json(e) for e in reply_events(reply)],
+        duplicate=bool(reply.get("duplicate")), version=reply.get("version")))
 
 
 def reply_events(reply: dict) -> list:

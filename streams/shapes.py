@@ -8,7 +8,11 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
+import msgspec
+from msgspec import UNSET
+
 from ledger import domain
+from streams.api import models
 
 
 def rfc3339_ms(epoch_ms: int) -> str:
@@ -16,19 +20,22 @@ def rfc3339_ms(epoch_ms: int) -> str:
             .isoformat(timespec="milliseconds").replace("+00:00", "Z"))
 
 
-def account_json(state: domain.AccountState) -> dict:
-    return {
-        "account_id": state.account_id,
-        "currency": state.currency,
-        "balance": state.balance_minor,
-        "version": state.version,
-        "status": state.status.value,
-        "overdraft_limit": state.overdraft_limit_minor,
-        "pending_out": state.pending_out_minor,
-        "held": state.held_minor,  # sum of the active holds
-        "available": state.available_minor,  # balance + overdraft_limit - held
-        "updated_at": rfc3339_ms(state.updated_at_ms),
-    }
+def account_json(state: domain.AccountState, as_of_ms: int | None = None) -> dict:
+    """An account in the API's shape, ``models.Account`` (streams/api/models.py);
+    about an instant (``as_of`` and ``complete_up_to``) when ``as_of_ms`` is given."""
+    at = UNSET if as_of_ms is None else rfc3339_ms(as_of_ms)
+    return msgspec.to_builtins(models.Account(
+        account_id=state.account_id,
+        currency=state.currency,
+        balance=state.balance_minor,
+        version=state.version,
+        status=state.status.value,
+        overdraft_limit=state.overdraft_limit_minor,
+        pending_out=state.pending_out_minor,
+        held=state.held_minor,  # sum of the active holds
+        available=state.available_minor,  # balance + overdraft_limit - held
+        updated_at=rfc3339_ms(state.updated_at_ms),
+        as_of=at, complete_up_to=at))
 
 
 _WIRE_NAMES = {"amount_minor": "amount", "balance_after_minor": "balance_after",

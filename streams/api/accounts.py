@@ -86,8 +86,7 @@ def settled_state(store, account_id: str):
 
 def as_of_json(state, t_ms: int) -> dict:
     """An account answer about an instant: final once T is."""
-    at = rfc3339_ms(t_ms)
-    return {**account_json(state), "as_of": at, "complete_up_to": at}
+    return account_json(state, as_of_ms=t_ms)
 
 
 class FinalView(LedgerView):

@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import msgspec
+
 from ledger import domain
-from streams.api import errors, forwarding
+from streams.api import errors, forwarding, models
 from streams.api import requests as req
 from streams.api.base import LedgerView, endpoint
 from streams.api.forwarding import Target
@@ -37,8 +39,9 @@ def outcome_json(store, account_id: str, command_id: str) -> dict | None:
         return None
     events = store.events(account_id, range(outcome.sequences[0], outcome.sequences[1] + 1)) \
         if outcome.sequences else []
-    return {"command_id": command_id, "status": outcome.status, "reason": outcome.reason,
-            "events": [event_json(e) for e in events], COMMAND_HASH: outcome.command_hash}
+    return {**msgspec.to_builtins(models.Outcome(
+        command_id=command_id, status=outcome.status, reason=outcome.reason,
+        events=[event_json(e) for e in events])), COMMAND_HASH: outcome.command_hash}
 
 
 def without_hash(body: dict) -> dict:
@@ -105,8 +108,8 @@ class Commands(LedgerView):
                 log.warning("publishing %r: %s", command.command_id, exc)
                 raise errors.kafka_unavailable(command.command_id) from None
             if not wait:
-                return self.json({"command_id": command.command_id, "status": "accepted"},
-                                 status=202)
+                return self.json(msgspec.to_builtins(models.Accepted(
+                    command_id=command.command_id, status="accepted")), status=202)
             try:
                 reply = await asyncio.wait_for(waiter.future, timeout_ms / 1000)
             except asyncio.TimeoutError:

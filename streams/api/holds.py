@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from streams.api import errors
+import msgspec
+
+from streams.api import errors, models
 from streams.api import requests as req
 from streams.api.base import LedgerView, endpoint
 from streams.api.forwarding import Target
@@ -10,12 +12,11 @@ from streams.shapes import event_json, rfc3339_ms
 
 
 def hold_json(hold, events) -> dict:
-    return {"hold_id": hold.hold_id, "account_id": hold.account_id,
-            "status": hold.status.value, "amount": hold.amount_minor,
-            "captured_amount": hold.captured_minor, "currency": hold.currency,
-            "to_account_id": hold.to_account_id or None,
-            "expires_at": rfc3339_ms(hold.expires_at_ms),
-            "events": [event_json(e) for e in events]}
+    return msgspec.to_builtins(models.Hold(
+        hold_id=hold.hold_id, account_id=hold.account_id, status=hold.status.value,
+        amount=hold.amount_minor, captured_amount=hold.captured_minor,
+        currency=hold.currency, to_account_id=hold.to_account_id or None,
+        expires_at=rfc3339_ms(hold.expires_at_ms), events=[event_json(e) for e in events]))
 
 
 class HoldStatus(LedgerView):

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import time
 
+import msgspec
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from streams import metrics
+from streams.api import models
 from streams.api.base import LedgerView, endpoint
 from streams.api.openapi import openapi_document
 from streams.config import Settings
@@ -36,12 +38,12 @@ class Health(LedgerView):
     @endpoint
     async def get(self, request):
         healthy, reason = processor_health(self.shared.processor)
-        return self.json({"status": "ok" if healthy else "unavailable",
-                          "worker_id": self.shared.settings.worker_id,
-                          "partitions": self.shared.processor.assigned,
-                          "reason": reason,
-                          "caught_up": healthy},  # the older field, kept for clients
-                         status=200 if healthy else 503)
+        return self.json(msgspec.to_builtins(models.Health(
+            status="ok" if healthy else "unavailable",
+            worker_id=self.shared.settings.worker_id,
+            partitions=self.shared.processor.assigned, reason=reason,
+            caught_up=healthy)),  # the older field, kept for clients
+            status=200 if healthy else 503)
 
 
 class OpenApi(LedgerView):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from streams.api import errors
+import msgspec
+
+from streams.api import errors, models
 from streams.api import requests as req
 from streams.api.base import LedgerView, endpoint
 from streams.api.forwarding import Target
@@ -24,13 +26,11 @@ class TransferStatus(LedgerView):
             if entry is None:
                 raise errors.unknown("transfer", f"no transfer {transfer_id!r} "
                                                  f"from account {account_id!r}")
-            return self.json({
-                "transfer_id": transfer_id, "status": entry.status, "reason": entry.reason,
-                "from_account_id": entry.from_account_id,
-                "to_account_id": entry.to_account_id, "amount": entry.amount_minor,
-                "currency": entry.currency,
-                "events": [event_json(e)
-                           for e in store.events(account_id, entry.sequences)]})
+            return self.json(msgspec.to_builtins(models.TransferStatus(
+                transfer_id=transfer_id, status=entry.status, reason=entry.reason,
+                from_account_id=entry.from_account_id, to_account_id=entry.to_account_id,
+                amount=entry.amount_minor, currency=entry.currency,
+                events=[event_json(e) for e in store.events(account_id, entry.sequences)])))
 
         target = Target(("v1", "transfers", transfer_id), {"account_id": account_id},
                         self.FORWARDED_QUERY)
