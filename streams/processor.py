@@ -7,31 +7,22 @@ for the money path; DESIGN.md lists why (per-destination transactions,
 changelog writes outside the committing transaction, RocksDB writes of aborted
 transactions, acked exceptions, no abort).
 
-One batch, one Kafka transaction:
+One loop iteration (one batch, one Kafka transaction):
 
-1. ``consume`` up to ``batch_size_max`` commands (read_committed): what is
-   already fetched, without waiting for a full batch;
+1. ``consume`` up to ``batch_size_max`` commands (read_committed);
 2. for each: decode (or park on the dead-letter topic), look up its
    ``command_id`` (a retry produces nothing new; a reused id with another
    body is rejected as ``command_id_reused``), ``decide`` against the state
-   seen through the batch's overlay, and queue the events (or the rejection
-   record) for the event-log partition with the *same number* as the
-   command's partition;
-3. ``begin_transaction``, produce the queued records,
-   ``send_offsets_to_transaction`` with the consumer's group metadata
+   seen through the batch's overlay, produce the events (or the rejection
+   record) to the event-log partition with the *same number* as the command's
+   partition;
+3. ``send_offsets_to_transaction`` with the consumer's group metadata
    (KIP-447: a zombie of an older generation cannot commit), then
-   ``commit_transaction`` on the committer thread;
+   ``commit_transaction``;
 4. only then write the overlay to RocksDB, one WriteBatch per partition.
 
-Batching adapts by itself: while batch N commits (step 3, a few broker round
-trips), the loop consumes and decides batch N+1 (steps 1-2) as its commands
-arrive, reading through N's overlay (``_Pending``), and produces nothing
-until N has committed. Idle, a command is decided on arrival and committed
-at once; under load, a batch is what arrived during the previous commit.
-
-If a transaction aborts, its overlay and the batch decided meanwhile are
-dropped and the consumer is sought back to their first offsets: nothing
-happened. If the process dies at
+If the transaction aborts, the overlay is dropped and the consumer is sought
+back to the batch's first offsets: nothing happened. If the process dies at
 any point, the next owner of the partition catches its store up from the
 event log (read_committed) before it handles a command; that replay is
 idempotent by per-account sequence and by command_id.
@@ -67,7 +58,6 @@ with its clock after the new owner took over.
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import functools
 import json
@@ -334,67 +324,7 @@ STORE_FAILED, STOPPING, STALLED = "store_failed", "stopping", "stalled"
 LOOP_STALL_S = 5.0  # a loop turn (one batch) taking longer is not healthy
 
 KAFKA_CALL_S = 2.0  # one bounded call; retried until its deadline, stop-aware
-# While a batch commits, the loop looks for the next commands this often
-# (consume's wait), deciding them as they come.
-COMMIT_POLL_S = 0.002
 REBUILD_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
-
-
-class _Decided:
-    """One batch being decided: its overlays, the records to produce when its
-    transaction begins, and the offsets it consumed."""
-
-    __slots__ = ("wall_ms", "started", "batches", "stamps", "produced", "first", "next",
-                 "out", "count", "decide_s", "rebalanced")
-
-    def __init__(self, wall_ms: int):
-        self.wall_ms = wall_ms
-        self.started = time.monotonic()
-        self.batches: dict[int, Batch] = {}
-        self.stamps: dict[int, int] = {}  # partition -> recorded_at of its records
-        self.produced: set[int] = set()  # partitions it writes records to
-        self.first: dict[tuple[str, int], int] = {}
-        self.next: dict[tuple[str, int], int] = {}
-        # (topic, value, key, partition, headers) in order
-        self.out: list[tuple] = []
-        self.count = 0
-        self.decide_s = 0.0
-        self.rebalanced = False
-
-
-class _Pending:
-    """A partition's store as seen by a batch decided while the previous
-    batch commits: that batch's overlay over the store. Only what Batch
-    reads (PartitionStore's get/account/outcome/transfer/hold, watermark)."""
-
-    __slots__ = ("batch",)
-
-    def __init__(self, batch: Batch):
-        self.batch = batch
-
-    def get(self, key: bytes) -> bytes | None:
-        writes = self.batch.writes
-        return writes[key] if key in writes else self.batch.store.get(key)
-
-    def account(self, account_id: str):
-        return self.batch.account(account_id)
-
-    def outcome(self, account_id: str, command_id: str):
-        return self.batch.outcome(account_id, command_id)
-
-    def transfer(self, from_account_id: str, transfer_id: str):
-        return self.batch.transfer(from_account_id, transfer_id)
-
-    def hold(self, account_id: str, hold_id: str):
-        return self.batch.hold(account_id, hold_id)
-
-    @property
-    def watermark(self) -> int:
-        return max(self.batch.watermark, self.batch.store.watermark)
-
-    def __getattr__(self, name: str):
-        # The store's settings (snapshot_every, ...): the same for the overlay.
-        return getattr(self.batch.store, name)
 
 
 class Processor:
@@ -428,11 +358,6 @@ class Processor:
         self._retrying = False  # a Kafka call failed and is being retried
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
-        # The batch whose commit runs on the committer thread, and its future;
-        # the batch being decided meanwhile.
-        self._committing: tuple[_Decided, concurrent.futures.Future] | None = None
-        self._deciding: _Decided | None = None
-        self._committer: concurrent.futures.ThreadPoolExecutor | None = None
         # (topic, partition) -> next offset committed by our last transaction
         # (or found committed): what a tick-only transaction sends to be fenced.
         self._positions: dict[tuple[str, int], int] = {}
@@ -512,8 +437,7 @@ class Processor:
             "retry.backoff.ms": 10,
             # Events carry an explicit partition; the DLQ uses the key.
             "partitioner": "murmur2_random",
-            # No on_delivery for every record: _produce_out asks for the
-            # delivery report of the last event per partition only.
+            "on_delivery": self._on_delivery,
             "error_cb": self._on_error,
         }))
         log.info("worker %s: initialising transactions as %s", s.worker_id, s.transactional_id)
@@ -551,8 +475,6 @@ class Processor:
 
     def run(self) -> None:
         backoff = 0
-        self._committer = concurrent.futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="ledger-commit")
         try:
             while not self._stop.is_set():
                 try:
@@ -570,43 +492,21 @@ class Processor:
                     break
         finally:
             self._close()
-            self._committer.shutdown(wait=True)
 
     def _loop(self) -> None:
-        """One batch per turn. While batch N commits (on the committer thread),
-        this thread consumes and decides batch N+1 against N's overlay; N+1's
-        records are produced only after N committed, in a transaction of
-        their own. If N aborts, N+1's decisions are dropped and both are read
-        again. When idle, a command is decided as soon as it is fetched and
-        committed as soon as the previous commit is done; under load, the
-        batch grows with what arrives while the previous one commits."""
         lag_measured_at = 0.0
-        try:
-            while not self._stop.is_set():
-                self._loop_at = time.monotonic()
-                if self._fatal is not None:
-                    raise Rebuild(f"fatal client error: {self._fatal}")
-                if self._committing is None:
-                    messages = self._next_batch()
-                    if not messages:
-                        self._tick_idle()
-                        decided = None
-                    else:
-                        decided = _Decided(self.now_ms())
-                        self._decide(decided, messages)
-                else:
-                    decided = _Decided(self.now_ms())
-                    self._decide_while_committing(decided)
-                    if not self._settle(later=decided) or decided.rebalanced:
-                        decided = None  # read again (sought back, or newly assigned)
-                if decided is not None and (decided.count or decided.out):
-                    self._start_commit(decided)
-                if time.monotonic() - lag_measured_at > 1.0:
-                    lag_measured_at = time.monotonic()
-                    self._measure_lag()
-            self._settle()
-        finally:
-            self._drop_commit()
+        while not self._stop.is_set():
+            self._loop_at = time.monotonic()
+            if self._fatal is not None:
+                raise Rebuild(f"fatal client error: {self._fatal}")
+            messages = self._next_batch()
+            if messages:
+                self._process(messages)
+            else:
+                self._tick_idle()
+            if time.monotonic() - lag_measured_at > 1.0:
+                lag_measured_at = time.monotonic()
+                self._measure_lag()
 
     # -- errors --------------------------------------------------------------
 
@@ -699,201 +599,86 @@ class Processor:
 
     # -- one batch -----------------------------------------------------------
 
-    def _decide(self, decided: "_Decided", messages) -> None:
-        """Decide consumed commands into ``decided`` (no Kafka call): their
-        records go to ``decided.out``, produced when its transaction begins.
-        A partition whose previous batch is still committing is read through
-        that batch's overlay."""
+    def _process(self, messages) -> None:
         started = time.perf_counter()
-        committing = self._committing[0].batches if self._committing else {}
-        batches, stamps = decided.batches, decided.stamps
-        for msg in messages:
-            error = msg.error()
-            if error:
-                # A fatal consumer error (e.g. "static consumer fenced") comes
-                # as code _FATAL; left alone, the consumer never fetches again.
-                if error.fatal() or error.code() == KafkaError._FATAL:
-                    raise Rebuild(f"consumer: {error}")
-                if error.code() != KafkaError._PARTITION_EOF:
-                    log.warning("consume error: %s", error)
-                continue
-            p, offset = msg.partition(), msg.offset()
-            decided.first.setdefault((msg.topic(), p), offset)
-            decided.next[(msg.topic(), p)] = offset + 1
-            batch = batches.get(p)
-            if batch is None:
-                previous = committing.get(p)
-                view = self._stores[p] if previous is None else _Pending(previous)
-                batch = batches[p] = Batch(view)
-                stamps[p] = self._stamp(p, decided.wall_ms, view)
-            if self._handle(msg, p, batch, stamps[p], decided.out):
-                decided.produced.add(p)
-        decided.count += len(messages)
-        decided.decide_s += time.perf_counter() - started
-
-    def _decide_while_committing(self, decided: "_Decided") -> None:
-        """Consume and decide what arrives until the committing batch is done
-        (or a full batch is decided)."""
-        future = self._committing[1]
-        room = self.settings.batch_size_max
-        self._deciding = decided
-        try:
-            self._decide_until(decided, future, room)
-        finally:
-            self._deciding = None
-
-    def _decide_until(self, decided: "_Decided", future, room: int) -> None:
-        while room > 0:
-            done = future.done()  # before consuming: what is consumed after it still counts
-            started = time.perf_counter()
-            try:
-                messages = self._consumer.consume(room, timeout=0 if done else COMMIT_POLL_S)
-            except KafkaException as exc:
-                raise Rebuild(f"consume: {exc.args[0]}") from None
-            PHASES["wait"].inc(time.perf_counter() - started)
-            if decided.rebalanced:
-                return  # partitions moved during consume(): this batch is dropped
-            if messages:
-                self._decide(decided, messages)
-                room -= len(messages)
-            if done:
-                return
-
-    def _start_commit(self, decided: "_Decided") -> None:
-        """Hold expiries and ticks, then begin the batch's transaction, produce
-        its records, send its offsets and hand the commit to the committer
-        thread (settled by ``_settle``)."""
-        wall_ms, batches, stamps = decided.wall_ms, decided.batches, decided.stamps
-        # Holds whose time has passed: expired in this same transaction.
-        for p, holds in self._expiries_due(wall_ms).items():
-            if p not in batches:
-                batches[p] = Batch(self._stores[p])
-                stamps[p] = self._stamp(p, wall_ms)
-            if self._expire(p, holds, batches[p], stamps[p], decided.out):
-                decided.produced.add(p)
-        for p in decided.produced:
-            batches[p].advance(stamps[p])
-        # Owned partitions where nothing was recorded for tick_ms: mark
-        # the time passing, in this same transaction.
-        for p in self._ticks_due(wall_ms, skip=decided.produced):
-            if p not in batches:
-                batches[p] = Batch(self._stores[p])
-            self._produce_tick(p, stamps.get(p) or self._stamp(p, wall_ms), batches[p],
-                               decided.out)
-        txn_deadline_s = self._begin()
-        started = time.perf_counter()
-        try:
-            self._produce_out(decided.out)
-            decided.decide_s += time.perf_counter() - started
-            # The offsets' two round trips (AddOffsetsToTxn, TxnOffsetCommit)
-            # while the records are being acknowledged.
-            if decided.next:
-                self._retry(
-                    self._producer.send_offsets_to_transaction,
-                    [TopicPartition(t, p, o) for (t, p), o in decided.next.items()],
-                    self._consumer.consumer_group_metadata(),
-                    deadline_s=txn_deadline_s)
-        except KafkaException as exc:  # abortable
-            self._abort(exc, decided.first)
-            return
-        PHASES["offsets"].inc(time.perf_counter() - started)
-        self._committing = (decided, self._committer.submit(self._timed_commit, txn_deadline_s))
-
-    def _begin(self) -> float:
-        """Begin a transaction; returns how long it may take: one that has not
-        committed within the broker's transaction timeout is aborted by it, so
-        the worker gives up on it then and rebuilds."""
+        wall_ms = self.now_ms()
+        stamps: dict[int, int] = {}  # partition -> recorded_at of this batch's records
+        produced: set[int] = set()  # partitions this batch writes records to
+        batches: dict[int, Batch] = {}
+        first_offsets: dict[tuple[str, int], int] = {}
+        next_offsets: dict[tuple[str, int], int] = {}
         self._event_offsets.clear()
+        # A transaction that has not committed within the broker's transaction
+        # timeout will be aborted by it: give up on it then and rebuild.
+        txn_deadline_s = self.settings.transaction_timeout_ms / 1000
         try:
             self._producer.begin_transaction()
         except KafkaException as exc:
             raise Rebuild(f"begin_transaction: {exc.args[0]}") from None
-        return self.settings.transaction_timeout_ms / 1000
-
-    def _produce_out(self, out: list) -> None:
-        """Produce a batch's records in order. Only the last event of each
-        event-log partition asks for its delivery report (the offset the
-        store reaches): a Python callback per record cost CPU, and, while the
-        next batch is decided on the loop thread, a wait for the GIL per
-        record on the committer thread. A record that is not delivered fails
-        the commit all the same."""
-        events_topic = self.settings.events_topic
-        last = {record[3]: i for i, record in enumerate(out) if record[0] == events_topic}
-        reported = set(last.values())
-        produce = self._producer.produce
-        for i, (topic, value, key, partition, headers) in enumerate(out):
-            if i in reported:
-                produce(topic, value, key, partition=partition, headers=headers,
-                        on_delivery=self._on_delivery)
-            else:
-                produce(topic, value, key, partition=partition, headers=headers)
-
-    def _timed_commit(self, deadline_s: float) -> None:
-        started = time.perf_counter()
-        self._commit(deadline_s)
-        PHASES["commit"].inc(time.perf_counter() - started)
-
-    def _settle(self, later: "_Decided | None" = None, seek: bool = True) -> bool:
-        """Wait for the committing batch; on commit write it to the stores and
-        let ``later`` (decided meanwhile) read them directly. False if it
-        aborted: then it and ``later`` are read again from their first offsets."""
-        if self._committing is None:
-            return True
-        decided, future = self._committing
-        started = time.perf_counter()
         try:
-            future.result()
+            for msg in messages:
+                error = msg.error()
+                if error:
+                    # A fatal consumer error (e.g. "static consumer fenced") comes
+                    # as code _FATAL; left alone, the consumer never fetches again.
+                    if error.fatal() or error.code() == KafkaError._FATAL:
+                        raise Rebuild(f"consumer: {error}")
+                    if error.code() != KafkaError._PARTITION_EOF:
+                        log.warning("consume error: %s", error)
+                    continue
+                p, offset = msg.partition(), msg.offset()
+                first_offsets.setdefault((msg.topic(), p), offset)
+                next_offsets[(msg.topic(), p)] = offset + 1
+                batch = batches.get(p)
+                if batch is None:
+                    batch = batches[p] = Batch(self._stores[p])
+                    stamps[p] = self._stamp(p, wall_ms)
+                if self._handle(msg, p, batch, stamps[p]):
+                    produced.add(p)
+            # Holds whose time has passed: expired in this same transaction.
+            for p, holds in self._expiries_due(wall_ms).items():
+                if p not in batches:
+                    batches[p] = Batch(self._stores[p])
+                    stamps[p] = self._stamp(p, wall_ms)
+                if self._expire(p, holds, batches[p], stamps[p]):
+                    produced.add(p)
+            for p in produced:
+                batches[p].advance(stamps[p])
+            # Owned partitions where nothing was recorded for tick_ms: mark
+            # the time passing, in this same transaction.
+            for p in self._ticks_due(wall_ms, skip=produced):
+                if p not in batches:
+                    batches[p] = Batch(self._stores[p])
+                self._produce_tick(p, stamps.get(p) or self._stamp(p, wall_ms), batches[p])
+            t_decided = time.perf_counter()
+            # The offsets' two round trips (AddOffsetsToTxn, TxnOffsetCommit)
+            # while the records are still being acknowledged: waiting for the
+            # acks first (a flush) put them one after the other.
+            if next_offsets:
+                self._retry(
+                    self._producer.send_offsets_to_transaction,
+                    [TopicPartition(t, p, o) for (t, p), o in next_offsets.items()],
+                    self._consumer.consumer_group_metadata(),
+                    deadline_s=txn_deadline_s)
+            t_offsets = time.perf_counter()
+            self._commit(txn_deadline_s)
         except KafkaException as exc:  # abortable
-            self._committing = None
-            first = {**later.first, **decided.first} if later is not None else decided.first
-            self._abort(exc, first if seek else {})
-            return False
-        except BaseException:
-            self._committing = None
-            raise
-        self._committing = None
-        waited = time.perf_counter()
-        PHASES["wait"].inc(waited - started)
+            self._abort(exc, first_offsets)
+            return
         self._producer.poll(0)  # any delivery report not served yet
         self._retrying = False
         self._state = CONSUMING
-        self._positions.update(decided.next)
-        self._apply(decided.batches)
-        if later is not None:
-            for batch in later.batches.values():
-                if isinstance(batch.store, _Pending):
-                    batch.store = batch.store.batch.store  # now written there
+        self._positions.update(next_offsets)
+        t_committed = time.perf_counter()
+        self._apply(batches)
         done = time.perf_counter()
-        PHASES["decide"].inc(decided.decide_s)
-        PHASES["apply"].inc(done - waited)
+        PHASES["decide"].inc(t_decided - started)
+        PHASES["offsets"].inc(t_offsets - t_decided)
+        PHASES["commit"].inc(t_committed - t_offsets)
+        PHASES["apply"].inc(done - t_committed)
         metrics.TRANSACTIONS.labels("committed").inc()
-        metrics.TRANSACTION_SECONDS.observe(time.monotonic() - decided.started)
-        metrics.BATCH_SIZE.observe(decided.count)
-        return True
-
-    def _drop_commit(self) -> None:
-        """Leaving the loop on an error: wait for a commit in flight (the
-        clients are closed next) and write it if it committed."""
-        if self._committing is None:
-            return
-        decided, future = self._committing
-        self._committing = None
-        try:
-            future.result()
-            self._producer.poll(0)
-            self._apply(decided.batches)
-        except BaseException:  # noqa: BLE001  (the error being raised is the one to report)
-            log.info("a batch's commit did not finish as the loop stopped; "
-                     "catch-up brings the store up to the log")
-
-    def _settle_for_rebalance(self) -> None:
-        """Partitions move (called inside consume()): settle the committing
-        batch first, and drop what was decided meanwhile (the new assignment
-        starts from the committed offsets)."""
-        if self._deciding is not None:
-            self._deciding.rebalanced = True
-        if self._committing is not None:
-            self._settle(seek=False)
+        metrics.TRANSACTION_SECONDS.observe(done - started)
+        metrics.BATCH_SIZE.observe(len(messages))
 
     def _apply(self, batches: dict[int, Batch]) -> None:
         """Write committed batches to their stores, with the event-log offset
@@ -911,11 +696,10 @@ class Processor:
 
     # -- recorded time -------------------------------------------------------
 
-    def _stamp(self, partition: int, wall_ms: int, view=None) -> int:
+    def _stamp(self, partition: int, wall_ms: int) -> int:
         """recorded_at for this batch's records on ``partition``: the clock,
-        but at least 1 ms after the partition's watermark (as ``view`` sees it:
-        a batch still committing counts)."""
-        watermark = (view if view is not None else self._stores[partition]).watermark
+        but at least 1 ms after the partition's watermark."""
+        watermark = self._stores[partition].watermark
         stamp = domain.stamp_after(watermark, wall_ms)
         if stamp != wall_ms:
             metrics.STAMPED_AFTER_WATERMARK.inc()
@@ -956,10 +740,10 @@ class Processor:
                     due.append(p)
         return due
 
-    def _produce_tick(self, partition: int, stamp: int, batch: Batch, out: list) -> None:
+    def _produce_tick(self, partition: int, stamp: int, batch: Batch) -> None:
         raw = codec.encode_tick(domain.PartitionTick(partition, stamp))
         # Empty key: a tick belongs to no account; the partition is explicit.
-        out.append((self.settings.events_topic, raw, b"", partition, None))
+        self._producer.produce(self.settings.events_topic, raw, b"", partition=partition)
         batch.advance(stamp)
         metrics.TICKS.inc()
 
@@ -976,21 +760,24 @@ class Processor:
         if not offsets:
             self._expiry_checked_at = 0.0  # look again on the next turn
             return  # cannot be fenced yet: try again on the next turn
-        txn_deadline_s = self._begin()
+        txn_deadline_s = self.settings.transaction_timeout_ms / 1000
+        self._event_offsets.clear()
+        try:
+            self._producer.begin_transaction()
+        except KafkaException as exc:
+            raise Rebuild(f"begin_transaction: {exc.args[0]}") from None
         batches: dict[int, Batch] = {}
-        out: list[tuple] = []
         try:
             for p, holds in expiring.items():
                 batches[p] = Batch(self._stores[p])
                 stamp = self._stamp(p, wall_ms)
-                if self._expire(p, holds, batches[p], stamp, out):
+                if self._expire(p, holds, batches[p], stamp):
                     batches[p].advance(stamp)  # records on p: no tick needed there
             for p in due:
                 if batches.get(p) is not None and batches[p].watermark:
                     continue
                 batches.setdefault(p, Batch(self._stores[p]))
-                self._produce_tick(p, self._stamp(p, wall_ms), batches[p], out)
-            self._produce_out(out)
+                self._produce_tick(p, self._stamp(p, wall_ms), batches[p])
             self._retry(self._producer.send_offsets_to_transaction, offsets,
                         self._consumer.consumer_group_metadata(), deadline_s=txn_deadline_s)
             self._commit(txn_deadline_s)
@@ -1017,7 +804,7 @@ class Processor:
                 due[p] = found
         return due
 
-    def _expire(self, partition: int, holds, batch: Batch, stamp: int, out: list) -> bool:
+    def _expire(self, partition: int, holds, batch: Batch, stamp: int) -> bool:
         """Record HoldExpired, at this worker's time ``stamp``, for each hold
         still active and due as the batch sees it; True if any was. Exactly
         once: it commits with the transaction (fenced like any batch), and
@@ -1034,9 +821,9 @@ class Processor:
             except Exception:  # a bug must not stall the partition
                 log.exception("expiring hold %s of %s", hold_id, account_id)
                 continue
-            key = account_id.encode()
             for raw in records:
-                out.append((self.settings.events_topic, raw, key, partition, None))
+                self._producer.produce(self.settings.events_topic, raw, account_id.encode(),
+                                       partition=partition)
             metrics.EVENTS.inc(len(records))
             produced = produced or bool(records)
         return produced
@@ -1096,9 +883,8 @@ class Processor:
         self._retry(self._producer.commit_transaction,
                     deadline_s=max(0.0, deadline - time.monotonic()))
 
-    def _handle(self, msg, partition: int, batch: Batch, now_ms: int, out: list) -> bool:
-        """Apply one consumed record, appending what it produces to ``out``;
-        True if it wrote records to the event log."""
+    def _handle(self, msg, partition: int, batch: Batch, now_ms: int) -> bool:
+        """Apply one consumed record; True if it wrote records to the event log."""
         try:
             if msg.topic() == self.settings.legs_topic:
                 problem = self._legs.problem(msg.key(), msg.value(), msg.headers())
@@ -1118,39 +904,38 @@ class Processor:
             log.exception("unexpected error on %s[%d]@%d", msg.topic(), partition, msg.offset())
             problem = f"internal error: {exc!r}"
         if problem is not None:
-            self._dead_letter(msg, problem, out)
+            self._dead_letter(msg, problem)
             return False
         key = msg.key()
-        events_topic = self.settings.events_topic
         for raw in records:
-            out.append((events_topic, raw, key, partition, None))
+            self._producer.produce(self.settings.events_topic, raw, key, partition=partition)
         if reply is not None:
             # Same transaction: a reply is committed if and only if its outcome is.
-            out.append((self.settings.replies_topic, reply, key, partition, None))
+            self._producer.produce(self.settings.replies_topic, reply, key, partition=partition)
         for leg, raw in legs:
             # Same transaction: the leg exists if and only if this outcome does.
             leg_key = leg.account_id.encode()
-            out.append((self.settings.legs_topic, raw, leg_key,
-                        partition_for(leg_key, self.settings.partitions),
-                        self._legs.headers(leg_key, raw)))
+            self._producer.produce(self.settings.legs_topic, raw, leg_key,
+                                   partition=partition_for(leg_key, self.settings.partitions),
+                                   headers=self._legs.headers(leg_key, raw))
         metrics.EVENTS.inc(len(records))
         return bool(records)
 
-    def _dead_letter(self, msg, problem: str, out: list) -> None:
+    def _dead_letter(self, msg, problem: str) -> None:
         log.warning("dead-lettering %s[%d]@%d: %s", msg.topic(), msg.partition(),
                     msg.offset(), problem)
-        out.append((
+        self._producer.produce(
             self.settings.dead_letter_topic,
             msg.value(),
             msg.key(),
-            msg.partition(),
-            [
+            partition=msg.partition(),
+            headers=[
                 ("ledger.error", problem.encode()),
                 ("ledger.source.topic", msg.topic().encode()),
                 ("ledger.source.partition", str(msg.partition()).encode()),
                 ("ledger.source.offset", str(msg.offset()).encode()),
             ],
-        ))
+        )
         metrics.DEAD_LETTERS.inc()
 
     def _on_delivery(self, err, msg) -> None:
@@ -1174,7 +959,6 @@ class Processor:
     # -- partitions come and go -------------------------------------------
 
     def _on_assign(self, consumer, partitions) -> None:
-        self._settle_for_rebalance()
         numbers = [tp.partition for tp in partitions]
         log.info("assigned partitions %s", numbers)
         self._state = CATCHING_UP
@@ -1195,7 +979,6 @@ class Processor:
         self.caught_up.set()
 
     def _on_revoke(self, consumer, partitions) -> None:
-        self._settle_for_rebalance()
         log.info("revoked partitions %s", [tp.partition for tp in partitions])
         for tp in partitions:
             self._positions.pop((tp.topic, tp.partition), None)
