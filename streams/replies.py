@@ -149,7 +149,9 @@ def accepts(digest: str | None = None, final_transfer: bool = False):
             transfer = reply.get("transfer")
             return isinstance(transfer, dict) and transfer.get("status") in ("completed",
                                                                              "failed")
-        return True
+        # The reply to the command itself, not to a later step of its transfer
+        # ("<transfer_id>#settle" has the same key and hash; client ids have no #).
+        return "#" not in reply.get("command_id", "")
     return accept
 
 
