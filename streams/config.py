@@ -20,6 +20,8 @@ def _env(name: str, default: str) -> str:
 
 KAFKA_ENV_PREFIX = "LEDGER_KAFKA_"
 KAFKA_CONFIG_FILE_ENV = "LEDGER_KAFKA_CONFIG"
+# librdkafka's longest pause between reconnects to a broker (Settings.kafka).
+RECONNECT_BACKOFF_MAX_MS = 1000
 # Properties whose values are never shown (logs, errors, health, repr).
 _SECRET_WORDS = ("password", "secret", "key", "token", "jaas", "credentials")
 
@@ -104,7 +106,16 @@ class Settings:
     # vanished (kill -9 on another host). Short in tests, where a killed
     # worker's partitions move to a survivor.
     transaction_timeout_ms: int = 60_000
-    session_timeout_ms: int = 10_000
+    # How long the group coordinator waits for a silent worker before giving
+    # its partitions to the others. It must outlast a coordinator's failover
+    # on a cluster (the dead broker fenced, plus an election when it was the
+    # active controller: 8-11 s on the local three-node cluster), or every
+    # worker is dropped from the group, gets "static consumer fenced" when it
+    # rejoins and rebuilds its clients (issue 14: 10 s turned 8 s outages into
+    # 12-20 s pauses). A worker restarted under its id gets its partitions
+    # back at once (static membership); one gone for good is replaced after
+    # this. Kafka's own default is 45 s.
+    session_timeout_ms: int = 30_000
     # Ledger-wide snapshot files (``ledger snapshot``); keep them off the
     # workers' disks, like a backup.
     snapshot_root: Path = Path("snapshots")
@@ -198,7 +209,16 @@ class Settings:
         """The configuration of one Kafka client: the cluster, its security
         settings, then what this client sets for itself (spelled out at the
         call site, with why). The one place every client's config starts."""
-        config = {"bootstrap.servers": self.bootstrap_servers, **dict(self.kafka_properties)}
+        config = {"bootstrap.servers": self.bootstrap_servers,
+                  # A request to a dead broker (a killed transaction or group
+                  # coordinator) is failed and re-routed only when librdkafka
+                  # next tries to reconnect to it, and those tries back off
+                  # to reconnect.backoff.max.ms: at the default 10 s one
+                  # send_offsets_to_transaction waited 10 s for a coordinator
+                  # that had moved long before (issue 14). 1 s costs one
+                  # connection attempt per second to a broker that is down.
+                  "reconnect.backoff.max.ms": RECONNECT_BACKOFF_MAX_MS,
+                  **dict(self.kafka_properties)}
         config.update(overrides)
         return config
 
