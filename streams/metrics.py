@@ -46,6 +46,9 @@ RECOVERED_EVENTS = Counter(
 CORE_REBUILDS = Counter(
     "ledger_core_rebuilds_total",
     "Times the transactional core dropped its Kafka clients after a fatal error and made new ones")
+HUNG_CALLS = Counter(
+    "ledger_hung_kafka_calls_total",
+    "Transactional calls still blocked HUNG_CALL_S after their timeout, given up with their clients")
 ASSIGNED_PARTITIONS = Gauge("ledger_assigned_partitions", "Partitions this worker owns")
 SNAPSHOT_FALLBACKS = Counter(
     "ledger_snapshot_fallbacks_total",

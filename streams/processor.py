@@ -58,6 +58,7 @@ with its clock after the new owner took over.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
 import json
@@ -313,6 +314,12 @@ class Rebuild(Exception):
     neither commits nor aborts): drop them and the stores, make new ones."""
 
 
+class Hung(Rebuild):
+    """A producer call did not return within HUNG_CALL_S. Before the commit
+    only the producer is replaced (Processor._replace_producer); anywhere else
+    it is a Rebuild."""
+
+
 class Stopping(Exception):
     """stop() was called while a Kafka call was being retried."""
 
@@ -324,6 +331,23 @@ STORE_FAILED, STOPPING, STALLED = "store_failed", "stopping", "stalled"
 LOOP_STALL_S = 5.0  # a loop turn (one batch) taking longer is not healthy
 
 KAFKA_CALL_S = 2.0  # one bounded call; retried until its deadline, stop-aware
+# A transactional call given KAFKA_CALL_S that is still blocked this long
+# ignores its timeout: librdkafka's send_offsets_to_transaction waits for a
+# group coordinator that has left the cluster's metadata until some other
+# broker changes state (confluentinc/librdkafka#5456, #5511): 51 s in one
+# broker-loss run, 12 s in another (issue 14). Calls run on a thread of their
+# own; one that hangs is given up with its producer (which keeps the thread
+# until the call returns), and a new producer fences it and aborts its
+# transaction. The case of #5511 is caught sooner, when the broker leaves
+# (_bounded); this bound is the net under it. While a coordinator is down,
+# calls return up to a reconnect backoff late (2.8-3.3 s measured), so the
+# bound stays well above that: a needless new producer waits for the same
+# coordinator and costs the batch.
+HUNG_CALL_S = 8.0
+HUNG_POLL_S = 0.25  # how often a wait for such a call looks at the clock
+# A send_offsets_to_transaction still running after this asks the cluster,
+# once a second, whether a broker has left it (_bounded).
+SLOW_OFFSETS_S = 1.0
 REBUILD_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
 
 
@@ -358,6 +382,14 @@ class Processor:
         self._retrying = False  # a Kafka call failed and is being retried
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
+        # Runs the producer's transactional calls, so one that hangs can be
+        # given up (HUNG_CALL_S); one per producer.
+        self._caller: concurrent.futures.ThreadPoolExecutor | None = None
+        self._producer_generation = 0
+        # Broker ids seen in the cluster's metadata since the producer was
+        # made (see _bounded).
+        self._producer_nodes: set[int] = set()
+        self._committed = False  # a transaction committed since the last _connect
         # (topic, partition) -> next offset committed by our last transaction
         # (or found committed): what a tick-only transaction sends to be fenced.
         self._positions: dict[tuple[str, int], int] = {}
@@ -393,7 +425,7 @@ class Processor:
 
     def _connect(self) -> None:
         s = self.settings
-        self._fatal, self._retrying = None, False
+        self._fatal, self._retrying, self._committed = None, False, False
         self._consumer = Consumer(s.kafka(**{
             "group.id": s.group_id,
             # Tells other workers where this one serves HTTP (streams.routing).
@@ -423,6 +455,26 @@ class Processor:
             "statistics.interval.ms": 1000,
             "stats_cb": self._on_stats,
         }))
+        self._new_producer()
+        # Range assignment gives partition N of both topics to the same worker
+        # (they have equal partition counts): the store of partition N sees
+        # every command and leg of its accounts.
+        self._consumer.subscribe([s.commands_topic, s.legs_topic], on_assign=self._on_assign,
+                                 on_revoke=self._on_revoke, on_lost=self._on_revoke)
+
+    def _new_producer(self) -> None:
+        """A transactional producer (with its caller thread) that has fenced
+        every older one of this worker and aborted its open transaction."""
+        s = self.settings
+        self._producer_generation += 1
+        generation = self._producer_generation
+
+        def on_error(err: KafkaError) -> None:
+            if generation == self._producer_generation:  # not one given up
+                self._on_error(err)
+
+        self._producer_nodes = set()
+        self._caller = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="txn-call")
         self._producer = Producer(s.kafka(**{
             "transactional.id": s.transactional_id,
             "transaction.timeout.ms": s.transaction_timeout_ms,
@@ -438,16 +490,29 @@ class Processor:
             # Events carry an explicit partition; the DLQ uses the key.
             "partitioner": "murmur2_random",
             "on_delivery": self._on_delivery,
-            "error_cb": self._on_error,
+            "error_cb": on_error,
         }))
         log.info("worker %s: initialising transactions as %s", s.worker_id, s.transactional_id)
         # Fences an older incarnation of this worker and aborts its open transaction.
         self._retry(self._producer.init_transactions, deadline_s=None)
-        # Range assignment gives partition N of both topics to the same worker
-        # (they have equal partition counts): the store of partition N sees
-        # every command and leg of its accounts.
-        self._consumer.subscribe([s.commands_topic, s.legs_topic], on_assign=self._on_assign,
-                                 on_revoke=self._on_revoke, on_lost=self._on_revoke)
+        self._brokers_gone()  # the brokers there are now (see _bounded)
+
+    def _replace_producer(self, exc: Hung, first_offsets: dict) -> None:
+        """A call of the open transaction (not its commit) hung: give up the
+        producer, which keeps its blocked thread until the call returns, and
+        read the batch again with a new one. The new producer's
+        init_transactions fences the old one and aborts its transaction, so
+        nothing of the batch can reach the log."""
+        metrics.TRANSACTIONS.labels("aborted").inc()
+        log.warning("%s; a new producer aborts the transaction", exc)
+        self._caller.shutdown(wait=False, cancel_futures=True)
+        self._producer = None
+        try:
+            self._new_producer()
+        except Hung as again:
+            raise Rebuild(f"init_transactions: {again}") from None
+        for (topic, p), offset in first_offsets.items():
+            self._consumer.seek(TopicPartition(topic, p, offset))
 
     # -- public ------------------------------------------------------------
 
@@ -483,6 +548,8 @@ class Processor:
                 except Rebuild as exc:
                     self._state = REBUILDING
                     metrics.CORE_REBUILDS.inc()
+                    if self._committed:
+                        backoff = 0  # these clients worked: a new fault, not the same one
                     delay = REBUILD_BACKOFF_S[min(backoff, len(REBUILD_BACKOFF_S) - 1)]
                     backoff += 1
                     log.error("Kafka clients unusable (%s); rebuilding them in %.1fs", exc, delay)
@@ -543,7 +610,7 @@ class Processor:
             if self._stop.is_set():
                 raise Stopping()
             try:
-                result = call(*args, KAFKA_CALL_S)
+                result = self._bounded(call, *args)
                 self._retrying = False
                 return result
             except KafkaException as exc:
@@ -558,6 +625,53 @@ class Processor:
                     raise Rebuild(f"{call.__name__}: {error}") from None
                 if deadline is not None and time.monotonic() > deadline:
                     raise Rebuild(f"{call.__name__} still failing: {error}") from None
+
+    def _bounded(self, call, *args):
+        """``call(*args, KAFKA_CALL_S)`` on the caller thread, given up (Hung)
+        if it has not returned within HUNG_CALL_S; a slow
+        send_offsets_to_transaction sooner, once a broker it knew has left
+        the cluster (fenced, gone from the metadata): librdkafka#5456 and
+        #5511 say it may wait for that broker, the group coordinator it
+        cached, long after another has taken over (measured: 8-51 s), and
+        a new producer asks anew."""
+        future = self._caller.submit(call, *args, KAFKA_CALL_S)
+        started = time.monotonic()
+        look_at = started + SLOW_OFFSETS_S
+        offsets = call.__name__ == "send_offsets_to_transaction"
+        while True:
+            try:
+                return future.result(timeout=HUNG_POLL_S)
+            except concurrent.futures.TimeoutError:
+                pass
+            now = time.monotonic()
+            if now - started > HUNG_CALL_S:
+                raise self._hung(call, f"still blocked {HUNG_CALL_S:.1f} s after it was "
+                                       f"given {KAFKA_CALL_S:.0f} s")
+            if offsets and now > look_at:
+                look_at = now + SLOW_OFFSETS_S
+                gone = self._brokers_gone()
+                if gone:
+                    raise self._hung(call, f"broker {min(gone)} left the cluster "
+                                           f"while it was waiting")
+
+    def _brokers_gone(self) -> set[int]:
+        """Brokers seen in the cluster's metadata since the producer was made
+        that are no longer in it (a KRaft cluster lists no fenced broker);
+        learns the ones that are."""
+        try:
+            # One topic asked for: every broker comes with any answer.
+            alive = set(self._producer.list_topics(self.settings.events_topic,
+                                                   timeout=KAFKA_CALL_S / 2).brokers)
+        except KafkaException:
+            return set()  # no answer: nothing learnt
+        gone = self._producer_nodes - alive
+        self._producer_nodes |= alive
+        return gone
+
+    @staticmethod
+    def _hung(call, why: str) -> Hung:
+        metrics.HUNG_CALLS.inc()
+        return Hung(f"{call.__name__}: {why} (librdkafka#5456, #5511)")
 
     def _next_batch(self) -> list:
         """Whatever is already fetched, up to batch_size_max, without waiting
@@ -665,6 +779,9 @@ class Processor:
         except KafkaException as exc:  # abortable
             self._abort(exc, first_offsets)
             return
+        except Hung as exc:  # before the commit (_commit raises Rebuild)
+            self._replace_producer(exc, first_offsets)
+            return
         self._producer.poll(0)  # any delivery report not served yet
         self._retrying = False
         self._state = CONSUMING
@@ -677,6 +794,7 @@ class Processor:
         PHASES["commit"].inc(t_committed - t_offsets)
         PHASES["apply"].inc(done - t_committed)
         metrics.TRANSACTIONS.labels("committed").inc()
+        self._committed = True
         metrics.TRANSACTION_SECONDS.observe(done - started)
         metrics.BATCH_SIZE.observe(len(messages))
 
@@ -784,10 +902,14 @@ class Processor:
         except KafkaException as exc:  # abortable (fenced, for one)
             self._abort(exc, {})
             return
+        except Hung as exc:  # before the commit (_commit raises Rebuild)
+            self._replace_producer(exc, {})
+            return
         self._producer.poll(0)
         self._retrying = False
         self._apply(batches)
         metrics.TRANSACTIONS.labels("committed").inc()
+        self._committed = True
 
     # -- hold expiry -----------------------------------------------------------
 
@@ -880,8 +1002,11 @@ class Processor:
                 raise Rebuild(f"fatal client error: {self._fatal}")
             if time.monotonic() > deadline:
                 raise Rebuild("events not delivered within the transaction timeout")
-        self._retry(self._producer.commit_transaction,
-                    deadline_s=max(0.0, deadline - time.monotonic()))
+        try:
+            self._retry(self._producer.commit_transaction,
+                        deadline_s=max(0.0, deadline - time.monotonic()))
+        except Hung as exc:  # committed or not: only the log can say (catch-up)
+            raise Rebuild(str(exc)) from None
 
     def _handle(self, msg, partition: int, batch: Batch, now_ms: int) -> bool:
         """Apply one consumed record; True if it wrote records to the event log."""
@@ -952,6 +1077,9 @@ class Processor:
                         deadline_s=self.settings.transaction_timeout_ms / 1000)
         except KafkaException as again:
             raise Rebuild(f"abort_transaction: {again.args[0]}") from None
+        except Hung as hung:  # a new producer aborts it instead
+            self._replace_producer(hung, first_offsets)
+            return
         # Nothing of the batch reached the log or the store; read it again.
         for (topic, p), offset in first_offsets.items():
             self._consumer.seek(TopicPartition(topic, p, offset))
@@ -1052,6 +1180,11 @@ class Processor:
         self._positions.clear()
         consumer, producer = self._consumer, self._producer
         self._consumer = self._producer = None
+        caller, self._caller = self._caller, None
+        if caller is not None:
+            # A call still blocked on it (HUNG_CALL_S) keeps its thread and
+            # producer until it returns; nothing waits for it.
+            caller.shutdown(wait=False, cancel_futures=True)
         if consumer is not None:
             closer = threading.Thread(target=_quietly, args=(consumer.close,),
                                       name="consumer-close", daemon=True)
