@@ -339,15 +339,15 @@ KAFKA_CALL_S = 2.0  # one bounded call; retried until its deadline, stop-aware
 # own; one that hangs is given up with its producer (which keeps the thread
 # until the call returns), and a new producer fences it and aborts its
 # transaction. The case of #5511 is caught sooner, when the broker leaves
-# (_bounded); this bound is the net under it. While a coordinator is down,
-# calls return up to a reconnect backoff late (2.8-3.3 s measured), so the
-# bound stays well above that: a needless new producer waits for the same
-# coordinator and costs the batch.
-HUNG_CALL_S = 8.0
+# (_bounded); this bound is the net under it, longer than a broker's fencing
+# (6-10 s on the local cluster): before the fence nothing can go on, and a
+# new producer made then waited 10 s for its predecessor's abort, which
+# needs the dead broker's partitions to have new leaders (measured with 8 s).
+HUNG_CALL_S = 15.0
 HUNG_POLL_S = 0.25  # how often a wait for such a call looks at the clock
 # A send_offsets_to_transaction still running after this asks the cluster,
-# once a second, whether a broker has left it (_bounded).
-SLOW_OFFSETS_S = 1.0
+# every SLOW_OFFSETS_S, whether a broker has left it (_bounded).
+SLOW_OFFSETS_S = 0.5
 REBUILD_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
 
 
@@ -659,8 +659,11 @@ class Processor:
         that are no longer in it (a KRaft cluster lists no fenced broker);
         learns the ones that are."""
         try:
-            # One topic asked for: every broker comes with any answer.
-            alive = set(self._producer.list_topics(self.settings.events_topic,
+            # Asked through the consumer, which keeps connections to every
+            # broker it fetches from (the waiting producer's metadata requests
+            # timed out for 6 s after a fence); one topic asked for: every
+            # broker comes with any answer.
+            alive = set(self._consumer.list_topics(self.settings.events_topic,
                                                    timeout=KAFKA_CALL_S / 2).brokers)
         except KafkaException:
             return set()  # no answer: nothing learnt
