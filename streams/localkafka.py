@@ -355,8 +355,8 @@ def ensure_jars(cache_dir: Path | None = None, progress: Callable[[str], None] =
 
 # A cluster node's heartbeat to the controller, and the silence after which the
 # controller fences it (see the cluster part of _server_properties).
-BROKER_HEARTBEAT_MS = 2000
-BROKER_SESSION_MS = 9000
+BROKER_HEARTBEAT_MS = 1000
+BROKER_SESSION_MS = 8000
 
 
 def _server_properties(
@@ -417,12 +417,20 @@ offsets.topic.num.partitions=12
 transaction.state.log.num.partitions=12
 # A SIGKILLed node stops heartbeating; only when the controller fences it do
 # its partitions get new leaders and leave the ISRs, so until then acks=all
-# writes and transactions touching it wait.  These are Kafka's defaults, spelled
-# out because shorter ones were measured and not kept (issue 14): 6 s / 1 s
-# fenced a dead node about 3 s sooner, but on the busy 2-core machine it also
-# fenced the live active controller's own node once (4 s / 0.5 s did too)
-# while another node was down, which left partitions below min.insync.replicas
-# for over a minute: worse than the seconds saved.  See the module docstring.
+# writes and transactions touching it wait.  An outage costs the fencing time:
+# the session after the node's last heartbeat, and when the node was the active
+# controller, first an election (after Kafka's 2 s fetch timeout), after which
+# the new controller gives every node a fresh session.  Kafka's 9 s / 2 s
+# fenced 8.1 s (11.4 s for the controller) after a kill, too close to issue
+# 14's 15 s once the clients' own recovery is added (1-3 s).  Heartbeats every
+# 1 s and an 8 s session fence a dead node 7-8 s after its kill (about 10 s
+# for the controller) and leave a live node eight heartbeats to get one
+# through.  Shorter sessions fenced live nodes: 7 s / 1 s fenced the active
+# controller's own live node 10 s after it had fenced a killed one (1 of 3
+# runs, this machine running only that test); 6 s / 1 s and 4 s / 0.5 s did
+# the same under a load average of 15-65.  A 1 s controller fetch timeout was
+# tried and not kept: it called a needless election right after a fence, and
+# the controller was away for 4 s when it was needed.
 broker.heartbeat.interval.ms={BROKER_HEARTBEAT_MS}
 broker.session.timeout.ms={BROKER_SESSION_MS}"""
 
