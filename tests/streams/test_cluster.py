@@ -8,8 +8,8 @@ the same command_id on errors, as a real client does). The broker that
 leads the most ledger partitions is SIGKILLed for 20 s and restarted, then
 another one, once the first is back in every ISR: commands keep being applied
 during each outage (the longest pause between applied outcomes is printed with
-its timeline and held under GAP_LIMIT_S; issue 14's 15 s is not met on this
-machine yet), and at the end every command has exactly one outcome equal to an
+its timeline and held under GAP_LIMIT_S, issue 14's 15 s, for every
+partition), and at the end every command has exactly one outcome equal to an
 independent model's and verify exits 0.
 With two brokers down (below min.insync.replicas) nothing is applied, and
 everything resumes, nothing lost or doubled, when one comes back.
@@ -33,6 +33,7 @@ from confluent_kafka.admin import AdminClient
 from ledger import domain
 from streams import localkafka
 from streams.client import LedgerClient
+from streams.config import Settings
 from streams.topics import ensure_topics
 from tests.conftest import ledger_settings, start_workers
 from tests.streams.faultload import (Sender, apply_all, check_against_model, make_load, model,
@@ -42,19 +43,17 @@ pytestmark = [pytest.mark.kafka, pytest.mark.cluster, pytest.mark.slow]
 
 RATE_PER_S = 150
 OUTAGE_S = 20
-# Issue 14 asks for outages under 15 s; the test holds the line at 20 s (a
-# stall or a hang still fails it), and issue 14 stays open. Measured on this
-# 2-core machine on 2026-12-02 with the other engineers' suites and benchmarks
-# running (load average 15-65): the controller fences a killed node 8.1 s
-# after the kill (13.5 s when it was the active controller: an election
-# first; 5.3-6.4 / 7.9-12.3 s with a 6 s session, not kept: it once fenced a
-# live node), but the workers, starved of CPU, took seconds per transaction,
-# so a batch begun before the kill could not be delivered within the suite's
-# 10 s transaction timeout: aborted, fenced, rebuilt, caught up again. Pauses
-# measured: 13.3/20.2 s with Kafka's session, 20.5/16.8, 20.3/5.8, 20.4/15.3 s
-# with 6 s (the window is 20 s: "20" means nothing applied during the whole
-# outage); the timeline printed below says where each pause lies.
-GAP_LIMIT_S = 20
+# Issue 14: the longest pause in applied outcomes of any one partition during
+# an outage stays under 15 s. What an outage costs on this 2-core machine:
+# the controller fences the killed node after its 8 s session (about 10 s
+# when it was the active controller: an election first,
+# streams/localkafka.py), then the workers' in-flight transactions go on;
+# librdkafka's send_offsets_to_transaction can wait for the dead group
+# coordinator past the fence (librdkafka#5456, #5511), so the worker gives it
+# up once the broker has left the metadata and a new producer takes over
+# (streams/processor.py, HUNG_CALL_S). Measured 2026-12-02 on a quiet machine
+# (README, Performance).
+GAP_LIMIT_S = 15
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +70,14 @@ def cluster(tmp_path_factory):
 @pytest.fixture
 def ledger(cluster, tmp_path, leg_key_file, workers):
     localkafka.wait_in_sync(cluster, timeout_s=180)  # a node restarted by the test before
-    base = ledger_settings(cluster.bootstrap, tmp_path, leg_key_file)
+    # The production session and transaction timeouts, not the suite's short
+    # ones (tests/conftest.py, for takeovers after kill -9, which this test
+    # does not do): a 6 s session ends before a coordinator's failover, and a
+    # 10 s transaction times out the records of a batch that waits for a
+    # killed controller's partitions to get new leaders.
+    base = ledger_settings(cluster.bootstrap, tmp_path, leg_key_file,
+                           session_timeout_ms=Settings.session_timeout_ms,
+                           transaction_timeout_ms=Settings.transaction_timeout_ms)
     ensure_topics(base)
     w = start_workers(workers, base, tmp_path, 2, ready_timeout_s=120)
     return base, w
@@ -128,19 +134,27 @@ class HttpSender(threading.Thread):
 
 
 def applied_gaps(records, windows) -> list[float]:
-    """The longest pause between applied outcomes (recorded_at) in each window."""
-    times = sorted(r.recorded_at_ms / 1000 for _p, _o, r in records)
+    """Per outage window, the longest pause between applied outcomes (by
+    recorded_at) of any one event-log partition: a partition stalled for the
+    whole outage counts even while the others keep going. Every partition gets
+    commands all along (the load covers every account's partition)."""
+    by_partition: dict[int, list[float]] = {}
+    for p, _o, r in records:
+        by_partition.setdefault(p, []).append(r.recorded_at_ms / 1000)
     gaps = []
     for start, end in windows:
-        inside = [start] + [t for t in times if start <= t <= end] + [end]
-        gaps.append(max(b - a for a, b in zip(inside, inside[1:])))
+        longest = 0.0
+        for times in by_partition.values():
+            inside = [start] + sorted(t for t in times if start <= t <= end) + [end]
+            longest = max(longest, max(b - a for a, b in zip(inside, inside[1:])))
+        gaps.append(longest)
     return gaps
 
 
 def outage_timeline(records, window) -> str:
-    """Where the longest pause of an outage window lies, in seconds from the
-    kill, and each partition's last outcome before and first after the kill:
-    which partitions stalled and for how long (printed, for the timeline)."""
+    """Where the longest pause of an outage window (all partitions together)
+    lies, in seconds from the kill, and each partition's last outcome before
+    and first after the kill: which partitions stalled and for how long."""
     start, end = window
     times = sorted(r.recorded_at_ms / 1000 for _p, _o, r in records)
     inside = [start] + [t for t in times if start <= t <= end] + [end]
@@ -199,7 +213,7 @@ def test_one_broker_killed_under_load_twice(cluster, ledger, ledger_cli):
     expected, balances_expected = model(setup, load)
     records, outcomes = wait_for_all_outcomes(base, expected)
     gaps = applied_gaps(records, windows)
-    print(f"longest pause in applied outcomes per broker outage: "
+    print(f"longest pause in applied outcomes of one partition per broker outage: "
           f"{', '.join(f'{g:.1f}' for g in gaps)} s (median {statistics.median(gaps):.1f}, "
           f"max {max(gaps):.1f}); HTTP retries {poster.retries}")
     for window in windows:
