@@ -63,6 +63,7 @@ import dataclasses
 import functools
 import json
 import logging
+import queue
 import threading
 import time
 from pathlib import Path
@@ -351,6 +352,38 @@ SLOW_OFFSETS_S = 0.5
 REBUILD_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
 
 
+class _Caller:
+    """One daemon thread that runs calls handed to it, in order, each with a
+    Future. Not a ThreadPoolExecutor: the interpreter joins those threads at
+    exit, and a call librdkafka never returns from would keep a stopped
+    worker alive; this thread is abandoned with its call instead."""
+
+    _STOP = object()
+
+    def __init__(self):
+        self._calls: queue.SimpleQueue = queue.SimpleQueue()
+        threading.Thread(target=self._run, name="txn-call", daemon=True).start()
+
+    def submit(self, call, *args) -> concurrent.futures.Future:
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        self._calls.put((future, call, args))
+        return future
+
+    def shutdown(self) -> None:
+        """No more calls; the one running, if any, is left to finish alone."""
+        self._calls.put(self._STOP)
+
+    def _run(self) -> None:
+        while (item := self._calls.get()) is not self._STOP:
+            future, call, args = item
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(call(*args))
+            except BaseException as exc:  # handed to the waiting thread
+                future.set_exception(exc)
+
+
 class Processor:
     """Runs the consume-decide-produce-commit loop on the calling thread.
 
@@ -384,7 +417,7 @@ class Processor:
         self._producer: Producer | None = None
         # Runs the producer's transactional calls, so one that hangs can be
         # given up (HUNG_CALL_S); one per producer.
-        self._caller: concurrent.futures.ThreadPoolExecutor | None = None
+        self._caller: _Caller | None = None
         self._producer_generation = 0
         # Broker ids seen in the cluster's metadata since the producer was
         # made (see _bounded).
@@ -474,7 +507,7 @@ class Processor:
                 self._on_error(err)
 
         self._producer_nodes = set()
-        self._caller = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="txn-call")
+        self._caller = _Caller()
         self._producer = Producer(s.kafka(**{
             "transactional.id": s.transactional_id,
             "transaction.timeout.ms": s.transaction_timeout_ms,
@@ -505,7 +538,7 @@ class Processor:
         nothing of the batch can reach the log."""
         metrics.TRANSACTIONS.labels("aborted").inc()
         log.warning("%s; a new producer aborts the transaction", exc)
-        self._caller.shutdown(wait=False, cancel_futures=True)
+        self._caller.shutdown()
         self._producer = None
         try:
             self._new_producer()
@@ -643,6 +676,8 @@ class Processor:
                 return future.result(timeout=HUNG_POLL_S)
             except concurrent.futures.TimeoutError:
                 pass
+            if self._stop.is_set():
+                raise Stopping()  # the call is left to its thread
             now = time.monotonic()
             if now - started > HUNG_CALL_S:
                 raise self._hung(call, f"still blocked {HUNG_CALL_S:.1f} s after it was "
@@ -1187,7 +1222,7 @@ class Processor:
         if caller is not None:
             # A call still blocked on it (HUNG_CALL_S) keeps its thread and
             # producer until it returns; nothing waits for it.
-            caller.shutdown(wait=False, cancel_futures=True)
+            caller.shutdown()
         if consumer is not None:
             closer = threading.Thread(target=_quietly, args=(consumer.close,),
                                       name="consumer-close", daemon=True)
