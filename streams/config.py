@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 
 
@@ -169,37 +170,40 @@ class Settings:
     # which snapshots exist (LEDGER_SNAPSHOT_EVERY).
     snapshot_every: int = 64
 
-    @property
+    # The names below are derived from the fields and asked for on every
+    # record the worker produces: computed once (the instance is frozen;
+    # cached_property writes its __dict__ directly).
+    @cached_property
     def snapshot_dir(self) -> Path:
         return self.snapshot_root / self.events_topic
 
-    @property
+    @cached_property
     def commands_topic(self) -> str:
         return f"{self.topic_prefix}.commands"
 
-    @property
+    @cached_property
     def events_topic(self) -> str:
         return f"{self.topic_prefix}.events"
 
-    @property
+    @cached_property
     def legs_topic(self) -> str:
         # Internal: transfer legs between workers. Only workers write here.
         return f"{self.topic_prefix}.legs"
 
-    @property
+    @cached_property
     def replies_topic(self) -> str:
         # One reply per command (streams/replies.py); finite retention.
         return f"{self.topic_prefix}.replies"
 
-    @property
+    @cached_property
     def dead_letter_topic(self) -> str:
         return f"{self.topic_prefix}.commands.dlq"
 
-    @property
+    @cached_property
     def group_id(self) -> str:
         return f"{self.topic_prefix}-worker"
 
-    @property
+    @cached_property
     def transactional_id(self) -> str:
         # Stable per worker: a restarted worker fences its own zombie and the
         # broker aborts the zombie's open transaction at once (init_transactions).
