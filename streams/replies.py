@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import json
 import threading
-from base64 import b64decode, b64encode
+from base64 import b64decode
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -48,6 +48,10 @@ from streams.shapes import event_json
 from streams.topics import watermarks
 
 REPLY_VERSION = 1
+# One reply per command on the worker's hot path: msgspec writes the same JSON
+# as json.dumps(separators=(",", ":")) for ASCII text (UTF-8 where json.dumps
+# writes \u escapes; both decode the same) at a fraction of its cost.
+_encode_json = msgspec.json.Encoder().encode
 
 
 def encode_reply(*, account_id: str, command_id: str, command_type: str, command_hash: str,
@@ -55,15 +59,15 @@ def encode_reply(*, account_id: str, command_id: str, command_type: str, command
                  version: int | None, events=(), transfer=None) -> bytes:
     """``events``: the log bytes of the command's events (already encoded for
     the event log: no second encoding on the worker's hot path)."""
-    return json.dumps({
+    return _encode_json({
         "v": REPLY_VERSION, "account_id": account_id, "command_id": command_id,
         "command_type": command_type, "command_hash": command_hash, "status": status,
         "reason": reason, "detail": detail, "duplicate": duplicate, "version": version,
-        "events": [b64encode(raw).decode("ascii") for raw in events],
+        "events": list(events),  # bytes: written as standard padded base64
         "transfer": None if transfer is None else {
             "transfer_id": transfer.transfer_id, "status": transfer.status,
             "reason": transfer.reason},
-    }, separators=(",", ":")).encode()
+    })
 
 
 def decode_reply(raw) -> dict | None:
