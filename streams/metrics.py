@@ -74,6 +74,32 @@ SNAPSHOT_AGE_SECONDS = Gauge(
 SNAPSHOT_BYTES = Gauge("ledger_snapshot_bytes", "Size of the newest ledger-wide snapshot file")
 
 
+class Tally:
+    """Increments of counter children, added up in a dict and passed on
+    together: a child's inc() takes a lock and cost the worker about a
+    microsecond per command (a py-spy profile: 4% of its core thread)."""
+
+    def __init__(self):
+        self._counts: dict = {}
+
+    def add(self, child, amount: int = 1) -> None:
+        self._counts[child] = self._counts.get(child, 0) + amount
+
+    def flush(self) -> None:
+        counts, self._counts = self._counts, {}
+        for child, amount in counts.items():
+            child.inc(amount)
+
+    def drop(self) -> None:
+        self._counts = {}
+
+
+# The worker's per-command counts, flushed once per transaction, just before
+# its commit (streams/processor.py); a batch given up before that is dropped
+# with them, and counted when it is decided again.
+PER_COMMAND = Tally()
+
+
 # labels() costs several microseconds a call; the hot path counts through
 # these cached children instead.
 @functools.lru_cache(maxsize=None)

@@ -115,7 +115,7 @@ def handle_command(batch: Batch, command, now_ms: int) -> tuple[list[bytes], lis
     prior = batch.outcome(command.account_id, command.command_id)
     if prior is not None:
         if prior.command_hash == digest:
-            metrics.command_counter(command.type, "duplicate").inc()
+            metrics.PER_COMMAND.add(metrics.command_counter(command.type, "duplicate"))
             return [], [], _duplicate_reply(batch, command, prior)
         if isinstance(command, (domain.TransferCreditLeg, domain.TransferSettleLeg)):
             # Leg ids name the transfer and its source, and a worker makes the
@@ -126,8 +126,8 @@ def handle_command(batch: Batch, command, now_ms: int) -> tuple[list[bytes], lis
             domain.RejectionReason.command_id_reused,
             f"command_id already used by another {prior.status} command on this account",
         )
-        metrics.command_counter(command.type, "rejected").inc()
-        metrics.rejection_counter(rejection.reason.value).inc()
+        metrics.PER_COMMAND.add(metrics.command_counter(command.type, "rejected"))
+        metrics.PER_COMMAND.add(metrics.rejection_counter(rejection.reason.value))
         # Logged (every send has an outcome) but not indexed: the original stands.
         record = domain.rejected(command, rejection, now_ms)
         return [codec.encode_outcome(record, digest)], [], _reply(
@@ -140,7 +140,7 @@ def handle_command(batch: Batch, command, now_ms: int) -> tuple[list[bytes], lis
     if isinstance(result, domain.Rejection):
         records = [domain.rejected(command, result, now_ms)]
         outcome = "rejected"
-        metrics.rejection_counter(result.reason.value).inc()
+        metrics.PER_COMMAND.add(metrics.rejection_counter(result.reason.value))
         # A refused credit leg always sends its settle back: no transfer is
         # left pending at its source.
         legs = ([domain.settle_leg(command, completed=False, reason=result.reason.value)]
@@ -162,7 +162,7 @@ def handle_command(batch: Batch, command, now_ms: int) -> tuple[list[bytes], lis
     encoded_legs = [(leg, codec.encode_leg(leg, now_ms)) for leg in legs]
     for record, raw in encoded:
         fold_record(batch, record, digest, raw, transfer=command)
-    metrics.command_counter(command.type, outcome).inc()
+    metrics.PER_COMMAND.add(metrics.command_counter(command.type, outcome))
     if isinstance(command, (domain.TransferCreditLeg, domain.ExpireHold)):
         reply = None  # no client waits for these
     elif isinstance(command, domain.TransferSettleLeg):
@@ -760,6 +760,7 @@ class Processor:
         first_offsets: dict[tuple[str, int], int] = {}
         next_offsets: dict[tuple[str, int], int] = {}
         self._event_offsets.clear()
+        metrics.PER_COMMAND.drop()  # counts of a batch given up before its commit
         # A transaction that has not committed within the broker's transaction
         # timeout will be aborted by it: give up on it then and rebuild.
         txn_deadline_s = self.settings.transaction_timeout_ms / 1000
@@ -813,6 +814,7 @@ class Processor:
                     self._consumer.consumer_group_metadata(),
                     deadline_s=txn_deadline_s)
             t_offsets = time.perf_counter()
+            metrics.PER_COMMAND.flush()  # counted before the outcomes are visible
             self._commit(txn_deadline_s)
         except KafkaException as exc:  # abortable
             self._abort(exc, first_offsets)
@@ -984,7 +986,7 @@ class Processor:
             for raw in records:
                 self._producer.produce(self.settings.events_topic, raw, account_id.encode(),
                                        partition=partition)
-            metrics.EVENTS.inc(len(records))
+            metrics.PER_COMMAND.add(metrics.EVENTS, len(records))
             produced = produced or bool(records)
         return produced
 
@@ -1081,7 +1083,7 @@ class Processor:
             self._producer.produce(self.settings.legs_topic, raw, leg_key,
                                    partition=partition_for(leg_key, self.settings.partitions),
                                    headers=self._legs.headers(leg_key, raw))
-        metrics.EVENTS.inc(len(records))
+        metrics.PER_COMMAND.add(metrics.EVENTS, len(records))
         return bool(records)
 
     def _dead_letter(self, msg, problem: str) -> None:
