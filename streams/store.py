@@ -65,7 +65,7 @@ from pathlib import Path
 
 from dataclasses import dataclass
 
-from rocksdict import AccessType, Options, Rdict, WriteBatch
+from rocksdict import AccessType, BlockBasedOptions, Options, Rdict, WriteBatch
 
 from ledger import domain
 from schemas import codec
@@ -241,12 +241,31 @@ class TransferEntry:
                    tuple(seqs))
 
 
+# Each partition's store writes three or four keys per command. RocksDB's
+# default 64 MiB memtable made each batch's write cost 5.5-6.5 us per command
+# (a deep skiplist); with 8 MiB, 3.0 (more, smaller flushes on RocksDB's own
+# thread). The command-index lookup of every new command misses: a bloom
+# filter keeps those misses off the extra SST files (2.2 us, as before).
+# Measured with rocksdict alone on 400 batches of 1,000 commands.
+STORE_WRITE_BUFFER_BYTES = 8 << 20
+STORE_BLOOM_BITS_PER_KEY = 10
+
+
+def _options() -> Options:
+    options = Options(raw_mode=True)
+    options.set_write_buffer_size(STORE_WRITE_BUFFER_BYTES)
+    table = BlockBasedOptions()
+    table.set_bloom_filter(STORE_BLOOM_BITS_PER_KEY, False)
+    options.set_block_based_table_factory(table)
+    return options
+
+
 class PartitionStore:
     def __init__(self, path: Path, read_only: bool = False,
                  snapshot_every: int = Settings.snapshot_every):
         self.path = path
         self.snapshot_every = max(1, snapshot_every)
-        options = Options(raw_mode=True)
+        options = _options()
         if read_only:
             # RocksDB read-only mode takes no lock: safe beside a running worker.
             # It is also a point-in-time view: what was written when it opened.
