@@ -124,6 +124,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition  # noqa: E402
 from ledger import domain  # noqa: E402
 from schemas import codec  # noqa: E402
 from streams import legauth  # noqa: E402
+from streams.client import PRODUCER_SETTINGS as CLIENT_PRODUCER_SETTINGS  # noqa: E402
 from streams.localkafka import free_port  # noqa: E402
 from streams.config import Settings, kafka_properties_from_env  # noqa: E402
 from streams.topics import ensure_topics  # noqa: E402
@@ -1171,13 +1172,8 @@ def run_latency(ctx: Context, rate: float) -> dict:
     loader = ctx.loader(settings)
     watcher = ctx.watcher(settings, latency=True)
     watcher.start()
-    producer = Producer(ctx.role(settings, "app").kafka(**{
-        # The client's producer settings (streams/client.py).
-        "enable.idempotence": True,
-        "acks": "all",
-        "linger.ms": 2,
-        "partitioner": "murmur2_random",
-    }))
+    # The client's producer settings: commands are sent as a LedgerClient sends them.
+    producer = Producer(ctx.role(settings, "app").kafka(**CLIENT_PRODUCER_SETTINGS))
     workers: list[Worker] = []
     try:
         loader.load(settings.commands_topic, ctx.cd_opens, hold=False)

@@ -65,17 +65,28 @@ class TransferStatus:
     duplicate: bool = False
 
 
+# The client's producer (scripts/bench's open-loop generator sends with it too).
+PRODUCER_SETTINGS = {
+    "enable.idempotence": True,
+    "acks": "all",
+    # librdkafka's default (and the Java client's since Kafka 4.0). With 2 ms
+    # the commands reached the broker in record batches of a few records,
+    # which cost the broker and the worker more per command: at 8,500
+    # commands/s from one client (scripts/bench --latency-rates 1700,8500,
+    # two alternating runs each) the worker fell behind (p50 1.9-2.4 s
+    # against 0.5-0.6 s with 5 ms), and at 1,700/s p99 was 72-80 ms against
+    # 57-58 ms.
+    "linger.ms": 5,
+    # The same partitioner as Kafka's Java client and aiokafka/Faust;
+    # librdkafka's default (CRC32) would send a key elsewhere.
+    "partitioner": "murmur2_random",
+}
+
+
 class LedgerClient:
     def __init__(self, settings: Settings | None = None, *, watch_outcomes: bool = True):
         self.settings = settings or Settings.from_env()
-        self._producer = Producer(self.settings.kafka(**{
-            "enable.idempotence": True,
-            "acks": "all",
-            "linger.ms": 2,
-            # The same partitioner as Kafka's Java client and aiokafka/Faust;
-            # librdkafka's default (CRC32) would send a key elsewhere.
-            "partitioner": "murmur2_random",
-        }))
+        self._producer = Producer(self.settings.kafka(**PRODUCER_SETTINGS))
         # Replies seen since the client started (streams/replies.py).
         try:
             self._watcher = replies.ReplyWatcher(self.settings, keep_all=True) \
