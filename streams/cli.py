@@ -91,6 +91,16 @@ def cmd_topics(args) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"not a whole number of at least 1: {text!r}")
+    return value
+
+
 def cmd_worker(args) -> int:
     from streams.app import run_worker
     from streams.topics import ensure_topics
@@ -105,6 +115,10 @@ def cmd_worker(args) -> int:
     except (LegKeyError, TopicMismatch, ClusterUnreachable) as exc:
         print(f"ledger worker: {exc}", file=sys.stderr)
         return 2
+    if args.processes > 1:
+        from streams.processes import run_processes
+
+        return run_processes(settings, args.processes, args.loglevel)
     sys.argv = [sys.argv[0], "worker"]  # faust.Worker parses argv itself
     run_worker(settings, loglevel=args.loglevel)
     return 0
@@ -492,6 +506,10 @@ def main(argv=None) -> int:
 
     p = sub.add_parser("worker", help="run a worker (transactional core + HTTP)")
     p.add_argument("--loglevel", default="info")
+    p.add_argument("--processes", type=_positive_int, default=1, metavar="N",
+                   help="run N worker processes that share the partitions, one per core "
+                        "(ids <id>-1..N, ports <port>..<port>+N-1, data dirs "
+                        "<data dir>/process-<i>; streams/processes.py)")
     p.set_defaults(func=cmd_worker)
 
     # The types `ledger send` offers and the options each needs: the API's models.
