@@ -544,6 +544,10 @@ class Processor:
             self._new_producer()
         except Hung as again:
             raise Rebuild(f"init_transactions: {again}") from None
+        self._seek_back(first_offsets)
+
+    def _seek_back(self, first_offsets: dict) -> None:
+        """Nothing of the batch reached the log or the store; read it again."""
         for (topic, p), offset in first_offsets.items():
             self._consumer.seek(TopicPartition(topic, p, offset))
 
@@ -1120,9 +1124,7 @@ class Processor:
         except Hung as hung:  # a new producer aborts it instead
             self._replace_producer(hung, first_offsets)
             return
-        # Nothing of the batch reached the log or the store; read it again.
-        for (topic, p), offset in first_offsets.items():
-            self._consumer.seek(TopicPartition(topic, p, offset))
+        self._seek_back(first_offsets)
 
     # -- partitions come and go -------------------------------------------
 
