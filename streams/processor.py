@@ -837,8 +837,7 @@ class Processor:
         PHASES["offsets"].inc(t_offsets - t_decided)
         PHASES["commit"].inc(t_committed - t_offsets)
         PHASES["apply"].inc(done - t_committed)
-        metrics.TRANSACTIONS.labels("committed").inc()
-        self._committed = True
+        self._count_commit()
         metrics.TRANSACTION_SECONDS.observe(done - started)
         metrics.BATCH_SIZE.observe(len(messages))
 
@@ -952,6 +951,11 @@ class Processor:
         self._producer.poll(0)
         self._retrying = False
         self._apply(batches)
+        self._count_commit()
+
+    def _count_commit(self) -> None:
+        """A transaction committed: counted, and the rebuilt clients work
+        (the rebuild backoff starts over)."""
         metrics.TRANSACTIONS.labels("committed").inc()
         self._committed = True
 
