@@ -119,6 +119,21 @@ def start_workers(pool: "Workers", base: Settings, tmp_path: Path, count: int,
     return started
 
 
+def wait_until(condition, timeout_s: float, what: str, log_path: Path | None = None):
+    """``condition()``'s first truthy value, asked until ``timeout_s`` has
+    passed; then fail, with the tail of ``log_path`` when given."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = condition()
+        if found:
+            return found
+        if time.monotonic() > deadline:
+            tail = "" if log_path is None else \
+                "\n" + "\n".join(log_path.read_text().splitlines()[-60:])
+            raise AssertionError(f"{what}: not within {timeout_s}s{tail}")
+        time.sleep(0.05)
+
+
 def read_topic(settings: Settings, topic: str, count: int, timeout_s: float = 30) -> list:
     """The first ``count`` committed records of ``topic`` (waits for them)."""
     from confluent_kafka import Consumer

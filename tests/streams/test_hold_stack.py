@@ -5,13 +5,13 @@ the worker within 5 s, and two concurrent writers of whom exactly one wins."""
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 
 from ledger import domain
 from streams.client import LedgerClient
 from streams.eventlog import read_log
+from tests.conftest import wait_until
 
 pytestmark = pytest.mark.kafka
 
@@ -22,17 +22,6 @@ def account(worker, account_id: str) -> dict:
     status, body = worker.get(f"/v1/accounts/{account_id}")
     assert 200 == status, body
     return body
-
-
-def wait_until(condition, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        found = condition()
-        if found:
-            return found
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout_s}s")
-        time.sleep(0.05)
 
 
 def test_hold_capture_release_and_expiry(settings, workers):

@@ -13,7 +13,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections import Counter
@@ -24,8 +23,9 @@ import pytest
 from ledger import domain
 from streams.client import LedgerClient
 from streams.eventlog import read_log
+from streams.localkafka import _alive as alive  # gone: no such pid, or a zombie
 from streams.localkafka import free_port
-from tests.conftest import REPO, worker_env
+from tests.conftest import REPO, wait_until, worker_env
 
 pytestmark = pytest.mark.kafka
 
@@ -37,18 +37,6 @@ def children_of(pid: int) -> list[int]:
         return []
 
 
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie is gone for our purpose (its parent has not reaped it yet).
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
-    except OSError:
-        return False
-
-
 def health(port: int) -> dict | None:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/health", timeout=5) as r:
@@ -57,17 +45,6 @@ def health(port: int) -> dict | None:
         return json.loads(exc.read())
     except OSError:
         return None
-
-
-def wait_until(condition, what: str, timeout_s: float, log: Path):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"{what} not within {timeout_s:.0f} s:\n"
-                         + "\n".join(log.read_text().splitlines()[-60:]))
 
 
 def two_free_ports() -> int:
@@ -104,7 +81,7 @@ def test_two_processes_share_partitions_survive_a_kill_and_stop_together(setting
             return owned if sorted(owned[0] + owned[1]) == list(range(settings.partitions)) \
                 and owned[0] and owned[1] else None
 
-        owned = wait_until(all_owned, "both workers owning partitions", 90, log)
+        owned = wait_until(all_owned, 90, "both workers owning partitions", log)
         assert {"host-1", "host-2"} == {health(p)["worker_id"] for p in ports}, owned
         first = children_of(parent.pid)
         assert 2 == len(first)
@@ -149,11 +126,14 @@ def test_two_processes_share_partitions_survive_a_kill_and_stop_together(setting
         assert expected == outcomes
 
         # The parent started the killed worker again, and it owns partitions.
-        now = wait_until(lambda: (lambda c: c if len(c) == 2 and victim not in c else None)(
-            children_of(parent.pid)), "the killed worker started again", 60, log)
+        def replaced():
+            children = children_of(parent.pid)
+            return children if len(children) == 2 and victim not in children else None
+
+        now = wait_until(replaced, 60, "the killed worker started again", log)
         seen_children.update(now)
         assert not alive(victim)
-        wait_until(all_owned, "both workers owning partitions again", 120, log)
+        wait_until(all_owned, 120, "both workers owning partitions again", log)
 
         # Exactly one outcome per command in the log, and the model's balances.
         records = [r for _p, _o, r in read_log(base)]
