@@ -169,6 +169,14 @@ class Settings:
     # (streams/store.py). Stores rebuilt with another value differ only in
     # which snapshots exist (LEDGER_SNAPSHOT_EVERY).
     snapshot_every: int = 64
+    # A worker that takes over partitions far behind the log (a new host, a
+    # lost disk) catches their stores up in this many processes at once, one
+    # group of partitions each (streams/catchup.py); 0: one per core. Only
+    # when at least catch_up_parallel_records records are behind: below that
+    # a helper's start (about half a second) costs more than it saves
+    # (LEDGER_CATCH_UP_PROCESSES, LEDGER_CATCH_UP_PARALLEL_RECORDS).
+    catch_up_processes: int = 0
+    catch_up_parallel_records: int = 50_000
 
     # The names below are derived from the fields and asked for on every
     # record the worker produces: computed once (the instance is frozen;
@@ -274,6 +282,10 @@ class Settings:
             tick_ms=int(_env("LEDGER_TICK_MS", str(d.tick_ms))),
             clock_offset_ms=int(_env("LEDGER_CLOCK_OFFSET_MS", str(d.clock_offset_ms))),
             snapshot_every=max(1, int(_env("LEDGER_SNAPSHOT_EVERY", str(d.snapshot_every)))),
+            catch_up_processes=max(0, int(_env("LEDGER_CATCH_UP_PROCESSES",
+                                               str(d.catch_up_processes)))),
+            catch_up_parallel_records=max(0, int(_env("LEDGER_CATCH_UP_PARALLEL_RECORDS",
+                                                      str(d.catch_up_parallel_records)))),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -297,6 +309,8 @@ class Settings:
             "LEDGER_TICK_MS": str(self.tick_ms),
             "LEDGER_CLOCK_OFFSET_MS": str(self.clock_offset_ms),
             "LEDGER_SNAPSHOT_EVERY": str(self.snapshot_every),
+            "LEDGER_CATCH_UP_PROCESSES": str(self.catch_up_processes),
+            "LEDGER_CATCH_UP_PARALLEL_RECORDS": str(self.catch_up_parallel_records),
         }
         if self.replication_factor is not None:
             env["LEDGER_REPLICATION_FACTOR"] = str(self.replication_factor)

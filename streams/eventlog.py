@@ -69,6 +69,8 @@ class CommittedLog:
 
     def __init__(self, settings: Settings, group_id: str, **config):
         self.topic = settings.events_topic
+        self._settings = settings
+        self._group_id = group_id
         self._consumer = Consumer(settings.kafka(**{
             "group.id": group_id,  # never commits: positions are the caller's
             "enable.auto.commit": False,
@@ -87,8 +89,23 @@ class CommittedLog:
         self.progress_at = time.monotonic()  # the last time anything arrived
 
     def end_offsets(self, partitions) -> dict[int, int]:
-        """The high watermark of each partition, now."""
+        """The end of each partition's committed records, now: read_committed,
+        the broker answers the last stable offset, which stops before the
+        first record of a transaction still open."""
         return {p: watermarks(self._consumer, self.topic, p)[1] for p in partitions}
+
+    def log_ends(self, partitions) -> dict[int, int]:
+        """The high watermark of each partition, now, records of transactions
+        still open included: the end a catch-up must pass before its store may
+        be acted on. Reaching it waits for every such transaction to commit
+        or abort (a previous owner's commit landing after we took over would
+        otherwise be missing from the store)."""
+        probe = Consumer(self._settings.kafka(**{
+            "group.id": self._group_id, "isolation.level": "read_uncommitted"}))
+        try:
+            return {p: watermarks(probe, self.topic, p)[1] for p in partitions}
+        finally:
+            probe.close()
 
     def start(self, starts: dict[int, int], ends: dict[int, int], *, cut: bool = True,
               also: tuple[int, ...] = ()) -> None:

@@ -72,12 +72,12 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 
 from ledger import domain
 from schemas import codec
-from streams import metrics, replies, routing
+from streams import catchup, metrics, replies, routing
 from streams.config import Settings
 from streams.eventlog import CommittedLog
 from streams.legauth import LegAuth
 from streams.partitioner import partition_for
-from streams.store import Batch, Outcome, PartitionStore, TransferEntry
+from streams.store import Batch, Outcome, PartitionStore, TransferEntry, partition_path
 
 log = logging.getLogger("ledger.processor")
 
@@ -323,6 +323,64 @@ class Hung(Rebuild):
 
 class Stopping(Exception):
     """stop() was called while a Kafka call was being retried."""
+
+
+def fold_log(settings: Settings, reader: CommittedLog, stores: dict[int, PartitionStore],
+             starts: dict[int, int], ends: dict[int, int], stop: threading.Event,
+             watch=None) -> int:
+    """Fold the committed log of each partition of ``ends`` into its store,
+    from ``starts`` to at least ``ends``; return the number of records read.
+
+    Everything committed is taken (no cut at the end): the end only says when
+    a store is caught up. Stores are written in atomic batches with the log
+    position they reach, so a fold stopped anywhere is continued by the next.
+    Raises :class:`Stopping` when ``stop`` is set and :class:`Rebuild` when
+    the log makes no progress for three transaction timeouts. ``watch``, if
+    given, is called on every turn (and may raise).
+    """
+    reader.start(starts, ends, cut=False)
+    targets = {p: ends[p] for p in sorted(reader.remaining)}
+    if not targets:
+        return 0
+    log.info("catching up partitions %s to offsets %s", sorted(targets), targets)
+    batches = {p: Batch(stores[p]) for p in targets}
+    pending = total = 0
+    said_at = time.monotonic()
+    # An open transaction of a previous owner ends within the
+    # transaction timeout (the broker aborts it); far longer without
+    # progress means something is stale: start over with new clients.
+    stall_s = 3 * settings.transaction_timeout_ms / 1000
+    while batches:
+        if stop.is_set():
+            raise Stopping()
+        if watch is not None:
+            watch()
+        if time.monotonic() - reader.progress_at > stall_s:
+            raise Rebuild(f"catch-up made no progress for {stall_s:.0f} s: "
+                          f"{reader.positions} of {targets}, end seen {reader.eofs}")
+        if time.monotonic() - said_at > CATCH_UP_REPORT_S:
+            said_at = time.monotonic()
+            # Usually a previous owner's transaction still open: read
+            # committed cannot pass it until the broker ends it.
+            log.warning("still catching up: %s", {
+                p: f"at {reader.positions[p]} of {targets[p]}, "
+                   f"end seen {reader.eofs.get(p)}" for p in batches})
+        messages = reader.batch(0.2)
+        for msg in messages:
+            apply_logged(batches[msg.partition()], msg.value())
+        pending += len(messages)
+        total += len(messages)
+        metrics.RECOVERED_EVENTS.inc(len(messages))
+        done = [p for p in batches if p in reader.reached]
+        if done or pending >= CATCH_UP_FLUSH_RECORDS:
+            for p in (list(batches) if pending >= CATCH_UP_FLUSH_RECORDS else done):
+                stores[p].apply(batches[p], reader.positions[p])
+                batches[p] = Batch(stores[p])
+            pending = 0
+        for p in done:
+            reader.stop(p)
+            del batches[p]
+    return total
 
 
 # How the worker is doing, for /v1/health. Only "consuming" is healthy.
@@ -1139,8 +1197,7 @@ class Processor:
         self._expiry_checked_at = 0.0  # expire what is due at once after catch-up
         for p in numbers:
             if p not in self._stores:
-                self._stores[p] = PartitionStore(self._data_dir / f"p{p}",
-                                                 snapshot_every=self.settings.snapshot_every)
+                self._stores[p] = self._open_store(p)
         started = time.perf_counter()
         self._catch_up(numbers)
         metrics.RECOVERY_SECONDS.observe(time.perf_counter() - started)
@@ -1151,6 +1208,10 @@ class Processor:
         self._serving.update({p: self._stores[p] for p in numbers})
         self._state = CONSUMING
         self.caught_up.set()
+
+    def _open_store(self, partition: int) -> PartitionStore:
+        return PartitionStore(partition_path(self._data_dir, partition),
+                              snapshot_every=self.settings.snapshot_every)
 
     def _on_revoke(self, consumer, partitions) -> None:
         log.info("revoked partitions %s", [tp.partition for tp in partitions])
@@ -1169,55 +1230,42 @@ class Processor:
         previous owner's transaction is still open, read_committed stops
         short of it until the broker commits or aborts it (at the latest after
         ``transaction.timeout.ms``), so we wait rather than act on a state
-        that might still change under us.
+        that might still change under us. Far behind, groups of partitions
+        are caught up by helper processes meanwhile (streams/catchup.py).
         """
         reader = CommittedLog(self.settings, f"{self.settings.group_id}-catch-up")
+        helpers: list[catchup.Helper] = []
+        lent: list[int] = []  # partitions whose stores a helper has
         try:
             starts = {p: self._stores[p].events_offset for p in partitions}
-            ends = reader.end_offsets(partitions)
-            # Everything committed is taken (no cut at the end): the end only
-            # says when the store is caught up.
-            reader.start(starts, ends, cut=False)
-            targets = {p: ends[p] for p in sorted(reader.remaining)}
-            if not targets:
-                return
-            log.info("catching up partitions %s to offsets %s", sorted(targets), targets)
-            batches = {p: Batch(self._stores[p]) for p in targets}
-            pending = 0
-            said_at = time.monotonic()
-            # An open transaction of a previous owner ends within the
-            # transaction timeout (the broker aborts it); far longer without
-            # progress means something is stale: start over with new clients.
-            stall_s = 3 * self.settings.transaction_timeout_ms / 1000
-            while batches:
-                if self._stop.is_set():
+            ends = reader.log_ends(partitions)
+            mine, *theirs = catchup.split(starts, ends, catchup.processes_for(self.settings),
+                                          self.settings.catch_up_parallel_records,
+                                          keep=set(self._serving))
+            for group in theirs:
+                for p in group:  # a store is open in one process at a time
+                    lent.append(p)
+                    self._stores.pop(p).close()
+                helpers.append(catchup.Helper(self.settings, self._data_dir, group))
+            # A helper that fails fails the catch-up at once, not after ours.
+            fold_log(self.settings, reader, {p: self._stores[p] for p in mine},
+                     starts, {p: ends[p] for p in mine}, self._stop,
+                     watch=lambda: catchup.check(helpers))
+            for helper in helpers:
+                records = helper.wait(self._stop)
+                if records is None:
                     raise Stopping()
-                if time.monotonic() - reader.progress_at > stall_s:
-                    raise Rebuild(f"catch-up made no progress for {stall_s:.0f} s: "
-                                  f"{reader.positions} of {targets}, end seen {reader.eofs}")
-                if time.monotonic() - said_at > CATCH_UP_REPORT_S:
-                    said_at = time.monotonic()
-                    # Usually a previous owner's transaction still open: read
-                    # committed cannot pass it until the broker ends it.
-                    log.warning("still catching up: %s", {
-                        p: f"at {reader.positions[p]} of {targets[p]}, "
-                           f"end seen {reader.eofs.get(p)}" for p in batches})
-                messages = reader.batch(0.2)
-                for msg in messages:
-                    apply_logged(batches[msg.partition()], msg.value())
-                pending += len(messages)
-                metrics.RECOVERED_EVENTS.inc(len(messages))
-                done = [p for p in batches if p in reader.reached]
-                if done or pending >= CATCH_UP_FLUSH_RECORDS:
-                    for p in (list(batches) if pending >= CATCH_UP_FLUSH_RECORDS else done):
-                        self._stores[p].apply(batches[p], reader.positions[p])
-                        batches[p] = Batch(self._stores[p])
-                    pending = 0
-                for p in done:
-                    reader.stop(p)
-                    del batches[p]
+                metrics.RECOVERED_EVENTS.inc(records)
+        except catchup.CatchUpFailed as exc:
+            if exc.retry:
+                raise Rebuild(str(exc)) from None
+            raise
         finally:
             reader.close()
+            for helper in helpers:
+                helper.end()
+            for p in lent:
+                self._stores[p] = self._open_store(p)
 
     def _close(self) -> None:
         """Drop the clients (bounded: a consumer can hang leaving a group whose

@@ -607,7 +607,7 @@ def compare_stores(settings: Settings, data_dir: Path) -> tuple[list[Problem], i
     ``store_ahead_of_recorded_offset``, apart from other differences. The
     stores are opened before the log is read, so the log reaches them.
     """
-    from streams.store import PartitionStore
+    from streams.store import PartitionStore, partition_path
 
     problems: list[Problem] = []
     checked = 0
@@ -615,8 +615,8 @@ def compare_stores(settings: Settings, data_dir: Path) -> tuple[list[Problem], i
     stores: dict[int, PartitionStore] = {}
     try:
         for p in range(settings.partitions):
-            if (root / f"p{p}").is_dir():
-                stores[p] = PartitionStore(root / f"p{p}", read_only=True)
+            if partition_path(root, p).is_dir():
+                stores[p] = PartitionStore(partition_path(root, p), read_only=True)
         if not stores:
             return [], 0
         recorded = {p: store.events_offset for p, store in stores.items()}

@@ -106,6 +106,12 @@ def decode_snapshot(raw: bytes) -> domain.AccountState:
     return decode_state(body)
 
 
+def partition_path(root: Path, partition: int) -> Path:
+    """The store of one partition under a worker's store root
+    (``<data_dir>/<events topic>``)."""
+    return Path(root) / f"p{partition}"
+
+
 def _account_prefix(tag: bytes, account_id: str) -> bytes:
     return tag + account_id.encode() + b"\x00"
 

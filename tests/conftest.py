@@ -134,6 +134,27 @@ def wait_until(condition, timeout_s: float, what: str, log_path: Path | None = N
         time.sleep(0.05)
 
 
+def dump_stores(settings: Settings) -> dict[int, list[tuple[bytes, bytes]]]:
+    """Every key and value of every partition store (worker stopped)."""
+    from streams.store import PartitionStore, partition_path
+
+    out = {}
+    root = settings.data_dir / settings.events_topic
+    for p in range(settings.partitions):
+        store = PartitionStore(partition_path(root, p))
+        try:
+            out[p] = [(k, v) for k, v in store.items(b"")]
+        finally:
+            store.close()
+    return out
+
+
+def data_only(items: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """A store's keys and values without its own bookkeeping (b"m" keys: the
+    log position a rebuilt store reached may differ, the data may not)."""
+    return [kv for kv in items if not kv[0].startswith(b"m")]
+
+
 def read_topic(settings: Settings, topic: str, count: int, timeout_s: float = 30) -> list:
     """The first ``count`` committed records of ``topic`` (waits for them)."""
     from confluent_kafka import Consumer
