@@ -169,11 +169,12 @@ class Settings:
     # (streams/store.py). Stores rebuilt with another value differ only in
     # which snapshots exist (LEDGER_SNAPSHOT_EVERY).
     snapshot_every: int = 64
-    # A worker that takes over partitions far behind the log (a new host, a
-    # lost disk) catches their stores up in this many processes at once, one
-    # group of partitions each (streams/catchup.py); 0: one per core. Only
-    # when at least catch_up_parallel_records records are behind: below that
-    # a helper's start (about half a second) costs more than it saves
+    # A long stretch of the log is folded in this many processes at once, one
+    # group of partitions each: a worker catching up stores far behind (a
+    # new host, a lost disk; streams/catchup.py), and replay, verify and
+    # snapshots (streams/replay.py); 0: one per core. Only when at least
+    # catch_up_parallel_records records are to be read: below that a
+    # helper's start (about half a second) costs more than it saves
     # (LEDGER_CATCH_UP_PROCESSES, LEDGER_CATCH_UP_PARALLEL_RECORDS).
     catch_up_processes: int = 0
     catch_up_parallel_records: int = 50_000

@@ -51,6 +51,9 @@ class NotFinal(Exception):
                           for p, w in self.watermarks.items())
         super().__init__(f"partitions not final as of {as_of_ms} yet: {parts}")
 
+    def __reduce__(self):  # raised in a helper process, re-raised in its parent
+        return NotFinal, (self.as_of_ms, self.watermarks)
+
 
 class CommittedLog:
     """One read_committed pass over some partitions of the event log.
@@ -171,7 +174,8 @@ class CommittedLog:
 def read_log(settings: Settings, timeout_s: float = 30.0,
              start_offsets: dict[int, int] | None = None,
              stop_offsets: dict[int, int] | None = None, *, ticks: bool = False,
-             final_after_ms: int | None = None, wait_s: float = 0.0):
+             final_after_ms: int | None = None, wait_s: float = 0.0,
+             partitions=None):
     """Yield (partition, offset, record) of the committed event log, then stop.
 
     Reads each partition from ``start_offsets`` (default 0) to its end as it
@@ -182,11 +186,12 @@ def read_log(settings: Settings, timeout_s: float = 30.0,
 
     ``final_after_ms``: then follow (see the module doc), up to ``wait_s``,
     and raise :class:`NotFinal` if some partition is not final as of it.
+    ``partitions``: read only these (default all).
     """
     if final_after_ms is not None and stop_offsets is not None:
         raise ValueError("final_after_ms reads past the ends: not with stop_offsets")
     follow = final_after_ms is not None
-    partitions = range(settings.partitions)
+    partitions = range(settings.partitions) if partitions is None else sorted(partitions)
     reader = CommittedLog(settings, f"{settings.topic_prefix}-reader",
                           **{"fetch.wait.max.ms": 20})  # following the tail
     decode = codec.decode_record

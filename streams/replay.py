@@ -39,6 +39,13 @@ record at or before T; if one stays short it exits non-zero naming it,
 rather than write a ledger that may change. Idle partitions get a
 ``PartitionTick`` every LEDGER_TICK_MS, so a T a moment ago is final within
 about that long while workers run.
+
+**Groups.** Every account lives on one partition, so the fold of one
+partition needs no other. A long read (``Settings.catch_up_parallel_records``
+records or more, on two partitions or more) is split into groups of
+partitions balanced by records to read; this process folds the first and a
+spawned helper process each other one, and the results are merged (money
+counters added up): the same Ledger, on every core (:func:`rebuild`).
 """
 
 from __future__ import annotations
@@ -198,11 +205,13 @@ def newest_snapshot(settings: Settings, at_or_before_ms: int | None) -> Ledger |
 
 
 class Progress:
-    """A progress line on a terminal (stderr); silent otherwise."""
+    """A progress line on a terminal (stderr); silent otherwise. ``others``
+    counts what other processes read (shown in the total)."""
 
-    def __init__(self, label: str, enabled: bool | None = None):
+    def __init__(self, label: str, enabled: bool | None = None, others=None):
         self.label = label
         self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.others = others or (lambda: 0)
         self.count = 0
         self.started = time.monotonic()
         self._shown = 0.0
@@ -212,13 +221,14 @@ class Progress:
         now = time.monotonic()
         if self.enabled and now - self._shown > 0.2:
             self._shown = now
-            rate = self.count / max(now - self.started, 1e-9)
-            print(f"\r{self.label}: {self.count:,} records ({rate:,.0f}/s)", end="",
+            total = self.count + self.others()
+            rate = total / max(now - self.started, 1e-9)
+            print(f"\r{self.label}: {total:,} records ({rate:,.0f}/s)", end="",
                   file=sys.stderr, flush=True)
 
     def done(self) -> None:
         if self.enabled:
-            print(f"\r{self.label}: {self.count:,} records in "
+            print(f"\r{self.label}: {self.count + self.others():,} records in "
                   f"{time.monotonic() - self.started:.1f}s", file=sys.stderr)
 
 
@@ -232,16 +242,37 @@ def rebuild(settings: Settings, as_of_ms: int | None = None, use_snapshots: bool
     ``final_wait_s`` (with ``as_of_ms``): make it the final answer (module
     doc, Final): wait up to this long for every partition to be final as of
     ``as_of_ms``, else raise :class:`streams.eventlog.NotFinal`.
+
+    With ``Settings.catch_up_parallel_records`` records or more to read on
+    two partitions or more, groups of partitions are read by other
+    processes at once (one per core, ``Settings.catch_up_processes``), as a
+    worker's catch-up does: accounts live on one partition each, so each
+    group's fold is independent and the results are merged.
     """
     base = newest_snapshot(settings, as_of_ms) if use_snapshots and until_offsets is None \
         else None
     ledger = base or Ledger.empty(settings.partitions)
-    bar = Progress("replay", progress)
     final = as_of_ms is not None and final_wait_s is not None and until_offsets is None
+    wait_s = (final_wait_s or 0.0) if final else None
+    groups = _groups(settings, ledger.offsets, until_offsets)
+    if len(groups) == 1:
+        bar = Progress("replay", progress)
+        _fold(settings, ledger, None, as_of_ms, until_offsets, wait_s, bar.tick)
+    else:
+        bar = _fold_parallel(settings, ledger, groups, as_of_ms, until_offsets, wait_s, progress)
+    bar.done()
+    return ledger
+
+
+def _fold(settings: Settings, ledger: Ledger, partitions, as_of_ms: int | None,
+          until_offsets: dict[int, int] | None, wait_s: float | None, tick) -> None:
+    """Fold the log of ``partitions`` (None: all) from ``ledger.offsets``
+    into ``ledger``; ``wait_s`` not None: final as of ``as_of_ms``."""
     for partition, offset, record in read_log(
             settings, start_offsets=ledger.offsets, stop_offsets=until_offsets, ticks=True,
-            final_after_ms=as_of_ms if final else None, wait_s=final_wait_s or 0.0):
-        bar.tick()
+            final_after_ms=as_of_ms if wait_s is not None else None, wait_s=wait_s or 0.0,
+            partitions=partitions):
+        tick()
         if isinstance(record, domain.PartitionTick):
             ledger.offsets[partition] = offset + 1
             ledger.saw(partition, record.recorded_at_ms)
@@ -253,8 +284,110 @@ def rebuild(settings: Settings, as_of_ms: int | None = None, use_snapshots: bool
             ledger.offsets[partition] = offset + 1
             continue
         ledger.apply(partition, offset, record)
-    bar.done()
-    return ledger
+
+
+def _groups(settings: Settings, starts: dict[int, int],
+            until_offsets: dict[int, int] | None) -> list[list[int]]:
+    """Partitions in groups, one per process (streams/catchup.py split)."""
+    from streams import catchup
+    from streams.eventlog import CommittedLog
+
+    processes = catchup.processes_for(settings)
+    every = list(range(settings.partitions))
+    if processes < 2:
+        return [every]
+    reader = CommittedLog(settings, f"{settings.topic_prefix}-reader")
+    try:
+        ends = reader.end_offsets(every)
+    finally:
+        reader.close()
+    if until_offsets is not None:
+        ends = {p: min(end, until_offsets.get(p, 0)) for p, end in ends.items()}
+    return catchup.split(starts, ends, processes, settings.catch_up_parallel_records)
+
+
+_counts = None  # in a helper: the shared array of records read per group
+
+
+def _helper_start(counts) -> None:
+    global _counts
+    _counts = counts
+
+
+def _fold_group(settings: Settings, part: Ledger, partitions: list[int], as_of_ms: int | None,
+                until_offsets: dict[int, int] | None, wait_s: float | None,
+                slot: int) -> Ledger:
+    """In a helper process: fold one group's partitions into ``part``."""
+    read = 0
+
+    def tick() -> None:
+        nonlocal read
+        read += 1
+        if read % 1000 == 0:
+            _counts[slot] = read
+
+    _fold(settings, part, partitions, as_of_ms, until_offsets, wait_s, tick)
+    _counts[slot] = read
+    return part
+
+
+def _part_of(ledger: Ledger, partitions: list[int], count: int) -> Ledger:
+    """The share of ``ledger`` a group of partitions starts from: its
+    accounts, offsets and watermarks (money counters start at zero)."""
+    from streams.partitioner import partition_for
+
+    wanted = set(partitions)
+    return Ledger({a: s for a, s in ledger.accounts.items()
+                   if partition_for(a.encode(), count) in wanted},
+                  {p: ledger.offsets.get(p, 0) for p in partitions}, 0, Counter(), Counter(),
+                  {p: w for p, w in ledger.watermarks.items() if p in wanted})
+
+
+def _merge(ledger: Ledger, part: Ledger) -> None:
+    ledger.accounts.update(part.accounts)
+    ledger.offsets.update(part.offsets)
+    ledger.max_recorded_at_ms = max(ledger.max_recorded_at_ms, part.max_recorded_at_ms)
+    ledger.in_flight.update(part.in_flight)  # Counter.update adds, negatives too
+    ledger.external.update(part.external)
+    ledger.watermarks.update(part.watermarks)
+
+
+def _fold_parallel(settings: Settings, ledger: Ledger, groups: list[list[int]],
+                   as_of_ms: int | None, until_offsets: dict[int, int] | None,
+                   wait_s: float | None, progress: bool | None) -> Progress:
+    """Fold ``groups[0]`` here and every other group in a helper process
+    (spawned: this process may hold Kafka clients' threads); merge."""
+    import concurrent.futures
+    import multiprocessing
+
+    from streams.eventlog import NotFinal
+
+    context = multiprocessing.get_context("spawn")
+    counts = context.Array("q", len(groups), lock=False)
+    bar = Progress("replay", progress, others=lambda: sum(counts))
+    not_final: list[NotFinal] = []
+    with concurrent.futures.ProcessPoolExecutor(
+            len(groups) - 1, mp_context=context, initializer=_helper_start,
+            initargs=(counts,)) as pool:
+        futures = [pool.submit(_fold_group, settings, _part_of(ledger, group, settings.partitions),
+                               group, as_of_ms, until_offsets, wait_s, slot)
+                   for slot, group in enumerate(groups[1:], 1)]
+        try:
+            _fold(settings, ledger, groups[0], as_of_ms, until_offsets, wait_s, bar.tick)
+        except NotFinal as exc:
+            not_final.append(exc)
+        pending = set(futures)
+        while pending:
+            done, pending = concurrent.futures.wait(pending, timeout=0.2)
+            bar.tick(0)
+        for future in futures:
+            try:
+                _merge(ledger, future.result())
+            except NotFinal as exc:
+                not_final.append(exc)
+    if not_final:
+        raise NotFinal(as_of_ms, {p: w for exc in not_final for p, w in exc.watermarks.items()})
+    return bar
 
 
 def account_line(state: domain.AccountState) -> str:
