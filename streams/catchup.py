@@ -60,7 +60,14 @@ class CatchUpFailed(RuntimeError):
 
 
 def processes_for(settings) -> int:
-    return settings.catch_up_processes or os.cpu_count() or 1
+    """How many processes may fold the log at once (``catch_up_processes``;
+    0: the cores this process may run on)."""
+    if settings.catch_up_processes:
+        return settings.catch_up_processes
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def split(starts: dict[int, int], ends: dict[int, int], processes: int, min_records: int,
@@ -129,10 +136,10 @@ class Helper:
             except subprocess.TimeoutExpired:
                 if stop.is_set():
                     return None
-        out = self.process.stdout.read()
+        out = self.process.stdout.read().decode(errors="replace").strip().splitlines()
         if code != 0:
             raise self._failed(code)
-        return int(json.loads(out)["records"])
+        return int(json.loads(out[-1])["records"])  # its last line, whatever came before
 
     def end(self) -> None:
         """Make sure the helper is gone (its stores are closed)."""
