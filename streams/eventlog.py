@@ -3,12 +3,16 @@
 :class:`CommittedLog` is the only consumer of the event log for reading it
 back: a worker's catch-up (``streams/processor.py``), replay, verify and
 snapshots (``streams/replay.py``) and the CLI all read through it. It reads
-each partition from a start offset to an end (the high watermark when
-reading began, or a stop offset), read_committed: the end is known by the
-EOF event carrying the end offset, since the position does not move past a
-trailing control record (an abort marker) when no message follows it. A
-previous owner's transaction still open holds read_committed short of it
-until the broker commits or aborts it, so a caller measures progress
+each partition from a start offset to an end, or a stop offset,
+read_committed: the end is known by the EOF event carrying the end offset,
+since the position does not move past a trailing control record (an abort
+marker) when no message follows it. Two ends: :meth:`CommittedLog.end_offsets`
+is what is committed now (the broker's last stable offset, short of the
+first record of a transaction still open), what replay reads to;
+:meth:`CommittedLog.log_ends` is the high watermark, records of open
+transactions included, what a worker's catch-up reads to: a previous
+owner's transaction still open holds read_committed short of it until the
+broker commits or aborts it, so a caller measures progress
 (``CommittedLog.progress_at``) to tell waiting from stalled.
 
 The log holds account records (events and rejections) and, on every
