@@ -34,13 +34,19 @@ def kill9(broker) -> None:
 class Sender(threading.Thread):
     """Produces the load at a steady rate whether or not the broker is up
     (the idempotent producer queues and retries); a command whose delivery
-    failed is sent again with the same command_id, as a real client would."""
+    failed is sent again with the same command_id, as a real client would.
+    ``stop`` ends the load early: ``sent()`` is then what was sent."""
 
     def __init__(self, settings, commands, rate_per_s: int):
         super().__init__(name="load", daemon=True)
         self.settings, self.commands, self.rate_per_s = settings, commands, rate_per_s
         self.failed: list = []
         self.error: BaseException | None = None
+        self.stop = threading.Event()
+        self.count = 0  # commands sent, from the first
+
+    def sent(self) -> list:
+        return self.commands[:self.count]
 
     def run(self):
         try:
@@ -50,7 +56,10 @@ class Sender(threading.Thread):
                                  "message.timeout.ms": 120_000})
             started = time.monotonic()
             for i, command in enumerate(self.commands):
+                if self.stop.is_set():
+                    break
                 self._send(producer, command)
+                self.count = i + 1
                 ahead = started + i / self.rate_per_s - time.monotonic()
                 producer.poll(max(0.0, ahead))
             for _round in range(5):

@@ -95,17 +95,25 @@ def leaders(settings) -> Counter:
 
 class HttpSender(threading.Thread):
     """POSTs commands to a worker, retrying each with the same command_id
-    until it is accepted (202) or refused as invalid (never, here)."""
+    until it is accepted (202) or refused as invalid (never, here). ``stop``
+    ends the load early: ``sent()`` is then what was sent."""
 
     def __init__(self, urls, commands, rate_per_s):
         super().__init__(name="http-load", daemon=True)
         self.urls, self.commands, self.rate = urls, commands, rate_per_s
         self.retries, self.error = 0, None
+        self.stop = threading.Event()
+        self.count = 0
+
+    def sent(self) -> list:
+        return self.commands[:self.count]
 
     def run(self):
         try:
             started = time.monotonic()
             for i, c in enumerate(self.commands):
+                if self.stop.is_set():
+                    break
                 body = {"command_id": c.command_id, "amount": c.amount_minor, "currency": "EUR"}
                 if isinstance(c, domain.Transfer):
                     body |= {"type": "transfer", "from_account_id": c.from_account_id,
@@ -128,6 +136,7 @@ class HttpSender(threading.Thread):
                         time.sleep(0.5)
                 else:
                     raise AssertionError(f"{c.command_id} never accepted")
+                self.count = i + 1
                 time.sleep(max(0.0, started + (i + 1) / self.rate - time.monotonic()))
         except BaseException as exc:
             self.error = exc
@@ -175,7 +184,9 @@ def test_one_broker_killed_under_load_twice(cluster, ledger, ledger_cli):
     seed = int(os.environ.get("LEDGER_CRASH_SEED", random.randrange(2**32)))
     print(f"cluster test seed: {seed} (LEDGER_CRASH_SEED={seed} to replay)")
     rng = random.Random(seed)
-    setup, load = make_load(rng, RATE_PER_S * (2 * OUTAGE_S + 25))
+    # More load than the test needs: it is stopped once the last outage is
+    # over, so it flows through both outages however long a restart takes.
+    setup, load = make_load(rng, RATE_PER_S * (2 * OUTAGE_S + 300))
     apply_all(base, setup)
     # A tenth of the payers send through HTTP, the rest through Kafka.
     http_payers = {f"payer-{i:02d}" for i in range(4)}
@@ -206,11 +217,15 @@ def test_one_broker_killed_under_load_twice(cluster, ledger, ledger_cli):
         print(f"node {victim.node_id} back; replicas in sync after "
               f"{localkafka.wait_in_sync(cluster, timeout_s=180):.1f} s")
 
+    time.sleep(5)  # load flowing after the last outage (a pace)
+    sender.stop.set()
+    poster.stop.set()
     sender.join(400)
     poster.join(400)
     assert sender.error is None, sender.error
     assert poster.error is None, poster.error
-    expected, balances_expected = model(setup, load)
+    assert sender.count < len(sender.commands), "the load ended before the outages did"
+    expected, balances_expected = model(setup, sender.sent() + poster.sent())
     records, outcomes = wait_for_all_outcomes(base, expected)
     gaps = applied_gaps(records, windows)
     print(f"longest pause in applied outcomes of one partition per broker outage: "
