@@ -40,7 +40,7 @@ from streams import replay  # noqa: E402
 from streams.cli import _settings_with_local_broker, _wait_http  # noqa: E402
 from streams.partitioner import partition_for  # noqa: E402
 from streams.processor import handle_command  # noqa: E402
-from streams.store import Batch, PartitionStore, partition_path  # noqa: E402
+from streams.store import Batch, PartitionStore, store_path  # noqa: E402
 from streams.topics import ensure_topics  # noqa: E402
 
 FLUSH_EVERY = 20_000
@@ -89,19 +89,18 @@ def main() -> int:
         topic_prefix=f"asof-{uuid.uuid4().hex[:8]}",
         data_dir=Path(tempfile.mkdtemp(prefix="ledger-asof-")), worker_id="asof-1")
     ensure_topics(settings)
-    root = settings.data_dir / settings.events_topic
     accounts = {}
     print("building accounts (RocksDB, through the worker's fold code):", file=sys.stderr)
     for size in sizes:
         account_id = f"acct-{size}"
         p = partition_for(account_id.encode(), settings.partitions)
-        store = PartitionStore(partition_path(root, p))
+        store = PartitionStore(store_path(settings, p))
         accounts[account_id] = (p, build_account(store, account_id, size, rng))
         store.close()
 
     results = {"sizes": sizes, "queries": args.queries, "in_process": {}, "http": {}}
     for account_id, (p, times) in accounts.items():
-        store = PartitionStore(partition_path(root, p), read_only=True)
+        store = PartitionStore(store_path(settings, p), read_only=True)
         samples = []
         for _ in range(args.queries):
             t = rng.randrange(times[0], times[-1] + 1)
@@ -137,7 +136,7 @@ def main() -> int:
     producer = Producer(settings.kafka(**{"linger.ms": 20, "enable.idempotence": True}))
     written = 0
     for account_id, (p, _times) in accounts.items():
-        store = PartitionStore(partition_path(root, p), read_only=True)
+        store = PartitionStore(store_path(settings, p), read_only=True)
         for raw in store.history(account_id):
             if written >= args.replay_max_events:
                 break

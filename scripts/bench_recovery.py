@@ -47,6 +47,7 @@ from schemas import codec  # noqa: E402
 from streams import processor, replay  # noqa: E402
 from streams.config import Settings  # noqa: E402
 from streams.partitioner import partition_for  # noqa: E402
+from streams.store import open_store  # noqa: E402
 from streams.topics import ensure_topics  # noqa: E402
 
 TRANSACTION_RECORDS = 5_000
@@ -122,7 +123,7 @@ def run_catch_up(settings: Settings, data_dir: Path) -> None:
     proc = processor.Processor(settings.with_(data_dir=data_dir))
     try:
         for p in range(settings.partitions):
-            proc._stores[p] = proc._open_store(p)
+            proc._stores[p] = open_store(proc.settings, p)
         proc._catch_up(list(range(settings.partitions)))
     finally:
         proc._close()

@@ -8,7 +8,8 @@ one core however many the host has. The partitions' stores are independent
 (one RocksDB directory each), so the worker splits them into groups
 (:func:`split`), keeps the first group and hands each other group to a
 helper process (:class:`Helper`, ``python -m streams.catchup``): the same
-fold (``processor.fold_log``) on its own reader of the committed log, into
+fold (``processor.fold_log``) on its own reader of the committed log, to
+the ends the worker found, into
 the same store directories, which the worker has closed meanwhile and opens
 again once the helper has exited.
 
@@ -37,7 +38,6 @@ import pickle
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
 from streams.processes import _die_with_parent
 
@@ -103,15 +103,16 @@ def check(helpers) -> None:
 
 
 class Helper:
-    """One helper process catching up the stores of ``partitions``."""
+    """One helper process catching up the stores of some partitions to the
+    ends the worker found (``ends``: partition -> offset)."""
 
-    def __init__(self, settings, data_dir: Path, partitions: list[int]):
-        self.partitions = list(partitions)
+    def __init__(self, settings, ends: dict[int, int]):
+        self.partitions = sorted(ends)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "streams.catchup"], stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, preexec_fn=_die_with_parent)
         # Settings hold the Kafka client's secrets: a pipe, never argv or env.
-        self.process.stdin.write(pickle.dumps((settings, str(data_dir), self.partitions)))
+        self.process.stdin.write(pickle.dumps((settings, ends)))
         self.process.stdin.close()
         log.info("catch-up helper pid %d: partitions %s", self.process.pid, self.partitions)
 
@@ -154,24 +155,22 @@ class Helper:
 
 
 def main() -> int:
-    settings, data_dir, partitions = pickle.load(sys.stdin.buffer)
+    settings, ends = pickle.load(sys.stdin.buffer)
     logging.basicConfig(level=logging.INFO,
                         format="[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s")
     # Imported here: the worker imports this module.
     from streams import processor
     from streams.eventlog import CommittedLog
-    from streams.store import PartitionStore, partition_path
+    from streams.store import open_store
 
-    stores = {p: PartitionStore(partition_path(data_dir, p),
-                                snapshot_every=settings.snapshot_every) for p in partitions}
+    stores = {p: open_store(settings, p) for p in ends}
     reader = CommittedLog(settings, f"{settings.group_id}-catch-up")
     try:
         starts = {p: store.events_offset for p, store in stores.items()}
-        ends = reader.log_ends(partitions)
         records = processor.fold_log(settings, reader, stores, starts, ends,
                                      threading.Event())
     except processor.Rebuild as exc:
-        log.error("catch-up of partitions %s failed: %s", partitions, exc)
+        log.error("catch-up of partitions %s failed: %s", sorted(ends), exc)
         return EXIT_REBUILD
     finally:
         reader.close()

@@ -66,7 +66,6 @@ import logging
 import queue
 import threading
 import time
-from pathlib import Path
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
@@ -77,7 +76,7 @@ from streams.config import Settings
 from streams.eventlog import CommittedLog
 from streams.legauth import LegAuth
 from streams.partitioner import partition_for
-from streams.store import Batch, Outcome, PartitionStore, TransferEntry, partition_path
+from streams.store import Batch, Outcome, PartitionStore, TransferEntry, open_store
 
 log = logging.getLogger("ledger.processor")
 
@@ -464,7 +463,6 @@ class Processor:
         self._serving: dict[int, PartitionStore] = {}
         self._event_offsets: dict[int, int] = {}  # partition -> last delivered offset
         self.caught_up = threading.Event()
-        self._data_dir = Path(settings.data_dir) / settings.events_topic
         self._legs = LegAuth(settings.leg_auth_keys())
         self._state = STARTING
         self._broker_down = False
@@ -1197,7 +1195,7 @@ class Processor:
         self._expiry_checked_at = 0.0  # expire what is due at once after catch-up
         for p in numbers:
             if p not in self._stores:
-                self._stores[p] = self._open_store(p)
+                self._stores[p] = open_store(self.settings, p)
         started = time.perf_counter()
         self._catch_up(numbers)
         metrics.RECOVERY_SECONDS.observe(time.perf_counter() - started)
@@ -1208,10 +1206,6 @@ class Processor:
         self._serving.update({p: self._stores[p] for p in numbers})
         self._state = CONSUMING
         self.caught_up.set()
-
-    def _open_store(self, partition: int) -> PartitionStore:
-        return PartitionStore(partition_path(self._data_dir, partition),
-                              snapshot_every=self.settings.snapshot_every)
 
     def _on_revoke(self, consumer, partitions) -> None:
         log.info("revoked partitions %s", [tp.partition for tp in partitions])
@@ -1246,7 +1240,7 @@ class Processor:
                 for p in group:  # a store is open in one process at a time
                     lent.append(p)
                     self._stores.pop(p).close()
-                helpers.append(catchup.Helper(self.settings, self._data_dir, group))
+                helpers.append(catchup.Helper(self.settings, {p: ends[p] for p in group}))
             # A helper that fails fails the catch-up at once, not after ours.
             fold_log(self.settings, reader, {p: self._stores[p] for p in mine},
                      starts, {p: ends[p] for p in mine}, self._stop,
@@ -1265,7 +1259,7 @@ class Processor:
             for helper in helpers:
                 helper.end()
             for p in lent:
-                self._stores[p] = self._open_store(p)
+                self._stores[p] = open_store(self.settings, p)
 
     def _close(self) -> None:
         """Drop the clients (bounded: a consumer can hang leaving a group whose

@@ -740,16 +740,15 @@ def compare_stores(settings: Settings, data_dir: Path) -> tuple[list[Problem], i
     ``store_ahead_of_recorded_offset``, apart from other differences. The
     stores are opened before the log is read, so the log reaches them.
     """
-    from streams.store import PartitionStore, partition_path
+    from streams.store import PartitionStore, store_path
 
     problems: list[Problem] = []
     checked = 0
-    root = data_dir / settings.events_topic
     stores: dict[int, PartitionStore] = {}
     try:
         for p in range(settings.partitions):
-            if partition_path(root, p).is_dir():
-                stores[p] = PartitionStore(partition_path(root, p), read_only=True)
+            if store_path(settings, p, data_dir).is_dir():
+                stores[p] = PartitionStore(store_path(settings, p, data_dir), read_only=True)
         if not stores:
             return [], 0
         recorded = {p: store.events_offset for p, store in stores.items()}

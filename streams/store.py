@@ -106,10 +106,16 @@ def decode_snapshot(raw: bytes) -> domain.AccountState:
     return decode_state(body)
 
 
-def partition_path(root: Path, partition: int) -> Path:
-    """The store of one partition under a worker's store root
-    (``<data_dir>/<events topic>``)."""
-    return Path(root) / f"p{partition}"
+def store_path(settings: Settings, partition: int, data_dir: Path | None = None) -> Path:
+    """Where a worker keeps the store of one partition:
+    ``<data_dir>/<events topic>/p<N>`` (data_dir: the settings' by default)."""
+    return Path(data_dir or settings.data_dir) / settings.events_topic / f"p{partition}"
+
+
+def open_store(settings: Settings, partition: int) -> "PartitionStore":
+    """A worker's store of one partition, opened for writing."""
+    return PartitionStore(store_path(settings, partition),
+                          snapshot_every=settings.snapshot_every)
 
 
 def _account_prefix(tag: bytes, account_id: str) -> bytes:

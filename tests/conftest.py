@@ -136,12 +136,11 @@ def wait_until(condition, timeout_s: float, what: str, log_path: Path | None = N
 
 def dump_stores(settings: Settings) -> dict[int, list[tuple[bytes, bytes]]]:
     """Every key and value of every partition store (worker stopped)."""
-    from streams.store import PartitionStore, partition_path
+    from streams.store import PartitionStore, store_path
 
     out = {}
-    root = settings.data_dir / settings.events_topic
     for p in range(settings.partitions):
-        store = PartitionStore(partition_path(root, p))
+        store = PartitionStore(store_path(settings, p))
         try:
             out[p] = [(k, v) for k, v in store.items(b"")]
         finally:
