@@ -31,22 +31,30 @@ def kill9(broker) -> None:
     assert localkafka.kill_broker(broker)
 
 
-class Sender(threading.Thread):
-    """Produces the load at a steady rate whether or not the broker is up
-    (the idempotent producer queues and retries); a command whose delivery
-    failed is sent again with the same command_id, as a real client would.
-    ``stop`` ends the load early: ``sent()`` is then what was sent."""
+class Load(threading.Thread):
+    """Sends ``commands`` in order from a thread of its own. ``stop`` ends the
+    load early: ``sent()`` is then what was sent (the first ``count``)."""
 
-    def __init__(self, settings, commands, rate_per_s: int):
-        super().__init__(name="load", daemon=True)
-        self.settings, self.commands, self.rate_per_s = settings, commands, rate_per_s
-        self.failed: list = []
+    def __init__(self, name: str, commands):
+        super().__init__(name=name, daemon=True)
+        self.commands = commands
         self.error: BaseException | None = None
         self.stop = threading.Event()
-        self.count = 0  # commands sent, from the first
+        self.count = 0
 
     def sent(self) -> list:
         return self.commands[:self.count]
+
+
+class Sender(Load):
+    """Produces the load at a steady rate whether or not the broker is up
+    (the idempotent producer queues and retries); a command whose delivery
+    failed is sent again with the same command_id, as a real client would."""
+
+    def __init__(self, settings, commands, rate_per_s: int):
+        super().__init__("load", commands)
+        self.settings, self.rate_per_s = settings, rate_per_s
+        self.failed: list = []
 
     def run(self):
         try:

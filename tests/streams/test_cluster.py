@@ -21,7 +21,6 @@ import json
 import os
 import random
 import statistics
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -36,8 +35,8 @@ from streams.client import LedgerClient
 from streams.config import Settings
 from streams.topics import ensure_topics
 from tests.conftest import ledger_settings, start_workers
-from tests.streams.faultload import (Sender, apply_all, check_against_model, make_load, model,
-                                     wait_for_all_outcomes)
+from tests.streams.faultload import (Load, Sender, apply_all, check_against_model, make_load,
+                                     model, wait_for_all_outcomes)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.cluster, pytest.mark.slow]
 
@@ -93,20 +92,14 @@ def leaders(settings) -> Counter:
     return count
 
 
-class HttpSender(threading.Thread):
+class HttpSender(Load):
     """POSTs commands to a worker, retrying each with the same command_id
-    until it is accepted (202) or refused as invalid (never, here). ``stop``
-    ends the load early: ``sent()`` is then what was sent."""
+    until it is accepted (202) or refused as invalid (never, here)."""
 
     def __init__(self, urls, commands, rate_per_s):
-        super().__init__(name="http-load", daemon=True)
-        self.urls, self.commands, self.rate = urls, commands, rate_per_s
-        self.retries, self.error = 0, None
-        self.stop = threading.Event()
-        self.count = 0
-
-    def sent(self) -> list:
-        return self.commands[:self.count]
+        super().__init__("http-load", commands)
+        self.urls, self.rate = urls, rate_per_s
+        self.retries = 0
 
     def run(self):
         try:
