@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import functools
 import io
 import json
 import os
@@ -33,6 +34,7 @@ import shutil
 import statistics
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -48,7 +50,7 @@ from streams import processor, replay  # noqa: E402
 from streams.config import Settings  # noqa: E402
 from streams.partitioner import partition_for  # noqa: E402
 from streams.store import open_store  # noqa: E402
-from streams.topics import ensure_topics  # noqa: E402
+from streams.topics import ensure_topics, topic_id as topic_id_of  # noqa: E402
 
 TRANSACTION_RECORDS = 5_000
 
@@ -129,6 +131,38 @@ def run_catch_up(settings: Settings, data_dir: Path) -> None:
         proc._close()
 
 
+def prepare_takeover(settings: Settings, data_dir: Path, tail: int) -> int:
+    """Fold each partition's log but its last ``tail`` records into a store
+    and leave a checkpoint of it (streams/checkpoints.py): the newest
+    checkpoint a takeover finds when the owner wrote its last one ``tail``
+    records ago. Returns the records the checkpoints hold."""
+    from streams import checkpoints
+    from streams.eventlog import CommittedLog
+
+    shutil.rmtree(data_dir, ignore_errors=True)
+    settings = settings.with_(data_dir=data_dir)
+    partitions = list(range(settings.partitions))
+    stores = {p: open_store(settings, p) for p in partitions}
+    reader = CommittedLog(settings, f"{settings.topic_prefix}-prepare")
+    topic_id = functools.partial(topic_id_of, settings, settings.events_topic)
+    writer = checkpoints.Writer(settings.with_(checkpoint_every=1), topic_id)
+    try:
+        ends = {p: max(0, end - tail) for p, (_s, end) in reader.log_bounds(partitions).items()}
+        processor.fold_log(settings, reader, stores, {p: 0 for p in partitions}, ends,
+                           threading.Event())
+        held = 0
+        for p, store in stores.items():
+            held += store.events_offset
+            writer.after_apply(p, store, store.events_offset)
+    finally:
+        writer.close(timeout_s=3600)
+        reader.close()
+        for store in stores.values():
+            store.close()
+    shutil.rmtree(data_dir, ignore_errors=True)
+    return held
+
+
 def run_replay(settings: Settings, _data_dir: Path) -> None:
     replay.rebuild(settings, None, use_snapshots=False, progress=False)
 
@@ -173,7 +207,11 @@ def main() -> int:
     parser.add_argument("--accounts", type=int, default=1_000)
     parser.add_argument("--partitions", type=int, default=6)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--only", choices=("catch-up", "replay"), default=None)
+    parser.add_argument("--only", choices=("catch-up", "replay", "takeover"), default=None,
+                        help="takeover: a catch-up that starts from store checkpoints "
+                             "(LEDGER_CHECKPOINT_DIR) written --tail records before the end")
+    parser.add_argument("--tail", type=int, default=Settings.checkpoint_every,
+                        help="records per partition after the checkpoints (takeover)")
     parser.add_argument("--profile", type=Path, default=None,
                         help="write a cProfile of each run to this folder and print its top")
     parser.add_argument("--seed", type=int, default=10)
@@ -216,8 +254,16 @@ def main() -> int:
                   f"prefix {settings.topic_prefix}", flush=True)
         if args.profile:
             args.profile.mkdir(parents=True, exist_ok=True)
-        runs = [(n, f) for n, f in (("catch-up", run_catch_up), ("replay", run_replay))
-                if args.only in (None, n)]
+        runs = [(n, f) for n, f in (("catch-up", run_catch_up), ("replay", run_replay),
+                                    ("takeover", run_catch_up))
+                if args.only == n or args.only is None and n != "takeover"]
+        if args.only == "takeover":
+            settings = settings.with_(checkpoint_root=tmp / "checkpoints")
+            started = time.perf_counter()
+            held = prepare_takeover(settings, tmp / "data", args.tail)
+            print(f"checkpoints of {held:,} records written in "
+                  f"{time.perf_counter() - started:.1f} s: the takeover folds "
+                  f"{events - held:,}", flush=True)
         rates: dict[str, list[float]] = {n: [] for n, _f in runs}
         for i in range(args.repeat):
             for name, run in runs:

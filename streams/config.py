@@ -178,6 +178,13 @@ class Settings:
     # (LEDGER_CATCH_UP_PROCESSES, LEDGER_CATCH_UP_PARALLEL_RECORDS).
     catch_up_processes: int = 0
     catch_up_parallel_records: int = 50_000
+    # Store checkpoints (streams/checkpoints.py): the owner of a partition
+    # copies its store here every checkpoint_every events, and a worker taking
+    # the partition over starts from the newest copy instead of the whole log.
+    # Storage every worker reaches (a shared volume); None: off
+    # (LEDGER_CHECKPOINT_DIR, LEDGER_CHECKPOINT_EVERY).
+    checkpoint_root: Path | None = None
+    checkpoint_every: int = 100_000
 
     # The names below are derived from the fields and asked for on every
     # record the worker produces: computed once (the instance is frozen;
@@ -287,6 +294,9 @@ class Settings:
                                                str(d.catch_up_processes)))),
             catch_up_parallel_records=max(0, int(_env("LEDGER_CATCH_UP_PARALLEL_RECORDS",
                                                       str(d.catch_up_parallel_records)))),
+            checkpoint_root=_path_env("LEDGER_CHECKPOINT_DIR"),
+            checkpoint_every=max(1, int(_env("LEDGER_CHECKPOINT_EVERY",
+                                             str(d.checkpoint_every)))),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -312,6 +322,7 @@ class Settings:
             "LEDGER_SNAPSHOT_EVERY": str(self.snapshot_every),
             "LEDGER_CATCH_UP_PROCESSES": str(self.catch_up_processes),
             "LEDGER_CATCH_UP_PARALLEL_RECORDS": str(self.catch_up_parallel_records),
+            "LEDGER_CHECKPOINT_EVERY": str(self.checkpoint_every),
         }
         if self.replication_factor is not None:
             env["LEDGER_REPLICATION_FACTOR"] = str(self.replication_factor)
@@ -322,7 +333,8 @@ class Settings:
         env["LEDGER_API_INSECURE"] = "1" if self.api_insecure else "0"
         if self.api_token:
             env["LEDGER_API_TOKEN"] = self.api_token
-        for name, path in (("LEDGER_API_TOKENS", self.api_tokens_file),
+        for name, path in (("LEDGER_CHECKPOINT_DIR", self.checkpoint_root),
+                           ("LEDGER_API_TOKENS", self.api_tokens_file),
                            ("LEDGER_WEB_TLS_CERT", self.web_tls_cert),
                            ("LEDGER_WEB_TLS_KEY", self.web_tls_key),
                            ("LEDGER_WEB_TLS_CA", self.web_tls_ca),

@@ -9,7 +9,7 @@ since the position does not move past a trailing control record (an abort
 marker) when no message follows it. Two ends: :meth:`CommittedLog.end_offsets`
 is what is committed now (the broker's last stable offset, short of the
 first record of a transaction still open), what replay reads to;
-:meth:`CommittedLog.log_ends` is the high watermark, records of open
+:meth:`CommittedLog.log_bounds` ends at the high watermark, records of open
 transactions included, what a worker's catch-up reads to: a previous
 owner's transaction still open holds read_committed short of it until the
 broker commits or aborts it, so a caller measures progress
@@ -101,16 +101,17 @@ class CommittedLog:
         first record of a transaction still open."""
         return {p: watermarks(self._consumer, self.topic, p)[1] for p in partitions}
 
-    def log_ends(self, partitions) -> dict[int, int]:
-        """The high watermark of each partition, now, records of transactions
-        still open included: the end a catch-up must pass before its store may
-        be acted on. Reaching it waits for every such transaction to commit
-        or abort (a previous owner's commit landing after we took over would
-        otherwise be missing from the store)."""
+    def log_bounds(self, partitions) -> dict[int, tuple[int, int]]:
+        """(start, end) offsets of each partition, now. The end is the high
+        watermark, records of transactions still open included: the end a
+        catch-up must pass before its store may be acted on. Reaching it waits
+        for every such transaction to commit or abort (a previous owner's
+        commit landing after we took over would otherwise be missing from the
+        store)."""
         probe = Consumer(self._settings.kafka(**{
             "group.id": self._group_id, "isolation.level": "read_uncommitted"}))
         try:
-            return {p: watermarks(probe, self.topic, p)[1] for p in partitions}
+            return {p: watermarks(probe, self.topic, p) for p in partitions}
         finally:
             probe.close()
 

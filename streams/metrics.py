@@ -54,6 +54,19 @@ SNAPSHOT_FALLBACKS = Counter(
     "ledger_snapshot_fallbacks_total",
     "Corrupt or unusable snapshots skipped for an older one or a full replay",
 )
+CHECKPOINTS_WRITTEN = Counter(
+    "ledger_checkpoints_written_total",
+    "Store checkpoints copied to LEDGER_CHECKPOINT_DIR (streams/checkpoints.py)")
+CHECKPOINTS_FAILED = Counter(
+    "ledger_checkpoints_failed_total",
+    "Store checkpoints that could not be taken or copied (retried later)")
+CHECKPOINTS_RESTORED = Counter(
+    "ledger_checkpoints_restored_total",
+    "Stores replaced by a checkpoint at a takeover, before the log after it was folded")
+CHECKPOINTS_REJECTED = Counter(
+    "ledger_checkpoints_rejected_total",
+    "Checkpoints not used at a takeover: malformed, of another topic or format, "
+    "outside the log, or a file that does not match its hash")
 HTTP_REQUESTS = Counter(
     "ledger_http_requests_total", "HTTP requests by method, route and status",
     ["method", "route", "status"],

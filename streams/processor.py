@@ -71,7 +71,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 
 from ledger import domain
 from schemas import codec
-from streams import catchup, metrics, replies, routing
+from streams import catchup, checkpoints, metrics, replies, routing, topics
 from streams.config import Settings
 from streams.eventlog import CommittedLog
 from streams.legauth import LegAuth
@@ -488,9 +488,19 @@ class Processor:
         # (written by HTTP threads under the lock, read by the loop).
         self._wanted: dict[int, int] = {}
         self._wanted_lock = threading.Lock()
+        self._topic_id: str | None = None
+        # Store checkpoints in shared storage (streams/checkpoints.py), if set.
+        self._checkpoints = checkpoints.Writer(settings, self._events_topic_id) \
+            if settings.checkpoint_root else None
         for p in range(settings.partitions):
             metrics.WATERMARK_LAG.labels(str(p)).set_function(
                 functools.partial(self.watermark_lag_s, p))
+
+    def _events_topic_id(self) -> str:
+        """The event log's topic id (asked once; any thread)."""
+        if self._topic_id is None:
+            self._topic_id = topics.topic_id(self.settings, self.settings.events_topic)
+        return self._topic_id
 
     def now_ms(self) -> int:
         """This worker's clock (epoch ms), LEDGER_CLOCK_OFFSET_MS included."""
@@ -652,6 +662,8 @@ class Processor:
                     break
         finally:
             self._close()
+            if self._checkpoints is not None:
+                self._checkpoints.close()
 
     def _loop(self) -> None:
         lag_measured_at = 0.0
@@ -910,6 +922,8 @@ class Processor:
                 # the next start. Stop; the supervisor restarts the worker.
                 self._state = STORE_FAILED
                 raise
+            if self._checkpoints is not None and last is not None:
+                self._checkpoints.after_apply(p, self._stores[p], last + 1)
 
     # -- recorded time -------------------------------------------------------
 
@@ -1231,8 +1245,11 @@ class Processor:
         helpers: list[catchup.Helper] = []
         lent: list[int] = []  # partitions whose stores a helper has
         try:
+            bounds = reader.log_bounds(partitions)
+            ends = {p: end for p, (_start, end) in bounds.items()}
+            if self._checkpoints is not None:
+                self._restore(partitions, bounds)
             starts = {p: self._stores[p].events_offset for p in partitions}
-            ends = reader.log_ends(partitions)
             mine, *theirs = catchup.split(starts, ends, catchup.processes_for(self.settings),
                                           self.settings.catch_up_parallel_records,
                                           keep=set(self._serving))
@@ -1259,6 +1276,25 @@ class Processor:
             for helper in helpers:
                 helper.end()
             for p in lent:
+                self._stores[p] = open_store(self.settings, p)
+
+    def _restore(self, partitions: list[int], bounds: dict[int, tuple[int, int]]) -> None:
+        """Replace each store far behind the newest checkpoint of its
+        partition with that checkpoint (streams/checkpoints.py)."""
+        for p in partitions:
+            newest = checkpoints.newest_offset(self.settings, p)
+            self._checkpoints.known(p, newest)
+            if p in self._serving:
+                continue  # served until now: current
+            have = self._stores[p].events_offset
+            if not checkpoints.worth_restoring(self.settings, have, newest):
+                continue
+            self._stores.pop(p).close()
+            try:
+                low, high = bounds[p]
+                checkpoints.restore(self.settings, p, have=have, low=low, high=high,
+                                    topic_id=self._events_topic_id)
+            finally:
                 self._stores[p] = open_store(self.settings, p)
 
     def _close(self) -> None:

@@ -65,7 +65,7 @@ from pathlib import Path
 
 from dataclasses import dataclass
 
-from rocksdict import AccessType, BlockBasedOptions, Options, Rdict, WriteBatch
+from rocksdict import AccessType, BlockBasedOptions, Checkpoint, Options, Rdict, WriteBatch
 
 from ledger import domain
 from schemas import codec
@@ -375,6 +375,12 @@ class PartitionStore:
         return self._watermark
 
     @property
+    def format(self) -> int | None:
+        """The STORE_FORMAT the store says it has (None: it says none)."""
+        raw = self._db.get(_FORMAT_KEY)
+        return None if raw is None else _U32.unpack(raw)[0]
+
+    @property
     def events_offset(self) -> int:
         raw = self._db.get(_EVENTS_OFFSET_KEY)
         return 0 if raw is None else _U64.unpack(raw)[0]
@@ -445,6 +451,12 @@ class PartitionStore:
                 break  # version is past the account's last event
             state = domain.evolve(state, codec.decode_outcome(raw)[0])
         return state
+
+    def checkpoint(self, path: Path) -> None:
+        """A consistent copy of the store in ``path`` (which must not exist):
+        RocksDB's checkpoint, hard links to its files after a flush of the
+        memtable, so on the same file system it costs the flush."""
+        Checkpoint(self._db).create_checkpoint(str(path))
 
     # -- writes ------------------------------------------------------------
 

@@ -92,6 +92,16 @@ def connect_admin(settings: Settings, timeout_s: float = 20.0):
                 f"{' (check the credentials and the CA in LEDGER_KAFKA_*)' if refused else ''}")
 
 
+def topic_id(settings: Settings, topic: str, timeout_s: float = 20.0) -> str:
+    """The topic's id: a new one each time a topic of that name is created."""
+    from confluent_kafka import TopicCollection
+
+    admin, _metadata = connect_admin(settings, timeout_s)
+    future = admin.describe_topics(TopicCollection([topic]),
+                                   request_timeout=timeout_s)[topic]
+    return str(future.result(timeout_s).topic_id)
+
+
 def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> None:
     """Create missing topics (unless settings.create_topics is off), then
     check every ledger topic's shape; raise TopicMismatch naming what is wrong
