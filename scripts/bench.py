@@ -770,6 +770,10 @@ class Context:
         prefix = f"bench-{self.run_id}-{self.target.name}-{name}-{next(self.seq)}"
         if self.target.grant is not None:
             self.target.grant(prefix)
+        return self.settings_for(prefix)
+
+    def settings_for(self, prefix: str) -> Settings:
+        """The worker settings of a scenario (its topic prefix)."""
         return self.target.settings(
             "worker", topic_prefix=prefix, partitions=self.args.partitions,
             batch_size_max=self.args.batch_size, leg_key_file=self.leg_key_file,
@@ -777,14 +781,10 @@ class Context:
             create_topics=False,
             # Off by default: the money path alone (LEDGER_READ_MODELS=0), the
             # job of a reference ledger; --read-models on as `ledger worker`.
-            read_models=self.args.read_models == "on")
-
-    def settings_for(self, prefix: str) -> Settings:
-        """The worker settings of a scenario that ran already."""
-        return self.target.settings(
-            "worker", topic_prefix=prefix, partitions=self.args.partitions,
-            batch_size_max=self.args.batch_size, leg_key_file=self.leg_key_file,
-            create_topics=False, read_models=self.args.read_models == "on")
+            read_models=self.args.read_models == "on",
+            # Off by default too; --checkpoint-dir measures what they cost.
+            checkpoint_root=self.args.checkpoint_dir,
+            checkpoint_every=self.args.checkpoint_every)
 
     def role(self, settings: Settings, role: str) -> Settings:
         return settings.with_(kafka_properties=self.target.properties[role],
@@ -1602,6 +1602,10 @@ def parse_args(argv=None):
                              "totals and statements; LEDGER_READ_MODELS): off (default) "
                              "measures the money path alone, the job a reference ledger "
                              "does; on, as `ledger worker` runs by default")
+    parser.add_argument("--checkpoint-dir", type=Path, default=None,
+                        help="workers write store checkpoints here (LEDGER_CHECKPOINT_DIR)")
+    parser.add_argument("--checkpoint-every", type=int, default=Settings.checkpoint_every,
+                        help="events per partition between checkpoints")
     parser.add_argument("--skip-transfers", action="store_true")
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--skip-recovery", action="store_true",
