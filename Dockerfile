@@ -10,10 +10,10 @@ WORKDIR /app
 COPY . .
 RUN pip install .
 
-# Run unprivileged; /data and /secrets are created here so named volumes
+# Run unprivileged; /data, /secrets and /checkpoints are created here so named volumes
 # mounted on them inherit this ownership.
-RUN useradd --create-home --uid 10001 ledger && mkdir /data /secrets \
-    && chown ledger /data /secrets && chmod 700 /secrets
+RUN useradd --create-home --uid 10001 ledger && mkdir /data /secrets /checkpoints \
+    && chown ledger /data /secrets /checkpoints && chmod 700 /secrets
 USER ledger
 
 EXPOSE 6066

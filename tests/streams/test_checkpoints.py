@@ -89,10 +89,11 @@ def test_a_takeover_after_kill_9_starts_from_checkpoints_and_loses_nothing(
 
 
 def _tamper(s, partition: int, how: str) -> None:
-    newest = checkpoints.manifests(s, partition)[0]
+    newest, *older = checkpoints.manifests(s, partition)
+    for old in older:
+        old.unlink()  # one manifest left, the tampered one
     manifest = json.loads(newest.read_text())
     if how == "flipped byte":
-        # Every checkpoint of the partition names this SST: none is usable.
         sst = max((f for f in manifest["files"] if f["name"].endswith(".sst")),
                   key=lambda f: f["size"])
         blob = newest.parent / "blobs" / sst["sha256"]
@@ -100,8 +101,6 @@ def _tamper(s, partition: int, how: str) -> None:
         data[len(data) // 2] ^= 0x40
         blob.write_bytes(bytes(data))
         return
-    for old in checkpoints.manifests(s, partition)[1:]:
-        old.unlink()  # one manifest left, the tampered one
     if how == "path escape":
         manifest["files"][0]["name"] = "../../../escaped"
     elif how == "other topic id":
