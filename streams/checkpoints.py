@@ -66,6 +66,7 @@ KEEP = 2  # manifests kept per partition (a reader may be copying the older)
 # A blob no kept manifest names is removed only once it is this old: a
 # zombie may be writing a checkpoint that names it (the manifest comes last).
 STALE_S = 600.0
+MANIFEST_MAX_BYTES = 1 << 20  # a store has tens of files; a manifest is a few kB
 _CHUNK = 1 << 20
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")  # a RocksDB file name, no path
 _SHA = re.compile(r"^[0-9a-f]{64}$")
@@ -90,6 +91,8 @@ class Manifest:
     @classmethod
     def read(cls, settings: Settings, partition: int, path: Path) -> "Manifest":
         """Parse and check a manifest; raises CheckpointInvalid or OSError."""
+        if path.stat().st_size > MANIFEST_MAX_BYTES:
+            raise CheckpointInvalid(f"manifest larger than {MANIFEST_MAX_BYTES} bytes")
         try:
             raw = json.loads(path.read_bytes())
             files = tuple((f["name"], f["sha256"], f["size"]) for f in raw["files"])
@@ -199,7 +202,7 @@ def restore(settings: Settings, partition: int, *, have: int, low: int, high: in
                                         "(the topic was created again)")
             started = time.perf_counter()
             _install(settings, partition, manifest)
-        except (CheckpointInvalid, OSError) as exc:
+        except Exception as exc:  # RocksDB raises plain Exception for a copy it cannot open
             log.warning("checkpoint %s of partition %d not used: %s", path.name, partition, exc)
             metrics.CHECKPOINTS_REJECTED.inc()
             continue
@@ -370,9 +373,11 @@ def _prune(settings: Settings, partition: int) -> None:
         except (CheckpointInvalid, OSError):
             continue
     now = time.time()
-    for entry in os.scandir(home / "blobs"):
-        if entry.name.lstrip(".")[:64] in named:
-            continue
+    # Unnamed blobs, and partial copies (".<name>.<random>": blobs and
+    # manifests of a writer that died), go once stale.
+    doomed = [e for e in os.scandir(home / "blobs") if e.name not in named]
+    doomed += [e for e in os.scandir(home) if e.name.startswith(".") and e.is_file()]
+    for entry in doomed:
         try:
             if now - entry.stat().st_mtime > STALE_S:
                 os.unlink(entry.path)
