@@ -180,7 +180,7 @@ def read_log(settings: Settings, timeout_s: float = 30.0,
              start_offsets: dict[int, int] | None = None,
              stop_offsets: dict[int, int] | None = None, *, ticks: bool = False,
              final_after_ms: int | None = None, wait_s: float = 0.0,
-             partitions=None):
+             partitions=None, ends: dict[int, int] | None = None):
     """Yield (partition, offset, record) of the committed event log, then stop.
 
     Reads each partition from ``start_offsets`` (default 0) to its end as it
@@ -191,7 +191,8 @@ def read_log(settings: Settings, timeout_s: float = 30.0,
 
     ``final_after_ms``: then follow (see the module doc), up to ``wait_s``,
     and raise :class:`NotFinal` if some partition is not final as of it.
-    ``partitions``: read only these (default all).
+    ``partitions``: read only these (default all). ``ends``: the committed
+    ends (:meth:`CommittedLog.end_offsets`) if the caller asked already.
     """
     if final_after_ms is not None and stop_offsets is not None:
         raise ValueError("final_after_ms reads past the ends: not with stop_offsets")
@@ -201,7 +202,8 @@ def read_log(settings: Settings, timeout_s: float = 30.0,
                           **{"fetch.wait.max.ms": 20})  # following the tail
     decode = codec.decode_record
     try:
-        ends = reader.end_offsets(partitions)
+        ends = reader.end_offsets(partitions) if ends is None else \
+            {p: ends[p] for p in partitions}
         if stop_offsets is not None:
             ends = {p: min(end, stop_offsets.get(p, 0)) for p, end in ends.items()}
         reader.start(start_offsets or {}, ends, cut=not follow,

@@ -254,24 +254,27 @@ def rebuild(settings: Settings, as_of_ms: int | None = None, use_snapshots: bool
     ledger = base or Ledger.empty(settings.partitions)
     final = as_of_ms is not None and final_wait_s is not None and until_offsets is None
     wait_s = (final_wait_s or 0.0) if final else None
-    groups = _groups(settings, ledger.offsets, until_offsets)
+    groups, ends = _groups(settings, ledger.offsets, until_offsets)
     if len(groups) == 1:
         bar = Progress("replay", progress)
-        _fold(settings, ledger, None, as_of_ms, until_offsets, wait_s, bar.tick)
+        _fold(settings, ledger, None, as_of_ms, until_offsets, wait_s, bar.tick, ends)
     else:
-        bar = _fold_parallel(settings, ledger, groups, as_of_ms, until_offsets, wait_s, progress)
+        bar = _fold_parallel(settings, ledger, groups, ends, as_of_ms, until_offsets, wait_s,
+                             progress)
     bar.done()
     return ledger
 
 
 def _fold(settings: Settings, ledger: Ledger, partitions, as_of_ms: int | None,
-          until_offsets: dict[int, int] | None, wait_s: float | None, tick) -> None:
+          until_offsets: dict[int, int] | None, wait_s: float | None, tick,
+          ends: dict[int, int] | None = None) -> None:
     """Fold the log of ``partitions`` (None: all) from ``ledger.offsets``
-    into ``ledger``; ``wait_s`` not None: final as of ``as_of_ms``."""
+    into ``ledger``, to ``ends`` (None: the ends when it begins); ``wait_s``
+    not None: final as of ``as_of_ms``."""
     for partition, offset, record in read_log(
             settings, start_offsets=ledger.offsets, stop_offsets=until_offsets, ticks=True,
             final_after_ms=as_of_ms if wait_s is not None else None, wait_s=wait_s or 0.0,
-            partitions=partitions):
+            partitions=partitions, ends=ends):
         tick()
         if isinstance(record, domain.PartitionTick):
             ledger.offsets[partition] = offset + 1
@@ -286,24 +289,25 @@ def _fold(settings: Settings, ledger: Ledger, partitions, as_of_ms: int | None,
         ledger.apply(partition, offset, record)
 
 
-def _groups(settings: Settings, starts: dict[int, int],
-            until_offsets: dict[int, int] | None) -> list[list[int]]:
-    """Partitions in groups, one per process (streams/catchup.py split)."""
+def _groups(settings: Settings, starts: dict[int, int], until_offsets: dict[int, int] | None
+            ) -> tuple[list[list[int]], dict[int, int] | None]:
+    """Partitions in groups, one per process (streams/catchup.py split), and
+    the committed ends they were split by (None: one process, not asked)."""
     from streams import catchup
     from streams.eventlog import CommittedLog
 
     processes = catchup.processes_for(settings)
     every = list(range(settings.partitions))
     if processes < 2:
-        return [every]
+        return [every], None
     reader = CommittedLog(settings, f"{settings.topic_prefix}-reader")
     try:
         ends = reader.end_offsets(every)
     finally:
         reader.close()
-    if until_offsets is not None:
-        ends = {p: min(end, until_offsets.get(p, 0)) for p, end in ends.items()}
-    return catchup.split(starts, ends, processes, settings.catch_up_parallel_records)
+    split = {p: min(end, until_offsets.get(p, 0)) for p, end in ends.items()} \
+        if until_offsets is not None else ends
+    return catchup.split(starts, split, processes, settings.catch_up_parallel_records), ends
 
 
 _counts = None  # in a helper: the shared array of records read per group
@@ -314,9 +318,9 @@ def _helper_start(counts) -> None:
     _counts = counts
 
 
-def _fold_group(settings: Settings, part: Ledger, partitions: list[int], as_of_ms: int | None,
-                until_offsets: dict[int, int] | None, wait_s: float | None,
-                slot: int) -> Ledger:
+def _fold_group(settings: Settings, part: Ledger, partitions: list[int], ends: dict[int, int],
+                as_of_ms: int | None, until_offsets: dict[int, int] | None,
+                wait_s: float | None, slot: int) -> Ledger:
     """In a helper process: fold one group's partitions into ``part``."""
     read = 0
 
@@ -326,7 +330,7 @@ def _fold_group(settings: Settings, part: Ledger, partitions: list[int], as_of_m
         if read % 1000 == 0:
             _counts[slot] = read
 
-    _fold(settings, part, partitions, as_of_ms, until_offsets, wait_s, tick)
+    _fold(settings, part, partitions, as_of_ms, until_offsets, wait_s, tick, ends)
     _counts[slot] = read
     return part
 
@@ -353,8 +357,9 @@ def _merge(ledger: Ledger, part: Ledger) -> None:
 
 
 def _fold_parallel(settings: Settings, ledger: Ledger, groups: list[list[int]],
-                   as_of_ms: int | None, until_offsets: dict[int, int] | None,
-                   wait_s: float | None, progress: bool | None) -> Progress:
+                   ends: dict[int, int], as_of_ms: int | None,
+                   until_offsets: dict[int, int] | None, wait_s: float | None,
+                   progress: bool | None) -> Progress:
     """Fold ``groups[0]`` here and every other group in a helper process
     (spawned: this process may hold Kafka clients' threads); merge."""
     import concurrent.futures
@@ -370,10 +375,10 @@ def _fold_parallel(settings: Settings, ledger: Ledger, groups: list[list[int]],
             len(groups) - 1, mp_context=context, initializer=_helper_start,
             initargs=(counts,)) as pool:
         futures = [pool.submit(_fold_group, settings, _part_of(ledger, group, settings.partitions),
-                               group, as_of_ms, until_offsets, wait_s, slot)
+                               group, ends, as_of_ms, until_offsets, wait_s, slot)
                    for slot, group in enumerate(groups[1:], 1)]
         try:
-            _fold(settings, ledger, groups[0], as_of_ms, until_offsets, wait_s, bar.tick)
+            _fold(settings, ledger, groups[0], as_of_ms, until_offsets, wait_s, bar.tick, ends)
         except NotFinal as exc:
             not_final.append(exc)
         pending = set(futures)
