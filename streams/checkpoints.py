@@ -125,6 +125,9 @@ def manifests(settings: Settings, partition: int) -> list[Path]:
         names = os.listdir(partition_dir(settings, partition))
     except FileNotFoundError:
         return []
+    except OSError as exc:  # unreadable shared storage: the log will do
+        log.warning("checkpoints of partition %d unreadable: %r", partition, exc)
+        return []
     return [partition_dir(settings, partition) / n
             for n in sorted((n for n in names if _MANIFEST.match(n)), reverse=True)]
 

@@ -186,6 +186,10 @@ def test_a_checkpoint_folder_that_cannot_be_written_costs_a_warning(tmp_path, se
         wait_until(lambda: not any((s.data_dir / ".checkpoints").rglob("p0")), 30,
                    "the local checkpoint removed")
         assert 25 == store.account("a").version
+        # A takeover finds no checkpoint there, and says so rather than fail.
+        assert 0 == checkpoints.newest_offset(s, 0)
+        assert None is checkpoints.restore(s, 0, have=0, low=0, high=25,
+                                           topic_id=lambda: "topic-id")
     finally:
         writer.close(30)
         store.close()
