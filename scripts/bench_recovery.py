@@ -1,6 +1,7 @@
 """Recovery speed on a big log: a worker's catch-up and ``ledger replay --from-scratch``.
 
-    scripts/bench_recovery [--events N] [--accounts A] [--repeat R] [--profile DIR]
+    .venv/bin/python scripts/bench_recovery.py [--events N] [--accounts A] [--repeat R]
+        [--only catch-up|replay|takeover] [--tail N] [--profile DIR]
 
 Writes a log of N events (account opens, then credits and debits decided by
 the domain, so verify would pass) straight to a fresh ledger's event-log
@@ -11,7 +12,10 @@ $KAFKA_BOOTSTRAP_SERVERS). Then, R times alternating:
   empty stores of every partition up from the log (what a worker taking the
   partitions over does before it handles a command);
 - **replay**: ``replay.rebuild(settings, use_snapshots=False)``, what
-  ``ledger replay --from-scratch`` runs.
+  ``ledger replay --from-scratch`` runs;
+- **takeover** (only with ``--only takeover``): the catch-up of a worker
+  that finds store checkpoints (streams/checkpoints.py) written ``--tail``
+  records per partition before the log's end.
 
 Prints events/s of each run and the medians as one JSON line at the end.
 ``--profile DIR`` also writes a cProfile of each run there and prints its
