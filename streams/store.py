@@ -287,13 +287,12 @@ class PartitionStore:
         path.mkdir(parents=True, exist_ok=True)
         options.create_if_missing(True)
         self._db = Rdict(str(path), options)
-        found = self._db.get(_FORMAT_KEY)
-        if found != _U32.pack(STORE_FORMAT):
+        found = self.format
+        if found != STORE_FORMAT:
             empty = self._is_empty()
             if not empty:
                 log.warning("store %s has format %s, not %d: rebuilding it from the log",
-                            path, "none" if found is None else _U32.unpack(found)[0],
-                            STORE_FORMAT)
+                            path, "none" if found is None else found, STORE_FORMAT)
                 self._db.close()
                 Rdict.destroy(str(path))
                 self._db = Rdict(str(path), options)
