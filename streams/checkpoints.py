@@ -132,10 +132,15 @@ def manifests(settings: Settings, partition: int) -> list[Path]:
             for n in sorted((n for n in names if _MANIFEST.match(n)), reverse=True)]
 
 
+def _offset_of(manifest: Path) -> int:
+    """The offset a manifest's file name gives."""
+    return int(_MANIFEST.match(manifest.name).group(1))
+
+
 def newest_offset(settings: Settings, partition: int) -> int:
     """The offset the newest manifest names (0: none); read from its name."""
     found = manifests(settings, partition)
-    return int(_MANIFEST.match(found[0].name).group(1)) if found else 0
+    return _offset_of(found[0]) if found else 0
 
 
 def worth_restoring(settings: Settings, have: int, offset: int) -> bool:
@@ -186,7 +191,7 @@ def restore(settings: Settings, partition: int, *, have: int, low: int, high: in
     asked only when there is a candidate."""
     wanted_id = None
     for path in manifests(settings, partition):
-        offset = int(_MANIFEST.match(path.name).group(1))
+        offset = _offset_of(path)
         if not worth_restoring(settings, have, offset):
             return None  # older ones save even less
         try:
@@ -278,17 +283,16 @@ class Writer:
         if offset - self._last.get(partition, 0) < self._every or partition in self._busy:
             return
         local = self._local_root / f"p{partition}"
+        self._last[partition] = offset  # failed or not, the next one is due an interval on
         try:
             shutil.rmtree(local, ignore_errors=True)  # a leftover of a crash
             local.parent.mkdir(parents=True, exist_ok=True)
             store.checkpoint(local)
-        except Exception as exc:  # the worker goes on; the next one is tried later
+        except Exception as exc:  # the worker goes on
             log.warning("partition %d: no checkpoint at offset %d: %r", partition, offset, exc)
             metrics.CHECKPOINTS_FAILED.inc()
             shutil.rmtree(local, ignore_errors=True)
-            self._last[partition] = offset
             return
-        self._last[partition] = offset
         self._busy.add(partition)
         self._jobs.put(_Job(partition, local, offset, self._hashes.setdefault(store, {})))
 
