@@ -292,7 +292,8 @@ def _fold(settings: Settings, ledger: Ledger, partitions, as_of_ms: int | None,
 def _groups(settings: Settings, starts: dict[int, int], until_offsets: dict[int, int] | None
             ) -> tuple[list[list[int]], dict[int, int] | None]:
     """Partitions in groups, one per process (streams/catchup.py split), and
-    the committed ends they were split by (None: one process, not asked)."""
+    the ends they were split by, ``until_offsets`` applied (None: one
+    process, not asked)."""
     from streams import catchup
     from streams.eventlog import CommittedLog
 
@@ -305,9 +306,9 @@ def _groups(settings: Settings, starts: dict[int, int], until_offsets: dict[int,
         ends = reader.end_offsets(every)
     finally:
         reader.close()
-    split = {p: min(end, until_offsets.get(p, 0)) for p, end in ends.items()} \
-        if until_offsets is not None else ends
-    return catchup.split(starts, split, processes, settings.catch_up_parallel_records), ends
+    if until_offsets is not None:
+        ends = {p: min(end, until_offsets.get(p, 0)) for p, end in ends.items()}
+    return catchup.split(starts, ends, processes, settings.catch_up_parallel_records), ends
 
 
 _counts = None  # in a helper: the shared array of records read per group
