@@ -58,6 +58,7 @@ from pathlib import Path
 
 from streams import metrics
 from streams.config import Settings
+from streams.files import atomic_file, partial_name, sync_dir
 from streams.store import STORE_FORMAT, PartitionStore, store_path
 
 log = logging.getLogger("ledger.checkpoints")
@@ -170,14 +171,6 @@ def _copy_checked(src: Path, dst: Path, sha: str, size: int) -> None:
         os.fsync(out.fileno())
     if copied != size or digest.hexdigest() != sha:
         raise CheckpointInvalid(f"{src.name}: its bytes do not match the manifest")
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # -- restoring ---------------------------------------------------------------
@@ -339,7 +332,7 @@ class Writer:
             if present:
                 os.utime(blob)  # named again: not stale (STALE_S)
             else:
-                partial = blobs / f".{sha}.{uuid.uuid4().hex[:8]}"
+                partial = partial_name(blob)
                 try:
                     _copy_checked(path, partial, sha, size)
                     os.replace(partial, blob)
@@ -347,22 +340,13 @@ class Writer:
                     partial.unlink(missing_ok=True)
                 copied += size
             files.append({"name": name, "sha256": sha, "size": size})
-        _fsync_dir(blobs)
+        sync_dir(blobs)
         manifest = {"store_format": STORE_FORMAT, "topic": s.events_topic,
                     "topic_id": self._topic_id(), "partition": job.partition,
                     "events_offset": job.events_offset, "written_by": s.worker_id,
                     "written_at_ms": int(time.time() * 1000), "files": files}
-        final = home / f"{job.events_offset:020d}.json"
-        partial = home / f".{final.name}.{uuid.uuid4().hex[:8]}"
-        try:
-            with open(partial, "w") as f:
-                json.dump(manifest, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(partial, final)
-        finally:
-            partial.unlink(missing_ok=True)
-        _fsync_dir(home)
+        with atomic_file(home / f"{job.events_offset:020d}.json") as f:
+            json.dump(manifest, f)
         _prune(s, job.partition)
         return copied
 
@@ -380,7 +364,7 @@ def _prune(settings: Settings, partition: int) -> None:
         except (CheckpointInvalid, OSError):
             continue
     now = time.time()
-    # Unnamed blobs, and partial copies (".<name>.<random>": blobs and
+    # Unnamed blobs, and partial copies (files.partial_name: blobs and
     # manifests of a writer that died), go once stale.
     doomed = [e for e in os.scandir(home / "blobs") if e.name not in named]
     doomed += [e for e in os.scandir(home) if e.name.startswith(".") and e.is_file()]

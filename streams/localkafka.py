@@ -126,6 +126,7 @@ from pathlib import Path
 
 from streams import config
 from streams.config import read_properties
+from streams.files import atomic_file
 
 KAFKA_VERSION = "4.1.1"
 # Kafka's jars log through SLF4J but ship no backend; without one the broker
@@ -567,18 +568,8 @@ class _BrokerTls:
 
 def _write_private(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` readable by the owner only (0600), atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)  # in case it existed with a wider mode
-        with os.fdopen(fd, "w") as fh:
-            fd = -1
-            fh.write(text)
-    finally:
-        if fd >= 0:
-            os.close(fd)
-    os.replace(tmp, path)
+    with atomic_file(path, private=True) as fh:
+        fh.write(text)
 
 
 def _private_dir(path: Path) -> Path:

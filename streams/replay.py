@@ -54,7 +54,6 @@ import gzip
 import hashlib
 import json
 import logging
-import os
 import sys
 import time
 import zlib
@@ -66,6 +65,7 @@ from ledger import domain
 from streams import metrics
 from streams.config import Settings
 from streams.eventlog import read_log
+from streams.files import atomic_file
 from streams.shapes import account_json
 from streams.store import decode_state, encode_state
 
@@ -144,13 +144,12 @@ def write_snapshot(settings: Settings, ledger: Ledger) -> Path:
     }
     # Pair assertion: what we write must read back as what we hold.
     data = gzip.compress(json.dumps(header, sort_keys=True).encode() + b"\n" + body, mtime=0)
-    folder = settings.snapshot_dir
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"snapshot-{ledger.max_recorded_at_ms:013d}-{header['sha256'][:8]}.json.gz"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(data)
-    assert read_snapshot(tmp, settings.partitions).accounts == ledger.accounts
-    os.replace(tmp, path)
+    path = settings.snapshot_dir / (
+        f"snapshot-{ledger.max_recorded_at_ms:013d}-{header['sha256'][:8]}.json.gz")
+    with atomic_file(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        assert read_snapshot(Path(f.name), settings.partitions).accounts == ledger.accounts
     return path
 
 
@@ -401,11 +400,9 @@ def account_line(state: domain.AccountState) -> str:
 
 
 def write_accounts(ledger: Ledger, out: Path) -> int:
-    tmp = out.with_name(out.name + ".tmp")
-    with open(tmp, "w") as f:
+    with atomic_file(out) as f:
         for account_id in sorted(ledger.accounts):
             f.write(account_line(ledger.accounts[account_id]) + "\n")
-    os.replace(tmp, out)
     return len(ledger.accounts)
 
 
