@@ -210,12 +210,9 @@ def _compile(schema):
     kind = schema["type"]
     if kind == "record":
         fields = [(f["name"], *_compile(f["type"])) for f in schema["fields"]]
-
-        def write_record(out: bytearray, record: dict) -> None:
-            for name, write, _read in fields:
-                write(out, record[name])
-
-        return write_record, _record_reader(
+        return _record_writer(
+            [(f["name"], f["type"], write) for f, (_n, write, _r) in zip(schema["fields"], fields)]
+        ), _record_reader(
             [(f["name"], f["type"], read) for f, (_n, _w, read) in zip(schema["fields"], fields)])
     if kind == "map":
         write_value, read_value = _compile(schema["values"])
@@ -230,6 +227,46 @@ def _compile(schema):
 
         return write_map, _map_reader(read_value)
     raise NotImplementedError(f"Avro type {kind!r} is not used by the ledger")
+
+
+def _record_writer(fields):
+    """A writer of one record's fields, generated as straight-line code like
+    _record_reader: a long or a string that is what its type says is written
+    inline, without a call; anything
+    else goes to the compiled writer, which writes it or raises the same
+    error as always (ValueError, OverflowError, KeyError for a missing
+    field). The worker encodes every event it appends with this (issue 10)."""
+    lines = ["def write_record(out, record):"]
+    env = {"LONG_MIN": _LONG_MIN, "LONG_MAX": _LONG_MAX}
+    for i, (name, kind, write) in enumerate(fields):
+        env[f"w{i}"] = write
+        lines.append(f"    v = record[{name!r}]")
+        if kind == "long":
+            lines += ["    if type(v) is int and LONG_MIN <= v <= LONG_MAX:",
+                      "        z = (v << 1) if v >= 0 else ((-v) << 1) - 1",
+                      "        while z >= 0x80:",
+                      "            out.append((z & 0x7F) | 0x80)",
+                      "            z >>= 7",
+                      "        out.append(z)",
+                      "    else:",
+                      f"        w{i}(out, v)"]
+        elif kind == "string":
+            lines += ["    if type(v) is str:",
+                      "        d = v.encode('utf-8')",
+                      "        z = len(d) << 1",
+                      "        while z >= 0x80:",
+                      "            out.append((z & 0x7F) | 0x80)",
+                      "            z >>= 7",
+                      "        out.append(z)",
+                      "        out += d",
+                      "    else:",
+                      f"        w{i}(out, v)"]
+        else:
+            lines.append(f"    w{i}(out, v)")
+    if not fields:
+        lines.append("    pass")
+    exec("\n".join(lines), env)  # noqa: S102 - code built above from the schema's field list
+    return env["write_record"]
 
 
 def _record_reader(fields):
