@@ -94,3 +94,27 @@ def test_evicted_states_are_read_from_rocksdb(tmp_path, monkeypatch):
     for account_id, state in states.items():
         assert store.account(account_id) == state == _on_disk(tmp_path / "s", account_id)
     store.close()
+
+
+def test_a_read_that_races_an_apply_is_not_kept_over_it(tmp_path, monkeypatch):
+    """The HTTP API reads on its own threads: a read that got the old bytes
+    from RocksDB just before a batch applied must not be what is kept."""
+    path = tmp_path / "s"
+    store = PartitionStore(path)
+    _apply(store, _state("a", 10, 1))
+    store.close()
+    store = PartitionStore(path)  # nothing kept yet
+    decode = store_module.decode_state
+    raced = []
+
+    def decode_then_apply(raw):
+        if not raced:  # the worker's batch lands between the read and the decode
+            raced.append(True)
+            _apply(store, _state("a", 25, 2), offset=2)
+        return decode(raw)
+
+    monkeypatch.setattr(store_module, "decode_state", decode_then_apply)
+    assert store.account("a") == _state("a", 10, 1)  # what the reader read
+    monkeypatch.setattr(store_module, "decode_state", decode)
+    assert store.account("a") == _state("a", 25, 2) == _on_disk(path, "a")
+    store.close()
