@@ -26,8 +26,10 @@ import functools
 import hashlib
 import json
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import field, replace
 from typing import Union
+
+from ledger.frozen import frozen
 
 # Avro ``long`` is a signed 64-bit integer; no amount or balance may leave it.
 AMOUNT_MAX_MINOR = 2**63 - 1
@@ -136,7 +138,7 @@ HOLD_EXPIRY_MAX_MS = 30 * 24 * 3600 * 1000
 # --------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class OpenAccount:
     command_id: str
     account_id: str
@@ -146,7 +148,7 @@ class OpenAccount:
     type = "open_account"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class _ExternalMoney:
     """Money entering (credit) or leaving (debit) the ledger through one account."""
 
@@ -157,17 +159,17 @@ class _ExternalMoney:
     expected_version: int = ANY_VERSION
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Credit(_ExternalMoney):
     type = "credit"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Debit(_ExternalMoney):
     type = "debit"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class CloseAccount:
     command_id: str
     account_id: str
@@ -175,7 +177,7 @@ class CloseAccount:
     type = "close_account"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Transfer:
     """Move money from one account to another; ``command_id`` is the transfer id.
 
@@ -201,7 +203,7 @@ class Transfer:
         return self.from_account_id
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TransferCreditLeg:
     """Internal: credit the destination of a debited transfer (workers only)."""
 
@@ -214,7 +216,7 @@ class TransferCreditLeg:
     type = "transfer_credit"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TransferSettleLeg:
     """Internal: tell the source how its transfer ended (workers only)."""
 
@@ -255,7 +257,7 @@ def settle_leg(leg: TransferCreditLeg, completed: bool, reason: str = "") -> Tra
     )
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class PlaceHold:
     """Reserve money on the account: it counts against the funds check like
     a debit (overdraft included) but stays on the account until captured,
@@ -278,7 +280,7 @@ class PlaceHold:
     type = "hold"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class CaptureHold:
     """Settle an active hold once: ``amount_minor`` of it (0: all of it; the
     rest is released in the same step). With a destination (the hold's or
@@ -294,7 +296,7 @@ class CaptureHold:
     type = "capture"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ReleaseHold:
     """Void an active hold."""
 
@@ -305,7 +307,7 @@ class ReleaseHold:
     type = "release"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ExpireHold:
     """Internal: the owner of the account releases a hold whose time has
     passed (workers only, at their clock: ``now_ms`` of ``decide``)."""
@@ -371,7 +373,7 @@ def _canonical_names(command_class: type) -> tuple[str, ...]:
 # --------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class _AccountEvent:
     """The fields every event has: which account, its sequence, the command
     that caused it, the money it moved and the balance after it, and when
@@ -386,34 +388,34 @@ class _AccountEvent:
     recorded_at_ms: int
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class AccountOpened(_AccountEvent):
     overdraft_limit_minor: int
     type = "account_opened"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Credited(_AccountEvent):
     type = "credited"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Debited(_AccountEvent):
     type = "debited"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class AccountClosed(_AccountEvent):
     type = "account_closed"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class _TransferEvent(_AccountEvent):
     transfer_id: str
     counterparty_account_id: str
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TransferDebited(_TransferEvent):
     """Money left the source; it is pending until settled."""
 
@@ -421,21 +423,21 @@ class TransferDebited(_TransferEvent):
     type = "transfer_debited"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TransferCredited(_TransferEvent):
     """Money reached the destination."""
 
     type = "transfer_credited"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TransferCompleted(_TransferEvent):
     """The source learns the destination was credited; nothing is pending."""
 
     type = "transfer_completed"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TransferRefunded(_TransferEvent):
     """The destination refused; the money is back at the source."""
 
@@ -443,12 +445,12 @@ class TransferRefunded(_TransferEvent):
     type = "transfer_refunded"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class HoldEvent(_AccountEvent):
     hold_id: str
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class HoldPlaced(HoldEvent):
     """``amount_minor`` is reserved: held, still on the balance."""
 
@@ -458,7 +460,7 @@ class HoldPlaced(HoldEvent):
     type = "hold_placed"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class HoldCaptured(HoldEvent):
     """``amount_minor`` of the hold is taken, ``released_minor`` (the rest)
     is freed. Without a destination the captured money left the ledger
@@ -470,14 +472,14 @@ class HoldCaptured(HoldEvent):
     type = "hold_captured"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class HoldReleased(HoldEvent):
     """The whole hold (``amount_minor``) is freed by a release command."""
 
     type = "hold_released"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class HoldExpired(HoldEvent):
     """The whole hold is freed because its time passed; ``recorded_at_ms`` is
     the worker's clock when it noticed (at or after ``expires_at_ms``)."""
@@ -509,7 +511,7 @@ def transfer_of(record) -> tuple[str, str] | None:
     return None
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class CommandRejected:
     """The log record of a refused command: its one outcome, with no sequence.
 
@@ -537,7 +539,7 @@ def rejected(command: Command, rejection: "Rejection", now_ms: int) -> CommandRe
     )
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Rejection:
     """A refused command: nothing about the account changes."""
 
@@ -555,7 +557,7 @@ class AccountStatus(str, enum.Enum):
     closed = "closed"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class AccountState:
     account_id: str
     currency: str
@@ -586,7 +588,7 @@ class HoldStatus(str, enum.Enum):
     expired = "expired"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Hold:
     """One hold, as its events made it (:func:`evolve_hold`)."""
 
@@ -1120,7 +1122,7 @@ def _decide_settle_leg(state, leg: TransferSettleLeg, now_ms: int, next_sequence
 # --------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class PartitionTick:
     """Not an account event: a mark that time has passed on one partition of
     the event log.

@@ -63,11 +63,10 @@ import struct
 import zlib
 from pathlib import Path
 
-from dataclasses import dataclass
-
 from rocksdict import AccessType, BlockBasedOptions, Checkpoint, Options, Rdict, WriteBatch
 
 from ledger import domain
+from ledger.frozen import frozen
 from schemas import codec
 from streams import metrics
 from streams.config import Settings
@@ -200,7 +199,7 @@ def decode_hold(account_id: str, hold_id: str, raw: bytes) -> domain.Hold:
                        f[5], f[6], f[7], tuple(f[8]))
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Outcome:
     """What became of one command: the idempotency index's entry."""
 
@@ -228,7 +227,7 @@ class Outcome:
         return cls(command_id, account_id, h, status, reason, tuple(q) if q else None)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TransferEntry:
     """A transfer as its source partition knows it."""
 
