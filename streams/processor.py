@@ -588,7 +588,6 @@ class Processor:
             "retry.backoff.ms": 10,
             # Events carry an explicit partition; the DLQ uses the key.
             "partitioner": "murmur2_random",
-            "on_delivery": self._on_delivery,
             "error_cb": on_error,
         }))
         log.info("worker %s: initialising transactions as %s", s.worker_id, s.transactional_id)
@@ -974,7 +973,7 @@ class Processor:
     def _produce_tick(self, partition: int, stamp: int, batch: Batch) -> None:
         raw = codec.encode_tick(domain.PartitionTick(partition, stamp))
         # Empty key: a tick belongs to no account; the partition is explicit.
-        self._producer.produce(self.settings.events_topic, raw, b"", partition=partition)
+        self._produce_event(raw, b"", partition)
         batch.advance(stamp)
         metrics.TICKS.inc()
 
@@ -1062,8 +1061,7 @@ class Processor:
                 log.exception("expiring hold %s of %s", hold_id, account_id)
                 continue
             for raw in records:
-                self._producer.produce(self.settings.events_topic, raw, account_id.encode(),
-                                       partition=partition)
+                self._produce_event(raw, account_id.encode(), partition)
             metrics.PER_COMMAND.add(metrics.EVENTS, len(records))
             produced = produced or bool(records)
         return produced
@@ -1151,7 +1149,7 @@ class Processor:
             return False
         key = msg.key()
         for raw in records:
-            self._producer.produce(self.settings.events_topic, raw, key, partition=partition)
+            self._produce_event(raw, key, partition)
         if reply is not None:
             # Same transaction: a reply is committed if and only if its outcome is.
             self._producer.produce(self.settings.replies_topic, reply, key, partition=partition)
@@ -1181,11 +1179,19 @@ class Processor:
         )
         metrics.DEAD_LETTERS.inc()
 
-    def _on_delivery(self, err, msg) -> None:
-        if err is None and msg.topic() == self.settings.events_topic:
-            p = msg.partition()
-            if msg.offset() > self._event_offsets.get(p, -1):
-                self._event_offsets[p] = msg.offset()
+    def _produce_event(self, raw: bytes, key: bytes, partition: int) -> None:
+        """Produce one event-log record of the open transaction. Only these
+        have a delivery report (their offsets are what the stores are
+        written with); a report per reply and leg was a Python call that
+        did nothing."""
+        self._producer.produce(self.settings.events_topic, raw, key, partition=partition,
+                               on_delivery=self._on_event_delivered)
+
+    def _on_event_delivered(self, err, msg) -> None:
+        if err is None:
+            p, offset = msg.partition(), msg.offset()
+            if offset > self._event_offsets.get(p, -1):
+                self._event_offsets[p] = offset
 
     def _abort(self, exc: KafkaException, first_offsets: dict) -> None:
         metrics.TRANSACTIONS.labels("aborted").inc()
