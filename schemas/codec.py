@@ -229,18 +229,20 @@ def _compile(schema):
     raise NotImplementedError(f"Avro type {kind!r} is not used by the ledger")
 
 
-def _record_writer(fields):
+def _record_writer(fields, source=None):
     """A writer of one record's fields, generated as straight-line code like
     _record_reader: a long or a string that is what its type says is written
-    inline, without a call; anything
-    else goes to the compiled writer, which writes it or raises the same
-    error as always (ValueError, OverflowError, KeyError for a missing
-    field). The worker encodes every event it appends with this (issue 10)."""
-    lines = ["def write_record(out, record):"]
+    inline, without a call; anything else goes to the compiled writer, which
+    writes it or raises the same error as always (ValueError, OverflowError,
+    KeyError for a missing field). The worker encodes every event it appends
+    with this (issue 10). ``source(name, kind)``: the expression a field is
+    read with, in a writer ``(out, record, extra)`` (_outcome_writer); by
+    default ``record[name]``, in a writer ``(out, record)``."""
+    lines = [f"def write_record(out, record{', extra' if source else ''}):"]
     env = {"LONG_MIN": _LONG_MIN, "LONG_MAX": _LONG_MAX}
     for i, (name, kind, write) in enumerate(fields):
         env[f"w{i}"] = write
-        lines.append(f"    v = record[{name!r}]")
+        lines.append(f"    v = {source(name, kind) if source else f'record[{name!r}]'}")
         if kind == "long":
             lines += ["    if type(v) is int and LONG_MIN <= v <= LONG_MAX:",
                       "        z = (v << 1) if v >= 0 else ((-v) << 1) - 1",
@@ -619,6 +621,10 @@ _PAYLOAD_BY_TYPE = {cls: name for name, cls in _PAYLOAD_NAMES.items()}
 def _write(schema: _Schema, record: dict) -> bytes:
     out = bytearray(schema.header)
     schema.write(out, record)
+    return _checked_size(schema, out)
+
+
+def _checked_size(schema: _Schema, out: bytearray) -> bytes:
     data = bytes(out)
     if len(data) > RECORD_BYTES_MAX:
         # Never write what no reader will accept.
@@ -724,11 +730,32 @@ def decode_leg(data: bytes) -> tuple[domain.Leg, int]:
 # --------------------------------------------------------------------------
 
 
+def _outcome_writer(schema: _Schema):
+    """A writer of a log record straight from its domain object, ``(out,
+    record, command_hash)``: no dict of its fields on the way (encode_outcome
+    runs once per event the worker appends). An Avro map is the domain's
+    sorted tuple of pairs (as _to_avro converts it)."""
+    def source(name: str, kind) -> str:
+        if name == "command_hash":
+            return "extra"
+        if isinstance(kind, dict) and kind["type"] == "map":
+            return f"dict(record.{name})"
+        return f"record.{name}"
+
+    fields = schema.parsed["fields"]
+    return _record_writer([(f["name"], f["type"], _compile(f["type"])[0]) for f in fields],
+                          source)
+
+
+_OUTCOME_WRITERS = {cls: (schema, _outcome_writer(schema)) for cls, schema in _OUTCOMES.items()}
+
+
 def encode_outcome(record, command_hash: str) -> bytes:
     """Encode an event or a CommandRejected, with the hash of its command."""
-    fields = _to_avro(_fields(record))
-    fields["command_hash"] = command_hash
-    return _write(_OUTCOMES[type(record)], fields)
+    schema, write = _OUTCOME_WRITERS[type(record)]
+    out = bytearray(schema.header)
+    write(out, record, command_hash)
+    return _checked_size(schema, out)
 
 
 def decode_outcome(data: bytes):
