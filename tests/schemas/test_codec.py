@@ -245,7 +245,11 @@ def _envelope_codec(cls):
 def test_command_and_leg_round_trip(cls, data, issued_at_ms):
     strategy, encode, decode = _envelope_codec(cls)
     command = data.draw(strategy)
-    decoded, issued = decode(encode(command, issued_at_ms))
+    raw = encode(command, issued_at_ms)
+    # the generated writer writes fastavro's bytes (codec._record_writer)
+    assert raw == _raw_write("leg.avsc" if cls in LEG_STRATEGIES else "command.avsc",
+                             _envelope(command, issued_at_ms))
+    decoded, issued = decode(raw)
     assert type(decoded) is cls
     assert decoded == command
     assert issued == issued_at_ms
@@ -1094,18 +1098,6 @@ def test_outcome_bytes_are_fastavros(cls, data, command_hash):
     out = io.BytesIO()
     schemaless_writer(out, schema.parsed, {**_avro_fields(record), "command_hash": command_hash})
     assert codec.encode_outcome(record, command_hash) == schema.header + out.getvalue()
-
-
-@pytest.mark.parametrize("cls", [*COMMAND_STRATEGIES, *LEG_STRATEGIES],
-                         ids=lambda c: c.__name__)
-@NO_DEADLINE
-@given(data=st.data(), issued_at_ms=longs)
-def test_command_and_leg_bytes_are_fastavros(cls, data, issued_at_ms):
-    strategy, encode, _decode = _envelope_codec(cls)
-    command = data.draw(strategy)
-    schema_file = "leg.avsc" if cls in LEG_STRATEGIES else "command.avsc"
-    assert encode(command, issued_at_ms) == _raw_write(schema_file,
-                                                        _envelope(command, issued_at_ms))
 
 
 @pytest.mark.parametrize("field, value, error", [
