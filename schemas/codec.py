@@ -271,15 +271,17 @@ def _record_writer(fields, source=None):
     return env["write_record"]
 
 
-def _record_reader(fields):
+def _record_reader(fields, result=None, **names):
     """A reader of one record's fields, generated as straight-line code: the
     longs and strings of the fields are read inline (a one-byte long, the
     common case, without a call), other types by their compiled reader. The
     same checks as _read_long and _read_string: a record decodes to the same
     value or raises the same CodecError. This is most of the cost of reading
-    the log back (catch-up, replay: issue 10)."""
+    the log back (catch-up, replay: issue 10). It returns a dict of the
+    fields, or ``result({field name: variable})``, an expression over them
+    and ``names`` (_outcome_reader)."""
     lines = ["def read_record(buf, pos):", "    try:"]
-    env = {"CodecError": CodecError, "_NON_CANONICAL": _NON_CANONICAL}
+    env = {"CodecError": CodecError, "_NON_CANONICAL": _NON_CANONICAL, **names}
     for i, (_name, kind, read) in enumerate(fields):
         if kind in ("long", "string"):
             target = f"v{i}" if kind == "long" else "n"
@@ -310,10 +312,12 @@ def _record_reader(fields):
         else:
             env[f"r{i}"] = read
             lines.append(f"        v{i}, pos = r{i}(buf, pos)")
+    variables = {name: f"v{i}" for i, (name, _k, _r) in enumerate(fields)}
+    value = result(variables) if result else \
+        "{" + ", ".join(f"{name!r}: {v}" for name, v in variables.items()) + "}"
     lines += ["    except UnicodeDecodeError:",
               "        raise CodecError('string is not UTF-8') from None",
-              "    return {" + ", ".join(f"{name!r}: v{i}" for i, (name, _k, _r) in enumerate(fields))
-              + "}, pos"]
+              f"    return {value}, pos"]
     exec("\n".join(lines), env)  # noqa: S102 - code built above from the schema's field list
     return env["read_record"]
 
@@ -591,6 +595,42 @@ def resolve_history(reader_paths, history_paths) -> dict[bytes, tuple[str, objec
     return {header: (reader.name, read) for header, (reader, read) in table.items()}
 
 
+def _outcome_reader(schema: _Schema, cls: type):
+    """A reader of a log record of the current schema straight into its
+    domain object: ``((record, command_hash), pos)``, no dict of its fields
+    on the way (catch-up and replay read every record of the log). An Avro
+    map becomes the domain's sorted tuple of pairs (as _from_avro does)."""
+    fields = schema.parsed["fields"]
+    own = [f for f in fields if f["name"] != "command_hash"]
+    # Positionally when the schema has every field of the class (a keyword
+    # call cost half as much again as the whole constructor).
+    positional = {f["name"] for f in own} == set(cls.__dataclass_fields__)
+    order = {name: i for i, name in enumerate(cls.__dataclass_fields__)}
+
+    def result(variables: dict) -> str:
+        args = []
+        for f in sorted(own, key=lambda f: order[f["name"]]) if positional else own:
+            v = variables[f["name"]]
+            if isinstance(f["type"], dict) and f["type"]["type"] == "map":
+                v = f"tuple(sorted({v}.items()))"
+            args.append(v if positional else f"{f['name']}={v}")
+        return f"(make({', '.join(args)}), {variables['command_hash']})"
+
+    return _record_reader([(f["name"], f["type"], _compile(f["type"])[1]) for f in fields],
+                          result, make=cls)
+
+
+def _as_outcome(cls: type, read):
+    """A historical log record's reader (a dict of the current schema's
+    fields) made to return what _outcome_reader's do."""
+    def read_outcome(buf: bytes, pos: int):
+        value, pos = read(buf, pos)
+        command_hash = value.pop("command_hash")
+        return (cls(**_from_avro(value)), command_hash), pos
+
+    return read_outcome
+
+
 # Every writer schema this reader accepts, by header -> (reader schema, its
 # log-record class or None, read function). A current schema is read with its
 # own plan, as fast as ever; a historical one (schemas/history/) through the
@@ -602,6 +642,13 @@ _BY_HEADER: dict[bytes, tuple[_Schema, type | None, object]] = {
     **{schema.header: (schema, cls, schema.read) for schema, cls in _CURRENT.items()},
     **{header: (reader, _CURRENT[reader], read)
        for header, (reader, read) in _history(_CURRENT, history_files()).items()},
+}
+# The same, for the readers of log records (decode_outcome, decode_record):
+# a log record's read function gives ``(record, command_hash)``.
+_LOG_BY_HEADER: dict[bytes, tuple[_Schema, type | None, object]] = {
+    header: (schema, cls, read if cls is None else
+             _outcome_reader(schema, cls) if header == schema.header else _as_outcome(cls, read))
+    for header, (schema, cls, read) in _BY_HEADER.items()
 }
 _PAYLOAD_NAMES = {
     "ledger.v1.OpenAccount": domain.OpenAccount,
@@ -632,7 +679,7 @@ def _checked_size(schema: _Schema, out: bytearray) -> bytes:
     return data
 
 
-def _read(data: bytes) -> tuple[_Schema, type | None, object]:
+def _read(data: bytes, table: dict = _BY_HEADER) -> tuple[_Schema, type | None, object]:
     if not isinstance(data, (bytes, bytearray)):
         raise CodecError(f"record value is {type(data).__name__}, not bytes")
     if len(data) > RECORD_BYTES_MAX:
@@ -641,7 +688,7 @@ def _read(data: bytes) -> tuple[_Schema, type | None, object]:
         raise CodecError("not Avro single-object encoding (missing C3 01 marker)")
     header = bytes(data[:HEADER_LENGTH])
     try:
-        schema, cls, read = _BY_HEADER[header]
+        schema, cls, read = table[header]
     except KeyError:
         raise CodecError(f"unknown schema fingerprint {header[2:].hex()}") from None
     try:
@@ -760,11 +807,10 @@ def encode_outcome(record, command_hash: str) -> bytes:
 
 def decode_outcome(data: bytes):
     """Return ``(event_or_rejection, command_hash)`` or raise :class:`CodecError`."""
-    schema, cls, value = _read(data)
+    schema, cls, value = _read(data, _LOG_BY_HEADER)
     if cls is None:
         raise CodecError(f"{schema.name} is not a log record")
-    command_hash = value.pop("command_hash")
-    return cls(**_from_avro(value)), command_hash
+    return value
 
 
 # --------------------------------------------------------------------------
@@ -791,13 +837,12 @@ def decode_record(data: bytes):
     a rejection with the hash of its command, or a PartitionTick with None
     (one header lookup, for the readers of the whole log). Raises
     :class:`CodecError`."""
-    schema, cls, value = _read(data)
+    schema, cls, value = _read(data, _LOG_BY_HEADER)
     if schema is _TICK:
         return domain.PartitionTick(value["partition"], value["recorded_at_ms"]), None
     if cls is None:
         raise CodecError(f"{schema.name} is not a log record")
-    command_hash = value.pop("command_hash")
-    return cls(**_from_avro(value)), command_hash
+    return value
 
 
 def decode_tick(data: bytes) -> domain.PartitionTick:

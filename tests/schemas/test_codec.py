@@ -1083,21 +1083,8 @@ def test_codec_writes_and_reads_exactly_what_fastavro_does(record, issued_at_ms)
     value = _fastavro_value(schema, data)
     assert data == _fastavro_bytes(schema, value)
     assert value == codec._read(data)[2]
-
-
-# The generated writer (codec._record_writer) against fastavro's, byte for
-# byte, on arbitrary values: multi-byte string lengths, unicode, negative
-# and edge longs, metadata maps.
-
-@pytest.mark.parametrize("cls", list(OUTCOME_STRATEGIES), ids=lambda c: c.__name__)
-@NO_DEADLINE
-@given(data=st.data(), command_hash=st.one_of(command_hashes, details))
-def test_outcome_bytes_are_fastavros(cls, data, command_hash):
-    record = data.draw(OUTCOME_STRATEGIES[cls])
-    schema = codec._OUTCOMES[cls]
-    out = io.BytesIO()
-    schemaless_writer(out, schema.parsed, {**_avro_fields(record), "command_hash": command_hash})
-    assert codec.encode_outcome(record, command_hash) == schema.header + out.getvalue()
+    if schema in codec._OUTCOMES.values():  # and read straight into the domain object
+        assert codec.decode_outcome(data) == codec.decode_record(data) == (record, "h" * 64)
 
 
 @pytest.mark.parametrize("field, value, error", [

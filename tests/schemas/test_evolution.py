@@ -364,6 +364,14 @@ def test_a_v1_event_reads_as_v2_in_the_codec_and_in_fastavro(tmp_path):
     assert table[codec._header(v1)][1](encoded, codec.HEADER_LENGTH)[0]["flags"] == {}
 
 
+def _accept(monkeypatch, path) -> None:
+    """Make the codec read records written with the schema file ``path`` (not
+    a log record's), in both its tables, as if it were in schemas/history."""
+    for header, (reader, read) in codec._history(list(codec._CURRENT), [path]).items():
+        monkeypatch.setitem(codec._BY_HEADER, header, (reader, None, read))
+        monkeypatch.setitem(codec._LOG_BY_HEADER, header, (reader, None, read))
+
+
 def test_an_old_command_decodes_into_the_current_model_with_its_defaults(monkeypatch, tmp_path):
     """A v0 envelope from before OpenAccount had an overdraft limit and
     Transfer had metadata (both have a default today) goes through the
@@ -373,8 +381,7 @@ def test_an_old_command_decodes_into_the_current_model_with_its_defaults(monkeyp
     _branch(v0, "Transfer")["fields"].pop()  # metadata
     path = tmp_path / "ledger.v1.LedgerCommand.v0.avsc"
     path.write_text(json.dumps(v0))
-    for header, (reader, read) in codec._history(list(codec._CURRENT), [path]).items():
-        monkeypatch.setitem(codec._BY_HEADER, header, (reader, None, read))
+    _accept(monkeypatch, path)
     opened = _write(v0, {"command_id": "c-1", "issued_at_ms": ISSUED, "payload": (
         "ledger.v1.OpenAccount", {"account_id": "alice", "currency": "EUR"})})
     assert codec.decode_command(opened) == (domain.OpenAccount("c-1", "alice", "EUR", 0), ISSUED)
@@ -393,8 +400,7 @@ def test_an_old_tick_is_still_a_tick(monkeypatch, tmp_path):
     _field(v0, "partition")["type"] = "int"
     path = tmp_path / "ledger.v1.PartitionTick.v0.avsc"
     path.write_text(json.dumps(v0))
-    for header, (reader, read) in codec._history(list(codec._CURRENT), [path]).items():
-        monkeypatch.setitem(codec._BY_HEADER, header, (reader, None, read))
+    _accept(monkeypatch, path)
     old = _write(v0, {"partition": 3, "recorded_at_ms": ISSUED})
     assert old[:codec.HEADER_LENGTH] != codec.encode_tick(domain.PartitionTick(3, ISSUED))[
         :codec.HEADER_LENGTH]
