@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -595,29 +596,56 @@ def resolve_history(reader_paths, history_paths) -> dict[bytes, tuple[str, objec
     return {header: (reader.name, read) for header, (reader, read) in table.items()}
 
 
+_PAYLOAD_NAMES = {
+    "ledger.v1.OpenAccount": domain.OpenAccount,
+    "ledger.v1.Credit": domain.Credit,
+    "ledger.v1.Debit": domain.Debit,
+    "ledger.v1.CloseAccount": domain.CloseAccount,
+    "ledger.v1.Transfer": domain.Transfer,
+    "ledger.v1.PlaceHold": domain.PlaceHold,
+    "ledger.v1.CaptureHold": domain.CaptureHold,
+    "ledger.v1.ReleaseHold": domain.ReleaseHold,
+    "ledger.v1.TransferCreditLeg": domain.TransferCreditLeg,
+    "ledger.v1.TransferSettleLeg": domain.TransferSettleLeg,
+}
+_PAYLOAD_BY_TYPE = {cls: name for name, cls in _PAYLOAD_NAMES.items()}
+
+
+def _class_arguments(fields: list, cls: type, skip: str) -> Callable[[dict], str]:
+    """For a current schema's record read straight into ``cls``: a function
+    of the readers' variables (field name -> variable) giving the class's
+    arguments, positionally, in its order; an Avro map becomes the domain's
+    sorted tuple of pairs (as _from_avro does). The record's fields must be
+    the class's (less ``skip``, written beside them): anything else would be
+    dropped by the writers (record.<field>), so it is refused at import."""
+    names = [name for name in cls.__dataclass_fields__ if name != skip]
+    if sorted(f["name"] for f in fields) != sorted(names):
+        raise SchemaResolutionError(f"{cls.__name__}: its fields are not those of its schema")
+    kinds = {f["name"]: f["type"] for f in fields}
+
+    def arguments(variables: dict) -> str:
+        args = []
+        for name in names:
+            v = variables[name]
+            if isinstance(kinds[name], dict) and kinds[name]["type"] == "map":
+                v = f"tuple(sorted({v}.items()))"
+            args.append(v + ", ")
+        return "".join(args)
+
+    return arguments
+
+
 def _outcome_reader(schema: _Schema, cls: type):
     """A reader of a log record of the current schema straight into its
     domain object: ``((record, command_hash), pos)``, no dict of its fields
-    on the way (catch-up and replay read every record of the log). An Avro
-    map becomes the domain's sorted tuple of pairs (as _from_avro does)."""
+    on the way (catch-up and replay read every record of the log), called
+    positionally (keywords cost half as much again as the constructor)."""
     fields = schema.parsed["fields"]
-    own = [f for f in fields if f["name"] != "command_hash"]
-    # Positionally when the schema has every field of the class (a keyword
-    # call cost half as much again as the whole constructor).
-    positional = {f["name"] for f in own} == set(cls.__dataclass_fields__)
-    order = {name: i for i, name in enumerate(cls.__dataclass_fields__)}
-
-    def result(variables: dict) -> str:
-        args = []
-        for f in sorted(own, key=lambda f: order[f["name"]]) if positional else own:
-            v = variables[f["name"]]
-            if isinstance(f["type"], dict) and f["type"]["type"] == "map":
-                v = f"tuple(sorted({v}.items()))"
-            args.append(v if positional else f"{f['name']}={v}")
-        return f"(make({', '.join(args)}), {variables['command_hash']})"
-
-    return _record_reader([(f["name"], f["type"], _compile(f["type"])[1]) for f in fields],
-                          result, make=cls)
+    arguments = _class_arguments([f for f in fields if f["name"] != "command_hash"], cls, "")
+    return _record_reader(
+        [(f["name"], f["type"], _compile(f["type"])[1]) for f in fields],
+        lambda variables: f"(make({arguments(variables)}), {variables['command_hash']})",
+        make=cls)
 
 
 def _as_outcome(cls: type, read):
@@ -643,26 +671,78 @@ _BY_HEADER: dict[bytes, tuple[_Schema, type | None, object]] = {
     **{header: (reader, _CURRENT[reader], read)
        for header, (reader, read) in _history(_CURRENT, history_files()).items()},
 }
-# The same, for the readers of log records (decode_outcome, decode_record):
-# a log record's read function gives ``(record, command_hash)``.
-_LOG_BY_HEADER: dict[bytes, tuple[_Schema, type | None, object]] = {
-    header: (schema, cls, read if cls is None else
-             _outcome_reader(schema, cls) if header == schema.header else _as_outcome(cls, read))
-    for header, (schema, cls, read) in _BY_HEADER.items()
+
+
+def _payload_reader(branch: dict, cls: type):
+    """A reader of one command or leg payload: the tuple of the class's
+    arguments after command_id (which the envelope carries)."""
+    fields = branch["fields"]
+    if next(iter(cls.__dataclass_fields__)) != "command_id":
+        raise SchemaResolutionError(f"{cls.__name__}: command_id is not its first field")
+    arguments = _class_arguments(fields, cls, "command_id")
+    return _record_reader([(f["name"], f["type"], _compile(f["type"])[1]) for f in fields],
+                          lambda variables: f"({arguments(variables)})")
+
+
+def _envelope_reader(schema: _Schema):
+    """A reader of a command or leg envelope of the current schema straight
+    into its domain object: ``((command, issued_at_ms), pos)``, no dicts on
+    the way (the worker decodes every command it applies)."""
+    if [f["name"] for f in schema.parsed["fields"]] != ["command_id", "issued_at_ms", "payload"]:
+        raise SchemaResolutionError(f"{schema.name}: not an envelope this reader knows")
+    branches = [(_PAYLOAD_NAMES[b["name"]], _payload_reader(b, _PAYLOAD_NAMES[b["name"]]))
+                for b in schema.parsed["fields"][2]["type"]]
+    count = len(branches)
+
+    def read_envelope(buf: bytes, pos: int):
+        command_id, pos = _read_string(buf, pos)
+        issued_at_ms, pos = _read_long(buf, pos)
+        index, pos = _read_long(buf, pos)
+        if not 0 <= index < count:
+            raise CodecError(f"union branch {index} does not exist")
+        cls, read = branches[index]
+        values, pos = read(buf, pos)
+        return (cls(command_id, *values), issued_at_ms), pos
+
+    return read_envelope
+
+
+def _as_envelope(read):
+    """A historical envelope's reader (a dict of the current schema's
+    fields) made to return what _envelope_reader's do."""
+    def read_envelope(buf: bytes, pos: int):
+        value, pos = read(buf, pos)
+        name, payload = value["payload"]
+        command = _PAYLOAD_NAMES[name](command_id=value["command_id"], **_from_avro(payload))
+        return (command, value["issued_at_ms"]), pos
+
+    return read_envelope
+
+
+def _as_tick(read):
+    def read_tick(buf: bytes, pos: int):
+        value, pos = read(buf, pos)
+        return domain.PartitionTick(value["partition"], value["recorded_at_ms"]), pos
+
+    return read_tick
+
+
+def _domain_entry(header: bytes, schema: _Schema, cls: type | None, read):
+    """An entry of _BY_HEADER made into one of _DOMAIN_BY_HEADER."""
+    current = header == schema.header
+    if cls is not None:
+        return schema, cls, _outcome_reader(schema, cls) if current else _as_outcome(cls, read)
+    if schema is _TICK:
+        return schema, cls, _as_tick(read)
+    return schema, cls, _envelope_reader(schema) if current else _as_envelope(read)
+
+
+# The same, read into the domain's objects (every decode_* function): a log
+# record's read function gives ``(record, command_hash)``, an envelope's
+# ``(command, issued_at_ms)``, a tick's the PartitionTick.
+_DOMAIN_BY_HEADER: dict[bytes, tuple[_Schema, type | None, object]] = {
+    header: _domain_entry(header, *entry) for header, entry in _BY_HEADER.items()
 }
-_PAYLOAD_NAMES = {
-    "ledger.v1.OpenAccount": domain.OpenAccount,
-    "ledger.v1.Credit": domain.Credit,
-    "ledger.v1.Debit": domain.Debit,
-    "ledger.v1.CloseAccount": domain.CloseAccount,
-    "ledger.v1.Transfer": domain.Transfer,
-    "ledger.v1.PlaceHold": domain.PlaceHold,
-    "ledger.v1.CaptureHold": domain.CaptureHold,
-    "ledger.v1.ReleaseHold": domain.ReleaseHold,
-    "ledger.v1.TransferCreditLeg": domain.TransferCreditLeg,
-    "ledger.v1.TransferSettleLeg": domain.TransferSettleLeg,
-}
-_PAYLOAD_BY_TYPE = {cls: name for name, cls in _PAYLOAD_NAMES.items()}
 
 
 def _write(schema: _Schema, record: dict) -> bytes:
@@ -707,47 +787,53 @@ def _read(data: bytes, table: dict = _BY_HEADER) -> tuple[_Schema, type | None, 
 # --------------------------------------------------------------------------
 
 
-def _fields(obj) -> dict:
-    """A dataclass's fields as a new dict: shallow, unlike dataclasses.asdict
-    (whose deep copy cost more than the Avro encoding itself)."""
-    return {name: getattr(obj, name) for name in obj.__dataclass_fields__}
-
-
-def _to_avro(fields: dict) -> dict:
-    # Domain metadata is a sorted tuple of pairs (hashable, canonical); Avro's is a map.
-    if "metadata" in fields:
-        fields["metadata"] = dict(fields["metadata"])
-    return fields
-
-
 def _from_avro(fields: dict) -> dict:
+    """A dict of fields read with an older schema (or a payload read as a
+    dict) made into the domain's arguments. Domain metadata is a sorted
+    tuple of pairs (hashable, canonical); Avro's is a map. The writers and
+    the generated readers make the same conversion for every map field."""
     if "metadata" in fields:
         fields["metadata"] = tuple(sorted(fields["metadata"].items()))
     return fields
 
 
+def _envelope_writer(schema: _Schema) -> dict:
+    """Class -> (union index, a writer of its payload straight from the
+    object) for one envelope schema (as _outcome_writer writes log records)."""
+    def source(name: str, kind) -> str:
+        if isinstance(kind, dict) and kind["type"] == "map":
+            return f"dict(record.{name})"
+        return f"record.{name}"
+
+    writers = {}
+    for index, branch in enumerate(schema.parsed["fields"][2]["type"]):
+        fields = [(f["name"], f["type"], _compile(f["type"])[0]) for f in branch["fields"]]
+        writers[_PAYLOAD_NAMES[branch["name"]]] = (index, _record_writer(fields, source))
+    return writers
+
+
+_ENVELOPE_WRITERS = {schema: _envelope_writer(schema) for schema in (_COMMAND, _LEG)}
+
+
 def _encode_envelope(schema: _Schema, command, issued_at_ms: int) -> bytes:
-    payload = _to_avro(_fields(command))
-    command_id = payload.pop("command_id")
-    return _write(
-        schema,
-        {
-            "command_id": command_id,
-            "issued_at_ms": issued_at_ms,
-            "payload": (_PAYLOAD_BY_TYPE[type(command)], payload),
-        },
-    )
+    try:
+        index, write_payload = _ENVELOPE_WRITERS[schema][type(command)]
+    except KeyError:
+        raise ValueError(f"{_PAYLOAD_BY_TYPE.get(type(command), type(command).__name__)} "
+                         f"is not a branch of this union") from None
+    out = bytearray(schema.header)
+    _write_string(out, command.command_id)
+    _write_long(out, issued_at_ms)
+    _write_long(out, index)
+    write_payload(out, command, None)
+    return _checked_size(schema, out)
 
 
 def _decode_envelope(schema: _Schema, data: bytes):
-    found, _cls, value = _read(data)
+    found, _cls, value = _read(data, _DOMAIN_BY_HEADER)
     if found is not schema:
         raise CodecError(f"{found.name} is not a {schema.name}")
-    name, payload = value["payload"]
-    return (
-        _PAYLOAD_NAMES[name](command_id=value["command_id"], **_from_avro(payload)),
-        value["issued_at_ms"],
-    )
+    return value
 
 
 def encode_command(command: domain.Command, issued_at_ms: int) -> bytes:
@@ -781,7 +867,7 @@ def _outcome_writer(schema: _Schema):
     """A writer of a log record straight from its domain object, ``(out,
     record, command_hash)``: no dict of its fields on the way (encode_outcome
     runs once per event the worker appends). An Avro map is the domain's
-    sorted tuple of pairs (as _to_avro converts it)."""
+    sorted tuple of pairs (see _from_avro)."""
     def source(name: str, kind) -> str:
         if name == "command_hash":
             return "extra"
@@ -807,7 +893,7 @@ def encode_outcome(record, command_hash: str) -> bytes:
 
 def decode_outcome(data: bytes):
     """Return ``(event_or_rejection, command_hash)`` or raise :class:`CodecError`."""
-    schema, cls, value = _read(data, _LOG_BY_HEADER)
+    schema, cls, value = _read(data, _DOMAIN_BY_HEADER)
     if cls is None:
         raise CodecError(f"{schema.name} is not a log record")
     return value
@@ -837,9 +923,9 @@ def decode_record(data: bytes):
     a rejection with the hash of its command, or a PartitionTick with None
     (one header lookup, for the readers of the whole log). Raises
     :class:`CodecError`."""
-    schema, cls, value = _read(data, _LOG_BY_HEADER)
+    schema, cls, value = _read(data, _DOMAIN_BY_HEADER)
     if schema is _TICK:
-        return domain.PartitionTick(value["partition"], value["recorded_at_ms"]), None
+        return value, None
     if cls is None:
         raise CodecError(f"{schema.name} is not a log record")
     return value
@@ -847,7 +933,7 @@ def decode_record(data: bytes):
 
 def decode_tick(data: bytes) -> domain.PartitionTick:
     """Return the PartitionTick or raise :class:`CodecError`."""
-    schema, _cls, value = _read(data)
+    schema, _cls, value = _read(data, _DOMAIN_BY_HEADER)
     if schema is not _TICK:
         raise CodecError(f"{schema.name} is not a ledger.v1.PartitionTick")
-    return domain.PartitionTick(value["partition"], value["recorded_at_ms"])
+    return value

@@ -1101,3 +1101,18 @@ def test_the_writer_refuses_a_value_of_the_wrong_type(field, value, error):
                   amount_minor=1, balance_after_minor=1, recorded_at_ms=0)
     with pytest.raises(error):
         codec.encode_outcome(domain.Credited(**{**fields, field: value}), HASH)
+
+
+def test_a_class_whose_fields_are_not_its_schemas_is_refused():
+    """The writers read every schema field off the object and the readers
+    build the object from the schema's fields: a field on one side only
+    would be dropped, so the codec refuses it when it is imported."""
+    fields = [f for f in codec._OUTCOMES[domain.Credited].parsed["fields"]
+              if f["name"] != "command_hash"]
+    codec._class_arguments(fields, domain.Credited, "")  # the real pair: accepted
+    with pytest.raises(codec.SchemaResolutionError, match="Credited"):
+        codec._class_arguments([f for f in fields if f["name"] != "recorded_at_ms"],
+                               domain.Credited, "")
+    with pytest.raises(codec.SchemaResolutionError, match="Credited"):
+        codec._class_arguments(fields + [{"name": "extra", "type": "long"}],
+                               domain.Credited, "")

@@ -369,7 +369,8 @@ def _accept(monkeypatch, path) -> None:
     a log record's), in both its tables, as if it were in schemas/history."""
     for header, (reader, read) in codec._history(list(codec._CURRENT), [path]).items():
         monkeypatch.setitem(codec._BY_HEADER, header, (reader, None, read))
-        monkeypatch.setitem(codec._LOG_BY_HEADER, header, (reader, None, read))
+        monkeypatch.setitem(codec._DOMAIN_BY_HEADER, header,
+                            codec._domain_entry(header, reader, None, read))
 
 
 def test_an_old_command_decodes_into_the_current_model_with_its_defaults(monkeypatch, tmp_path):
