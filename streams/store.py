@@ -158,6 +158,18 @@ def _plain(text: str) -> bool:
     return text.isascii() and text.isprintable() and '"' not in text and "\\" not in text
 
 
+def _json_item(value) -> str | None:
+    """What json.dumps writes for None, an int or a plain string; None for
+    anything else (the caller then uses json.dumps)."""
+    if value is None:
+        return "null"
+    if type(value) is int:
+        return str(value)
+    if type(value) is str and _plain(value):
+        return f'"{value}"'
+    return None
+
+
 def encode_state(state: domain.AccountState) -> bytes:
     if _plain(state.account_id) and _plain(state.currency):
         # The same bytes as json.dumps below, without its machinery: this runs
@@ -241,6 +253,12 @@ class TransferEntry:
     sequences: tuple[int, ...]  # its events at the source
 
     def encode(self) -> bytes:
+        items = [_json_item(v) for v in (self.to_account_id, self.amount_minor, self.currency,
+                                         self.status, self.reason)]
+        if None not in items and all(type(q) is int for q in self.sequences):
+            # The same bytes as json.dumps below: each step of a transfer
+            # writes its entry (json.dumps was 5% of a transfer's CPU).
+            return f'[{",".join(items)},[{",".join(map(str, self.sequences))}]]'.encode()
         return json.dumps([self.to_account_id, self.amount_minor, self.currency,
                            self.status, self.reason, list(self.sequences)],
                           separators=(",", ":")).encode()

@@ -128,11 +128,12 @@ def test_worker_rebuilds_a_store_of_unknown_format_from_the_log(settings, worker
 
 
 def test_store_values_are_the_json_they_always_were():
-    """encode_state and Outcome.encode build their JSON by hand for speed
-    (issue 10): the bytes are json.dumps's, so a store's layout is unchanged."""
+    """encode_state, Outcome.encode and TransferEntry.encode build their JSON
+    by hand for speed (issue 10): the bytes are json.dumps's, so a store's
+    layout is unchanged."""
     import json
 
-    from streams.store import Outcome, decode_state, encode_state
+    from streams.store import Outcome, TransferEntry, decode_state, encode_state
 
     def dumps(value) -> bytes:
         return json.dumps(value, separators=(",", ":")).encode()
@@ -149,3 +150,12 @@ def test_store_values_are_the_json_they_always_were():
         assert dumps([outcome.command_hash, outcome.status, outcome.reason,
                       list(outcome.sequences) if outcome.sequences else None]) == outcome.encode()
         assert outcome == Outcome.decode("a", "c", outcome.encode())
+    for entry in (TransferEntry("t", "a", "b", 5, "EUR", "pending", None, (3,)),
+                  TransferEntry("t", "a", "b", 5, "EUR", "completed", None, (3, 9, 12)),
+                  TransferEntry("t", "a", None, None, None, "failed", "insufficient_funds", ()),
+                  TransferEntry("t", "a", 'b"q', 2**70, "caf\u00e9", "failed", "back\\slash",
+                                (1,)),
+                  TransferEntry("t", "a", "b", True, "EUR", "pending", "tab\t", (1, 2))):
+        assert dumps([entry.to_account_id, entry.amount_minor, entry.currency, entry.status,
+                      entry.reason, list(entry.sequences)]) == entry.encode()
+        assert entry == TransferEntry.decode("a", "t", entry.encode())
