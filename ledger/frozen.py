@@ -24,11 +24,11 @@ def frozen(cls):
     cls = dataclasses.dataclass(frozen=True, slots=True)(cls)
     if hasattr(cls, "__post_init__"):
         raise TypeError(f"{cls.__name__}: @frozen does not call __post_init__")
-    names, params, body, env = [], [], [], {}
-    for f in dataclasses.fields(cls):
+    fields = dataclasses.fields(cls)
+    params, body, env = [], [], {}
+    for f in fields:
         if not f.init or f.kw_only or f.default_factory is not dataclasses.MISSING:
             raise TypeError(f"{cls.__name__}.{f.name}: @frozen takes plain fields only")
-        names.append(f.name)
         env[f"_set_{f.name}"] = getattr(cls, f.name).__set__  # the slot's descriptor
         if f.default is dataclasses.MISSING:
             params.append(f.name)
@@ -41,6 +41,6 @@ def frozen(cls):
     init = env["__init__"]
     init.__qualname__ = f"{cls.__qualname__}.__init__"
     init.__module__ = cls.__module__
-    init.__annotations__ = {**{f.name: f.type for f in dataclasses.fields(cls)}, "return": None}
+    init.__annotations__ = {**{f.name: f.type for f in fields}, "return": None}
     cls.__init__ = init
     return cls
