@@ -611,6 +611,10 @@ _PAYLOAD_NAMES = {
 _PAYLOAD_BY_TYPE = {cls: name for name, cls in _PAYLOAD_NAMES.items()}
 
 
+def _is_map(kind) -> bool:
+    return isinstance(kind, dict) and kind["type"] == "map"
+
+
 def _class_arguments(fields: list, cls: type, skip: str) -> Callable[[dict], str]:
     """For a current schema's record read straight into ``cls``: a function
     of the readers' variables (field name -> variable) giving the class's
@@ -627,7 +631,7 @@ def _class_arguments(fields: list, cls: type, skip: str) -> Callable[[dict], str
         args = []
         for name in names:
             v = variables[name]
-            if isinstance(kinds[name], dict) and kinds[name]["type"] == "map":
+            if _is_map(kinds[name]):
                 v = f"tuple(sorted({v}.items()))"
             args.append(v + ", ")
         return "".join(args)
@@ -797,18 +801,22 @@ def _from_avro(fields: dict) -> dict:
     return fields
 
 
+def _object_source(name: str, kind) -> str:
+    """How the writers read a field straight off the domain object: a log
+    record's command_hash is the writer's argument, an Avro map is the
+    domain's sorted tuple of pairs (see _from_avro)."""
+    if name == "command_hash":
+        return "extra"
+    return f"dict(record.{name})" if _is_map(kind) else f"record.{name}"
+
+
 def _envelope_writer(schema: _Schema) -> dict:
     """Class -> (union index, a writer of its payload straight from the
     object) for one envelope schema (as _outcome_writer writes log records)."""
-    def source(name: str, kind) -> str:
-        if isinstance(kind, dict) and kind["type"] == "map":
-            return f"dict(record.{name})"
-        return f"record.{name}"
-
     writers = {}
     for index, branch in enumerate(schema.parsed["fields"][2]["type"]):
         fields = [(f["name"], f["type"], _compile(f["type"])[0]) for f in branch["fields"]]
-        writers[_PAYLOAD_NAMES[branch["name"]]] = (index, _record_writer(fields, source))
+        writers[_PAYLOAD_NAMES[branch["name"]]] = (index, _record_writer(fields, _object_source))
     return writers
 
 
@@ -866,18 +874,10 @@ def decode_leg(data: bytes) -> tuple[domain.Leg, int]:
 def _outcome_writer(schema: _Schema):
     """A writer of a log record straight from its domain object, ``(out,
     record, command_hash)``: no dict of its fields on the way (encode_outcome
-    runs once per event the worker appends). An Avro map is the domain's
-    sorted tuple of pairs (see _from_avro)."""
-    def source(name: str, kind) -> str:
-        if name == "command_hash":
-            return "extra"
-        if isinstance(kind, dict) and kind["type"] == "map":
-            return f"dict(record.{name})"
-        return f"record.{name}"
-
+    runs once per event the worker appends)."""
     fields = schema.parsed["fields"]
     return _record_writer([(f["name"], f["type"], _compile(f["type"])[0]) for f in fields],
-                          source)
+                          _object_source)
 
 
 _OUTCOME_WRITERS = {cls: (schema, _outcome_writer(schema)) for cls, schema in _OUTCOMES.items()}
