@@ -10,9 +10,6 @@ data dir: ``<data_dir>/<events topic>/p<N>``. It holds
     b"e" account_id 0x00 sequence(u64be) -> the event's log bytes (Avro):
                                             per-account history, byte order is
                                             sequence order
-    b"r" account_id 0x00 recorded_at_ms(u64be) sequence(u64be) -> b""
-                                            time index: "last event at or
-                                            before T" is one reverse seek
     b"s" account_id 0x00 sequence(u64be) -> snapshot of the state right after
                                             that event (checksummed), every
                                             snapshot_every events
@@ -73,7 +70,9 @@ from streams.config import Settings
 
 # The layout above. Bump it with any change of keys or values: a store of
 # another format is rebuilt from the log at open.
-STORE_FORMAT = 4  # 3: the watermark; 4: holds (held in the state, b"h", b"x")
+# 3: the watermark; 4: holds (held in the state, b"h", b"x"); 5: no time index
+# (b"r"): "last event at or before T" is a binary search of the history.
+STORE_FORMAT = 5
 _FORMAT_KEY = b"mformat"
 _EVENTS_OFFSET_KEY = b"mevents_offset"
 _WATERMARK_KEY = b"mwatermark"
@@ -119,10 +118,6 @@ def open_store(settings: Settings, partition: int) -> "PartitionStore":
 
 def _account_prefix(tag: bytes, account_id: str) -> bytes:
     return tag + account_id.encode() + b"\x00"
-
-
-def time_key(account_id: str, recorded_at_ms: int, sequence: int) -> bytes:
-    return _account_prefix(b"r", account_id) + _U64.pack(recorded_at_ms) + _U64.pack(sequence)
 
 
 def snapshot_key(account_id: str, sequence: int) -> bytes:
@@ -451,13 +446,33 @@ class PartitionStore:
         return key if key is not None and key.startswith(prefix) else None
 
     def version_at(self, account_id: str, t_ms: int) -> int:
-        """The sequence of the account's last event recorded at or before t_ms (0: none)."""
-        if t_ms < 0:
+        """The sequence of the account's last event recorded at or before t_ms (0: none).
+
+        A binary search of the history (about log2(version) reads): an
+        account's events are recorded in sequence order, and recorded times
+        never decrease along it (every transaction on a partition is stamped
+        after the one before, module doc). One key per event fewer than a
+        time index, on every command and in every catch-up (issue 10)."""
+        state = self.account(account_id)
+        if state is None or t_ms < state.opened_at_ms:
             return 0
-        prefix = _account_prefix(b"r", account_id)
-        key = self._last_at_or_before(prefix, prefix + _U64.pack(min(t_ms, _U64_MAX))
-                                      + b"\xff" * 8)
-        return 0 if key is None else _U64.unpack(key[-8:])[0]
+        if state.updated_at_ms <= t_ms:  # the account's last event
+            return state.version
+        # Invariant: event lo is recorded at or before t_ms, event hi after it.
+        lo, hi = 1, state.version
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if self._recorded_at(account_id, mid) <= t_ms:
+                lo = mid
+            else:
+                hi = mid
+        return lo
+
+    def _recorded_at(self, account_id: str, sequence: int) -> int:
+        raw = self._db.get(history_key(account_id, sequence))
+        if raw is None:  # the state says the event exists: a store torn apart
+            raise LookupError(f"event {sequence} of {account_id} missing from {self.path}")
+        return codec.decode_outcome(raw)[0].recorded_at_ms
 
     def state_at_version(self, account_id: str, version: int) -> domain.AccountState | None:
         """The account right after its event ``version``: newest snapshot at or
@@ -617,10 +632,9 @@ class Batch:
         return self._last_applied.get(account_id)
 
     def put_history(self, event, record: bytes, state: domain.AccountState) -> None:
-        """Index one event by sequence and by time; snapshot ``state`` (the
-        account right after it) every ``store.snapshot_every`` events."""
+        """Index one event by sequence; snapshot ``state`` (the account right
+        after it) every ``store.snapshot_every`` events."""
         self.writes[history_key(event.account_id, event.sequence)] = record
-        self.writes[time_key(event.account_id, event.recorded_at_ms, event.sequence)] = b""
         if event.sequence % self.store.snapshot_every == 0:
             # Derived from committed events only, and the same bytes every
             # time it is rebuilt: writing it again is harmless.
