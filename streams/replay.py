@@ -101,15 +101,20 @@ class Ledger:
         return cls({}, {p: 0 for p in range(partitions)}, 0, Counter(), Counter())
 
     def apply(self, partition: int, offset: int, record) -> None:
+        # Once per record of every replay: saw() and max() written inline.
         self.offsets[partition] = offset + 1
-        self.saw(partition, record.recorded_at_ms)
+        recorded_at_ms = record.recorded_at_ms
+        if recorded_at_ms > self.watermarks.get(partition, -1):
+            self.watermarks[partition] = recorded_at_ms
         if isinstance(record, domain.CommandRejected):
             return
-        state = self.accounts.get(record.account_id)
+        account_id = record.account_id
+        state = self.accounts.get(account_id)
         if state is not None and record.sequence <= state.version:
             return  # replayed twice: idempotent by sequence
-        self.accounts[record.account_id] = domain.evolve(state, record)
-        self.max_recorded_at_ms = max(self.max_recorded_at_ms, record.recorded_at_ms)
+        self.accounts[account_id] = domain.evolve(state, record)
+        if recorded_at_ms > self.max_recorded_at_ms:
+            self.max_recorded_at_ms = recorded_at_ms
         if isinstance(record, domain.Credited):
             self.external[record.currency] += record.amount_minor
         elif isinstance(record, domain.Debited) or (
@@ -217,8 +222,10 @@ class Progress:
 
     def tick(self, n: int = 1) -> None:
         self.count += n
+        if not self.enabled:
+            return
         now = time.monotonic()
-        if self.enabled and now - self._shown > 0.2:
+        if now - self._shown > 0.2:
             self._shown = now
             total = self.count + self.others()
             rate = total / max(now - self.started, 1e-9)
