@@ -764,25 +764,30 @@ def _checked_size(schema: _Schema, out: bytearray) -> bytes:
 
 
 def _read(data: bytes, table: dict = _BY_HEADER) -> tuple[_Schema, type | None, object]:
-    if not isinstance(data, (bytes, bytearray)):
-        raise CodecError(f"record value is {type(data).__name__}, not bytes")
-    if len(data) > RECORD_BYTES_MAX:
-        raise CodecError(f"record of {len(data)} bytes exceeds {RECORD_BYTES_MAX}")
-    if len(data) < HEADER_LENGTH or data[:2] != MAGIC:
-        raise CodecError("not Avro single-object encoding (missing C3 01 marker)")
-    header = bytes(data[:HEADER_LENGTH])
-    try:
-        schema, cls, read = table[header]
-    except KeyError:
-        raise CodecError(f"unknown schema fingerprint {header[2:].hex()}") from None
+    # Once per record of every catch-up and replay: the common case (bytes
+    # with a known header) takes one type test, one length and one lookup;
+    # what is wrong is told apart only on the way out.
+    if type(data) is not bytes:  # noqa: E721
+        if not isinstance(data, (bytes, bytearray)):
+            raise CodecError(f"record value is {type(data).__name__}, not bytes")
+        data = bytes(data)
+    size = len(data)
+    if size > RECORD_BYTES_MAX:
+        raise CodecError(f"record of {size} bytes exceeds {RECORD_BYTES_MAX}")
+    found = table.get(data[:HEADER_LENGTH])  # every header is MAGIC + a fingerprint
+    if found is None:
+        if size < HEADER_LENGTH or data[:2] != MAGIC:
+            raise CodecError("not Avro single-object encoding (missing C3 01 marker)")
+        raise CodecError(f"unknown schema fingerprint {data[2:HEADER_LENGTH].hex()}")
+    schema, cls, read = found
     try:
         value, end = read(data, HEADER_LENGTH)
     except IndexError:
         raise CodecError(f"{schema.name}: body is truncated") from None
     except CodecError as exc:
         raise CodecError(f"{schema.name}: body does not decode: {exc}") from None
-    if end != len(data):
-        raise CodecError(f"{schema.name}: {len(data) - end} trailing bytes")
+    if end != size:
+        raise CodecError(f"{schema.name}: {size - end} trailing bytes")
     return schema, cls, value
 
 
