@@ -341,6 +341,11 @@ def command_hash(command: Command) -> str:
     return hashlib.sha256(canonical.encode("ascii")).hexdigest()
 
 
+# What json.dumps writes for a settle leg's completed flag and an empty
+# metadata tuple: one of these is in every transfer's and every settle's form.
+_JSON_CONSTANTS = {True: "true", False: "false", None: "null", (): "[]"}
+
+
 @functools.lru_cache(maxsize=None)
 def _canonical_writer(command_class: type):
     """A function writing a command's canonical form: json.dumps({"type":
@@ -370,11 +375,13 @@ def _canonical_writer(command_class: type):
                   f"{indent}elif type(v) is str and v.isascii() and v.isprintable() "
                   "and '\"' not in v and '\\\\' not in v:",
                   f"{indent}    parts.append({label + chr(34)!r} + v + '\"')",
+                  f"{indent}elif v is True or v is False or v is None or v == ():",
+                  f"{indent}    parts.append({label!r} + _JSON_CONSTANTS[v])",
                   f"{indent}else:",
                   f"{indent}    parts.append({label!r} + dumps(v, sort_keys=True, "
                   "separators=(',', ':'), ensure_ascii=True))"]
     lines.append("    return '{' + ','.join(parts) + '}'")
-    env = {"ANY_VERSION": ANY_VERSION, "dumps": json.dumps}
+    env = {"ANY_VERSION": ANY_VERSION, "dumps": json.dumps, "_JSON_CONSTANTS": _JSON_CONSTANTS}
     exec("\n".join(lines), env)  # noqa: S102 - built above from the class's field names
     return env["canonical"]
 

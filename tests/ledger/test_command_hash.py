@@ -37,7 +37,8 @@ text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=12)
 plain = st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=12)
 scalars = st.one_of(text, plain, st.integers(), st.integers(-2**70, 2**70), st.booleans(),
                     st.none(), st.just(domain.ANY_VERSION))
-values = st.one_of(scalars, st.tuples(st.tuples(text, text)), st.lists(scalars, max_size=3))
+values = st.one_of(scalars, st.just(()), st.tuples(st.tuples(text, text)),
+                   st.lists(scalars, max_size=3))
 
 
 @pytest.mark.parametrize("cls", ALL_COMMANDS, ids=lambda c: c.__name__)
