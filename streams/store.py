@@ -4,9 +4,11 @@ One RocksDB directory per partition of the ledger topics, under the worker's
 data dir: ``<data_dir>/<events topic>/p<N>``. It holds
 
     b"a" account_id                      -> account state (JSON)
-    b"c" account_id 0x00 command_id      -> outcome of that command (JSON):
-                                            the idempotency index, kept forever;
-                                            command ids are scoped per account
+    b"c" account_id 0x00 command_id      -> outcome of that command
+                                            (Outcome.encode: binary when applied,
+                                            else JSON): the idempotency index,
+                                            kept forever; command ids are scoped
+                                            per account
     b"e" account_id 0x00 sequence(u64be) -> the event's log bytes (Avro):
                                             per-account history, byte order is
                                             sequence order
@@ -71,8 +73,9 @@ from streams.config import Settings
 # The layout above. Bump it with any change of keys or values: a store of
 # another format is rebuilt from the log at open.
 # 3: the watermark; 4: holds (held in the state, b"h", b"x"); 5: no time index
-# (b"r"): "last event at or before T" is a binary search of the history.
-STORE_FORMAT = 5
+# (b"r"): "last event at or before T" is a binary search of the history;
+# 6: an applied command's outcome is binary (Outcome.encode).
+STORE_FORMAT = 6
 _FORMAT_KEY = b"mformat"
 _EVENTS_OFFSET_KEY = b"mevents_offset"
 _WATERMARK_KEY = b"mwatermark"
@@ -218,10 +221,29 @@ class Outcome:
     sequences: tuple[int, int] | None  # first and last event of an applied command
 
     def encode(self) -> bytes:
+        """An applied command's entry whose hash is a SHA-256 in lowercase
+        hex (every command's: domain.command_hash) is ``b"A"``, its first
+        and last sequence (u64be each) and the hash's 32 bytes; any other
+        entry is ``b"J"`` and the JSON list [hash, status, reason,
+        sequences]. One entry per command, on the hot path and in every
+        catch-up: the binary one costs a third of the JSON's CPU and RocksDB
+        stores 49 bytes instead of 92."""
+        q = self.sequences
+        if q is not None and self.reason is None and self.status == "applied":
+            h = self.command_hash
+            try:
+                digest = bytes.fromhex(h)
+                if len(digest) == 32 and digest.hex() == h:  # exactly this text back
+                    return _APPLIED_TAG + _APPLIED.pack(q[0], q[1]) + digest
+            except (TypeError, ValueError, struct.error):
+                pass  # not hex, or sequences outside u64: the JSON form below
+        return _JSON_TAG + self._json()
+
+    def _json(self) -> bytes:
         reason, q = self.reason, self.sequences
         if _plain(self.command_hash) and _plain(self.status) and (reason is None
                                                                   or _plain(reason)):
-            # The same bytes as json.dumps below: one per command, hot path and catch-up.
+            # The same bytes as json.dumps below, without its machinery.
             return (f'["{self.command_hash}","{self.status}",'
                     f'{"null" if reason is None else f"{chr(34)}{reason}{chr(34)}"},'
                     f'{f"[{q[0]},{q[1]}]" if q else "null"}]').encode()
@@ -230,8 +252,21 @@ class Outcome:
 
     @classmethod
     def decode(cls, account_id: str, command_id: str, raw: bytes) -> "Outcome":
-        h, status, reason, q = json.loads(raw)
+        tag = raw[:1]
+        if tag == _APPLIED_TAG and len(raw) == _APPLIED_BYTES:
+            first, last = _APPLIED.unpack_from(raw, 1)
+            return cls(command_id, account_id, raw[1 + _APPLIED.size:].hex(), "applied", None,
+                       (first, last))
+        if tag != _JSON_TAG:
+            raise ValueError(f"outcome of {command_id!r} on {account_id!r}: not an entry "
+                             f"of store format {STORE_FORMAT}")
+        h, status, reason, q = json.loads(raw[1:])
         return cls(command_id, account_id, h, status, reason, tuple(q) if q else None)
+
+
+_APPLIED = struct.Struct(">QQ")
+_APPLIED_TAG, _JSON_TAG = b"A", b"J"
+_APPLIED_BYTES = 1 + _APPLIED.size + 32
 
 
 @frozen

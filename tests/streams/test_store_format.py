@@ -13,6 +13,8 @@ import logging
 import struct
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ledger import domain
 from schemas import codec
@@ -128,9 +130,9 @@ def test_worker_rebuilds_a_store_of_unknown_format_from_the_log(settings, worker
 
 
 def test_store_values_are_the_json_they_always_were():
-    """encode_state, Outcome.encode and TransferEntry.encode build their JSON
-    by hand for speed (issue 10): the bytes are json.dumps's, so a store's
-    layout is unchanged."""
+    """encode_state, Outcome.encode (its JSON form) and TransferEntry.encode
+    build their JSON by hand for speed (issue 10): the bytes are
+    json.dumps's, so a store's layout is unchanged."""
     import json
 
     from streams.store import Outcome, TransferEntry, decode_state, encode_state
@@ -147,8 +149,9 @@ def test_store_values_are_the_json_they_always_were():
     for outcome in (Outcome("c", "a", "ab12", "applied", None, (3, 4)),
                     Outcome("c", "a", "ab12", "rejected", "insufficient_funds", None),
                     Outcome("c", "a", "ab12", "rejected", 'odd "reason"', None)):
-        assert dumps([outcome.command_hash, outcome.status, outcome.reason,
-                      list(outcome.sequences) if outcome.sequences else None]) == outcome.encode()
+        assert b"J" + dumps([outcome.command_hash, outcome.status, outcome.reason,
+                             list(outcome.sequences) if outcome.sequences else None]) == \
+            outcome.encode()
         assert outcome == Outcome.decode("a", "c", outcome.encode())
     for entry in (TransferEntry("t", "a", "b", 5, "EUR", "pending", None, (3,)),
                   TransferEntry("t", "a", "b", 5, "EUR", "completed", None, (3, 9, 12)),
@@ -159,3 +162,41 @@ def test_store_values_are_the_json_they_always_were():
         assert dumps([entry.to_account_id, entry.amount_minor, entry.currency, entry.status,
                       entry.reason, list(entry.sequences)]) == entry.encode()
         assert entry == TransferEntry.decode("a", "t", entry.encode())
+
+
+_hex64 = st.binary(min_size=32, max_size=32).map(bytes.hex)
+_hashes = st.one_of(_hex64, _hex64.map(str.upper), st.text(max_size=70),
+                    st.text("0123456789abcdef", min_size=62, max_size=66))
+_sequences = st.one_of(st.none(), st.tuples(st.integers(0, 2**64 + 5), st.integers(0, 2**64 + 5)))
+
+
+@settings(max_examples=500, deadline=None)
+@given(h=_hashes, status=st.sampled_from(["applied", "rejected"]),
+       reason=st.one_of(st.none(), st.text(max_size=20)), q=_sequences)
+def test_an_outcome_reads_back_as_it_was_written(h, status, reason, q):
+    """Outcome.encode is binary for what nearly every command has (applied,
+    a lowercase hex SHA-256, sequences within u64), the JSON list for
+    anything else; either way decode gives back the same entry."""
+    import json
+
+    from streams.store import Outcome
+
+    outcome = Outcome("c", "a", h, status, reason, q)
+    raw = outcome.encode()
+    assert Outcome.decode("a", "c", raw) == outcome
+    binary = (status == "applied" and reason is None and q is not None and len(h) == 64
+              and h == h.lower() and all(c in "0123456789abcdef" for c in h)
+              and max(q) < 2**64)
+    if binary:
+        assert raw == b"A" + struct.pack(">QQ", *q) + bytes.fromhex(h)
+    else:
+        assert raw == b"J" + json.dumps([h, status, reason, list(q) if q else None],
+                                        separators=(",", ":")).encode()
+
+
+def test_an_outcome_of_no_known_form_is_refused():
+    from streams.store import Outcome
+
+    for raw in (b"", b"X[]", b'["h","applied",null,[1,1]]', b"A" + bytes(47)):
+        with pytest.raises(ValueError):
+            Outcome.decode("a", "c", raw)
