@@ -38,7 +38,7 @@ from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from schemas import codec
 from streams.config import Settings
-from streams.topics import watermarks
+from streams.topics import consume_ready, watermarks
 
 _EOF = KafkaError._PARTITION_EOF
 
@@ -143,7 +143,7 @@ class CommittedLog:
             self.stop(p)
 
     def batch(self, timeout_s: float, max_records: int = 5000) -> list:
-        messages = self._consumer.consume(max_records, timeout=timeout_s)
+        messages = consume_ready(self._consumer, max_records, timeout_s)
         if not messages:
             return messages
         self.progress_at = time.monotonic()

@@ -790,11 +790,7 @@ class Processor:
         n = self.settings.batch_size_max
         started = time.perf_counter()
         try:
-            messages = self._consumer.consume(n, timeout=0)
-            if not messages:
-                messages = self._consumer.consume(1, timeout=0.1)  # idle: wait a little
-                if messages and n > 1:
-                    messages += self._consumer.consume(n - 1, timeout=0)
+            messages = topics.consume_ready(self._consumer, n, 0.1)  # idle: wait a little
         except KafkaException as exc:  # fatal consumer errors are raised here
             raise Rebuild(f"consume: {exc.args[0]}") from None
         PHASES["wait"].inc(time.perf_counter() - started)

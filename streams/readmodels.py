@@ -85,6 +85,7 @@ from ledger import domain
 from schemas import codec
 from streams import metrics
 from streams.config import Settings
+from streams.topics import consume_ready
 
 log = logging.getLogger("ledger.readmodels")
 
@@ -706,7 +707,7 @@ class LogReader:
         deadline = time.monotonic() + self.READ_TIMEOUT_S
         try:
             while todo:
-                for msg in consumer.consume(5000, timeout=0.1):
+                for msg in consume_ready(consumer, 5000, 0.1):
                     p = msg.partition()
                     if p not in todo:
                         continue

@@ -45,7 +45,7 @@ from confluent_kafka import Consumer, TopicPartition
 from schemas import codec
 from streams.api import models
 from streams.shapes import event_json
-from streams.topics import watermarks
+from streams.topics import consume_ready, watermarks
 
 REPLY_VERSION = 1
 # One reply per command on the worker's hot path: msgspec writes the same JSON
@@ -206,11 +206,7 @@ class ReplyWatcher:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                # consume(n, timeout) waits for n records or the timeout: wait
-                # for one, then take what is already fetched.
-                messages = self._consumer.consume(1, timeout=0.2)
-                if messages:
-                    messages += self._consumer.consume(1000, timeout=0)
+                messages = consume_ready(self._consumer, 1000, 0.2)
             except Exception:  # a closed or broken consumer: stop quietly
                 if self._stop.is_set():
                     return
