@@ -127,10 +127,9 @@ from streams import legauth  # noqa: E402
 from streams.client import PRODUCER_SETTINGS as CLIENT_PRODUCER_SETTINGS  # noqa: E402
 from streams.localkafka import free_port  # noqa: E402
 from streams.config import Settings, kafka_properties_from_env  # noqa: E402
-from streams.topics import ensure_topics  # noqa: E402
+from streams.topics import consume_ready, ensure_topics  # noqa: E402
 from streams.processor import PHASES  # noqa: E402  (the worker loop's phases)
 
-from benchkit import drain  # noqa: E402  (scripts/, next to this file)
 
 PYTHON = sys.executable
 T_START = time.monotonic()
@@ -348,7 +347,7 @@ class LogWatcher(threading.Thread):
     def run(self) -> None:
         try:
             while not self._stop_event.is_set():
-                messages = drain(self._consumer, 10_000, 0.1)
+                messages = consume_ready(self._consumer, 10_000, 0.1)
                 now = time.monotonic()
                 if not messages:
                     continue

@@ -21,21 +21,7 @@ from confluent_kafka import Consumer, TopicPartition  # noqa: E402
 from schemas import codec  # noqa: E402
 from streams.cli import _settings_with_local_broker, _wait_http  # noqa: E402
 from streams.localkafka import free_port  # noqa: E402
-from streams.topics import ensure_topics, watermarks  # noqa: E402
-
-
-def drain(consumer, n: int, wait_s: float) -> list:
-    """Up to ``n`` records already fetched, else wait up to ``wait_s`` for the
-    first one (and take what came with it). ``consume(n, timeout)`` itself
-    waits for n records or the whole timeout: a watcher calling it with a
-    large n saw each outcome up to ``timeout`` late at low load, which was
-    then measured as the ledger's latency."""
-    messages = consumer.consume(n, timeout=0)
-    if not messages:
-        messages = consumer.consume(1, timeout=wait_s)
-        if messages and n > 1:
-            messages += consumer.consume(n - 1, timeout=0)
-    return messages
+from streams.topics import consume_ready, ensure_topics, watermarks  # noqa: E402
 
 
 def fresh_ledger(name: str):
@@ -102,7 +88,7 @@ class EventWatcher:
 
     def _run(self):
         while not self._stop.is_set():
-            for msg in drain(self._consumer, 1000, 0.1):
+            for msg in consume_ready(self._consumer, 1000, 0.1):
                 if msg.error() or codec.is_tick(msg.value()):
                     continue  # a PartitionTick marks time on a partition
                 self._on_record(codec.decode_outcome(msg.value())[0])

@@ -196,7 +196,8 @@ def consume_ready(consumer, max_records: int, timeout_s: float) -> list:
     what else has arrived. ``consume(n, timeout)`` itself returns only once
     it has n messages or the timeout has passed: a read's last few records
     and its end-of-partition events waited out the whole timeout (0.2 s of
-    a 0.55 s replay of 31,000 events), an idle step of a transfer 100 ms."""
+    a 0.55 s replay of 31,000 events), an idle step of a transfer 100 ms,
+    and a benchmark's watcher saw outcomes up to the timeout late."""
     messages = consumer.consume(max_records, timeout=0)
     if not messages:
         messages = consumer.consume(1, timeout=timeout_s)
