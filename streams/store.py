@@ -81,7 +81,6 @@ _EVENTS_OFFSET_KEY = b"mevents_offset"
 _WATERMARK_KEY = b"mwatermark"
 _U64 = struct.Struct(">Q")
 _U32 = struct.Struct(">I")
-_U64_MAX = 2**64 - 1
 # An account state is snapshotted after every ``snapshot_every`` of its
 # events (Settings.snapshot_every, LEDGER_SNAPSHOT_EVERY, passed in by whoever
 # opens the store), so an as-of query folds at most snapshot_every - 1 events
