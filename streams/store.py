@@ -429,7 +429,10 @@ class PartitionStore:
         ``as_of_ms``, or right after event ``version`` (the last one, if the
         account has fewer); None if there is no such event."""
         if as_of_ms is not None:
-            version = self.version_at(account_id, as_of_ms)
+            current = self.account(account_id)
+            version = self._version_at(current, account_id, as_of_ms)
+            if current is not None and version == current.version:
+                return current  # as of its last event: no fold to make it again
         return self.state_at_version(account_id, version or 0)
 
     @property
@@ -487,7 +490,11 @@ class PartitionStore:
         never decrease along it (every transaction on a partition is stamped
         after the one before, module doc). One key per event fewer than a
         time index, on every command and in every catch-up (issue 10)."""
-        state = self.account(account_id)
+        return self._version_at(self.account(account_id), account_id, t_ms)
+
+    def _version_at(self, state: domain.AccountState | None, account_id: str,
+                    t_ms: int) -> int:
+        """version_at, given the account's current ``state``."""
         if state is None or t_ms < state.opened_at_ms:
             return 0
         if state.updated_at_ms <= t_ms:  # the account's last event
