@@ -31,7 +31,8 @@ one node can die and producers with ``acks=all`` still get their acks.  Node
 ``i`` (1, 2, 3) lives in ``<run dir>/node-<i>/`` (config, data, log, pid file);
 with ``--port P`` its client port is ``P + 2(i-1)`` and its controller port
 ``P + 2(i-1) + 1`` (9092/9093, 9094/9095, 9096/9097 by default); the Python
-API picks free ports.  Each node runs with ``-Xmx512m``.  Measured on the
+API picks free ports.  Each node runs with ``-Xmx512m`` and compiles with C1
+only (``CLUSTER_JVM_OPTIONS``, with why).  Measured on the
 2-core, 24 GiB machine (other people's brokers running too): resident memory
 310-335 MB per node right after start, 350-380 MB after 20,000 transactional
 writes (about 1.1 GB for the three); starting takes 14-19 s (the three
@@ -44,8 +45,10 @@ wait until the controller fences it after ``broker.session.timeout.ms``
 and 2 s).  Measured 2026-12-02 on the quiet 2-core machine: fenced 7.3-8.2 s
 after the kill of a node that is not the active controller, 9.7-10.0 s after
 the active controller's (a quorum election comes first, and the new
-controller gives every node a fresh session).  Shorter sessions fenced live
-nodes (see ``_server_properties``).  ``wait_in_sync``
+controller gives every node a fresh session); 7.7-11.5 s on 2026-12-03
+under tests/streams/test_cluster.py's load (``scripts/bench_outage.py``
+prints each).  Shorter sessions fenced live nodes (see
+``_server_properties``).  ``wait_in_sync``
 waits for a restarted node to be back in every ISR, as a rolling restart
 should before taking the next node down.
 
@@ -144,6 +147,18 @@ CLI_PORT = 9092
 # must fit next to other people's brokers on a 2-core, 24 GiB machine).
 SINGLE_HEAP = "768m"
 CLUSTER_HEAP = "512m"
+# A cluster's nodes compile with C1 only. Three JVMs on two cores spend their
+# first minutes in C2 compiler threads (20 s of CPU each in the first two
+# minutes of tests/streams/test_cluster.py), and a failover runs code not
+# compiled yet: in one run both surviving nodes logged nothing for 3 s right
+# after a fence, the controller lost its quorum and resigned, and the
+# workers' new producers waited 10 s for a producer id. Measured with
+# scripts/bench_outage.py's scenario, three runs each, alternating,
+# 2026-12-03: fence to first applied outcome 2.0-3.6 s (median 2.2) with C1
+# only, 1.5-6.5 s (median 3.8) with C2; the longest pause of a partition at
+# most 12.5 s against 16.3 s; each run 120-127 s against 149-178 s. A single
+# broker keeps C2: it is the one the benchmarks compare the ledger on.
+CLUSTER_JVM_OPTIONS = ("-XX:TieredStopAtLevel=1",)
 
 # The principals of the secured broker.  The broker's own is the only super
 # user (besides ANONYMOUS on the loopback controller listener, see above).
@@ -1034,13 +1049,14 @@ def _raise_open_files_limit() -> None:
             continue
 
 
-def _launch(java: str, classpath: str, node_dir: Path, heap: str) -> subprocess.Popen:
+def _launch(java: str, classpath: str, node_dir: Path, heap: str,
+            jvm_options: tuple[str, ...] = ()) -> subprocess.Popen:
     """Start the broker of ``node_dir`` (its server.properties) and write its pid file."""
     log4j_config = node_dir / "log4j2.properties"
     log4j_config.write_text(_log4j2_properties(node_dir / "broker.log"))
     with open(node_dir / "broker.out", "ab") as out:
         proc = subprocess.Popen(
-            [java, f"-Xmx{heap}", "-Djava.awt.headless=true",
+            [java, f"-Xmx{heap}", *jvm_options, "-Djava.awt.headless=true",
              f"-Dlog4j2.configurationFile={log4j_config}",
              "-cp", classpath, "kafka.Kafka", str(node_dir / "server.properties")],
             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
@@ -1376,7 +1392,8 @@ def start_cluster(
     procs = {}
     try:
         for node in to_start:
-            procs[node.node_id] = proc = _launch(java, classpath, node.run_dir, heap)
+            procs[node.node_id] = proc = _launch(java, classpath, node.run_dir, heap,
+                                                 CLUSTER_JVM_OPTIONS)
             node.pid = proc.pid
     except BaseException:
         _stop_nodes(cluster, list(procs))
@@ -1394,7 +1411,7 @@ def start_node(cluster: LocalCluster, node_id: int, ready_timeout_s: float = 120
     _check_ports_free((node.port, node.controller_port))
     java, classpath = _java_and_classpath(cache_dir)
     _write_node_config(cluster, node)
-    proc = _launch(java, classpath, node.run_dir, cluster.heap)
+    proc = _launch(java, classpath, node.run_dir, cluster.heap, CLUSTER_JVM_OPTIONS)
     node.pid = proc.pid
     try:
         _wait_nodes_ready(cluster, {node_id: proc}, ready_timeout_s)
