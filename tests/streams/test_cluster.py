@@ -191,7 +191,10 @@ def _log_times(cluster, pattern: str) -> list[tuple[float, int]]:
             continue
         for line in path.read_text(errors="replace").splitlines():
             if re.search(pattern, line):
-                stamp = datetime.datetime.strptime(line[1:24], "%Y-%m-%d %H:%M:%S,%f")
+                try:
+                    stamp = datetime.datetime.strptime(line[1:24], "%Y-%m-%d %H:%M:%S,%f")
+                except ValueError:
+                    continue  # not a log line's first line: no stamp to read
                 found.append((stamp.timestamp(), node.node_id))
     return sorted(found)
 
