@@ -482,6 +482,8 @@ class Processor:
         # (topic, partition) -> next offset committed by our last transaction
         # (or found committed): what a tick-only transaction sends to be fenced.
         self._positions: dict[tuple[str, int], int] = {}
+        # Rebalance callbacks served so far (see _next_batch).
+        self._rebalances = 0
         self._clock_warned_at: dict[int, float] = {}
         self._expiry_checked_at = 0.0  # monotonic; 0: search at the next turn
         # partition -> the newest instant a reader waits for it to be final as of
@@ -789,12 +791,48 @@ class Processor:
         load the fetched queue is deep, so batches stay large by themselves."""
         n = self.settings.batch_size_max
         started = time.perf_counter()
+        rebalances = self._rebalances
         try:
             messages = topics.consume_ready(self._consumer, n, 0.1)  # idle: wait a little
         except KafkaException as exc:  # fatal consumer errors are raised here
             raise Rebuild(f"consume: {exc.args[0]}") from None
+        if messages and self._rebalances != rebalances:
+            messages = self._give_back(messages)
         PHASES["wait"].inc(time.perf_counter() - started)
         return messages
+
+    def _give_back(self, messages) -> list:
+        """Records fetched by consume calls that served a rebalance: given
+        back whole, none applied.
+
+        consume_ready makes up to three consume calls, and a rebalance
+        callback is served inside any of them, after records already in hand:
+        records of a partition revoked meanwhile (its store closed: a
+        KeyError stopped a worker in CI when its peer was killed) or, under
+        the eager protocol, of one revoked and assigned again, whose fetch
+        restarts at the committed offset and delivers the same records a
+        second time. Which records came before the callback the list does not
+        say, so none is applied: each partition still ours is sought back to
+        its first record here, which is the committed offset (every record
+        before it was applied and committed by us), and reads on from there.
+        """
+        first: dict[tuple[str, int], int] = {}
+        for msg in messages:
+            error = msg.error()
+            if error:
+                if error.fatal() or error.code() == KafkaError._FATAL:
+                    raise Rebuild(f"consumer: {error}")
+                continue
+            key = (msg.topic(), msg.partition())
+            if key[1] in self._stores and key not in first:
+                first[key] = msg.offset()
+        log.info("a rebalance was served while %d records were fetched; they are read "
+                 "again from %s", len(messages), sorted(first.items()) or "their new owners")
+        try:
+            self._seek_back(first)
+        except KafkaException as exc:  # the records would be skipped: start afresh
+            raise Rebuild(f"seek after a rebalance: {exc.args[0]}") from None
+        return []
 
     def _measure_lag(self) -> None:
         """Lag from cached high watermarks (no broker round trip) and positions."""
@@ -1205,6 +1243,7 @@ class Processor:
     # -- partitions come and go -------------------------------------------
 
     def _on_assign(self, consumer, partitions) -> None:
+        self._rebalances += 1
         numbers = [tp.partition for tp in partitions]
         log.info("assigned partitions %s", numbers)
         self._state = CATCHING_UP
@@ -1224,6 +1263,7 @@ class Processor:
         self.caught_up.set()
 
     def _on_revoke(self, consumer, partitions) -> None:
+        self._rebalances += 1
         log.info("revoked partitions %s", [tp.partition for tp in partitions])
         for tp in partitions:
             self._positions.pop((tp.topic, tp.partition), None)

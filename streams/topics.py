@@ -197,7 +197,10 @@ def consume_ready(consumer, max_records: int, timeout_s: float) -> list:
     it has n messages or the timeout has passed: a read's last few records
     and its end-of-partition events waited out the whole timeout (0.2 s of
     a 0.55 s replay of 31,000 events), an idle step of a transfer 100 ms,
-    and a benchmark's watcher saw outcomes up to the timeout late."""
+    and a benchmark's watcher saw outcomes up to the timeout late.
+
+    A group member may have a rebalance callback served inside any of these
+    calls, after records already returned: see Processor._give_back."""
     messages = consumer.consume(max_records, timeout=0)
     if not messages:
         messages = consumer.consume(1, timeout=timeout_s)
