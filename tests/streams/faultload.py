@@ -7,6 +7,7 @@ verdict depends on a payer's own ordered commands: the model knows them all.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -135,6 +136,25 @@ def first_new_event_after(settings, timeout_s: float) -> float:
         raise AssertionError(f"no command applied within {timeout_s}s of the broker's return")
     finally:
         consumer.close()
+
+
+@contextlib.contextmanager
+def core_on_a_thread(settings, ready_timeout_s: float = 60):
+    """A real core (streams.processor.Processor) run on a thread of the test
+    process, caught up; stopped and joined on the way out, even on failure.
+    Yields (core, its thread)."""
+    from streams import processor
+
+    core = processor.Processor(settings)
+    runner = threading.Thread(target=core.run, name="core", daemon=True)
+    runner.start()
+    try:
+        assert core.caught_up.wait(ready_timeout_s)
+        yield core, runner
+    finally:
+        core.stop()
+        runner.join(30)
+    assert not runner.is_alive()
 
 
 def make_load(rng, count: int):

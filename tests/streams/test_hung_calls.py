@@ -27,8 +27,8 @@ from confluent_kafka import Producer
 from prometheus_client import REGISTRY
 
 from streams import processor
-from tests.streams.faultload import (Sender, apply_all, check_against_model, make_load, model,
-                                     wait_for_all_outcomes)
+from tests.streams.faultload import (Sender, apply_all, check_against_model, core_on_a_thread,
+                                     make_load, model, wait_for_all_outcomes)
 
 pytestmark = pytest.mark.kafka
 
@@ -63,29 +63,23 @@ def test_a_hung_transactional_call_is_given_up_and_nothing_is_lost_or_doubled(
         settings, monkeypatch, call):
     hangs, release = [0], threading.Event()
     monkeypatch.setattr(processor, "Producer", _hanging_producer(call, hangs, release))
-    core = processor.Processor(settings)
-    runner = threading.Thread(target=core.run, name="core", daemon=True)
-    runner.start()
-    try:
-        assert core.caught_up.wait(60)
-        rng = random.Random(14)
-        setup, load = make_load(rng, 400)
-        apply_all(settings, setup)
-        before = _hung_calls()
-        hangs[0] = 2  # the next two batches hang
-        sender = Sender(settings, load, 200)
-        sender.start()
-        sender.join(120)
-        assert sender.error is None, sender.error
-        expected, balances_expected = model(setup, load)
-        records, outcomes = wait_for_all_outcomes(settings, expected)
-        assert hangs[0] == 0
-        assert _hung_calls() - before == 2
-        check_against_model(records, outcomes, expected, balances_expected)
-        health, state = core.health()
-        assert health, state
-    finally:
-        release.set()  # the given-up calls return; their threads end
-        core.stop()
-        runner.join(30)
-    assert not runner.is_alive()
+    with core_on_a_thread(settings) as (core, _runner):
+        try:
+            rng = random.Random(14)
+            setup, load = make_load(rng, 400)
+            apply_all(settings, setup)
+            before = _hung_calls()
+            hangs[0] = 2  # the next two batches hang
+            sender = Sender(settings, load, 200)
+            sender.start()
+            sender.join(120)
+            assert sender.error is None, sender.error
+            expected, balances_expected = model(setup, load)
+            records, outcomes = wait_for_all_outcomes(settings, expected)
+            assert hangs[0] == 0
+            assert _hung_calls() - before == 2
+            check_against_model(records, outcomes, expected, balances_expected)
+            health, state = core.health()
+            assert health, state
+        finally:
+            release.set()  # the given-up calls return; their threads end

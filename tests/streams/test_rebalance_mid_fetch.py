@@ -28,8 +28,8 @@ import pytest
 from confluent_kafka import Consumer
 
 from streams import processor, topics
-from tests.streams.faultload import (Sender, apply_all, check_against_model, make_load, model,
-                                     wait_for_all_outcomes)
+from tests.streams.faultload import (Sender, apply_all, check_against_model, core_on_a_thread,
+                                     make_load, model, wait_for_all_outcomes)
 
 pytestmark = pytest.mark.kafka
 
@@ -116,33 +116,27 @@ def test_a_fetch_that_spans_a_rebalance_loses_and_doubles_nothing(settings, monk
 
     monkeypatch.setattr(processor.Processor, "_on_revoke", counting_revoke)
     monkeypatch.setattr(topics, "consume_ready", spanning)
-    core = processor.Processor(settings)
-    runner = threading.Thread(target=core.run, name="core", daemon=True)
-    runner.start()
-    try:
-        assert core.caught_up.wait(60)
-        rng = random.Random(5)
-        setup, load = make_load(rng, 3_000)  # 10 s: both steps happen under it
-        apply_all(settings, setup)
-        sender = Sender(settings, load, 300)
-        sender.start()
-        plan.extend([(interloper.join, both_halves), (interloper.leave, bool)])
-        sender.join(120)
-        assert sender.error is None, sender.error
-        assert runner.is_alive()  # not stopped by records of a revoked partition
-        expected, balances_expected = model(setup, load)
-        records, outcomes = wait_for_all_outcomes(settings, expected)
-        assert problems == []
-        # Both spans happened, and the first held records of a partition
-        # that went to the interloper: what stopped the CI worker.
-        assert [s["action"] for s in spans] == ["join", "leave"], spans
-        assert spans[0]["revoked_for_good"], spans
-        check_against_model(records, outcomes, expected, balances_expected)
-        health, state = core.health()
-        assert health, state
-        assert runner.is_alive()
-    finally:
-        interloper.leave()
-        core.stop()
-        runner.join(30)
-    assert not runner.is_alive()
+    with core_on_a_thread(settings) as (core, runner):
+        try:
+            rng = random.Random(5)
+            setup, load = make_load(rng, 3_000)  # 10 s: both steps happen under it
+            apply_all(settings, setup)
+            sender = Sender(settings, load, 300)
+            sender.start()
+            plan.extend([(interloper.join, both_halves), (interloper.leave, bool)])
+            sender.join(120)
+            assert sender.error is None, sender.error
+            assert runner.is_alive()  # not stopped by records of a revoked partition
+            expected, balances_expected = model(setup, load)
+            records, outcomes = wait_for_all_outcomes(settings, expected)
+            assert problems == []
+            # Both spans happened, and the first held records of a partition
+            # that went to the interloper: what stopped the CI worker.
+            assert [s["action"] for s in spans] == ["join", "leave"], spans
+            assert spans[0]["revoked_for_good"], spans
+            check_against_model(records, outcomes, expected, balances_expected)
+            health, state = core.health()
+            assert health, state
+            assert runner.is_alive()
+        finally:
+            interloper.leave()
