@@ -614,9 +614,23 @@ class Processor:
         self._seek_back(first_offsets)
 
     def _seek_back(self, first_offsets: dict) -> None:
-        """Nothing of the batch reached the log or the store; read it again."""
+        """Nothing of the batch reached the log or the store; read it again.
+
+        Each offset is the partition's committed one (every record before it
+        was applied and committed). A partition whose fetch has not started
+        yet (assigned a moment ago: librdkafka refuses the seek with _STATE,
+        or _PREV_IN_PROGRESS while the old fetch stops) starts at the
+        committed offset anyway. Any other refusal would leave the records
+        unread behind the consumer's position: the clients are rebuilt."""
         for (topic, p), offset in first_offsets.items():
-            self._consumer.seek(TopicPartition(topic, p, offset))
+            try:
+                self._consumer.seek(TopicPartition(topic, p, offset))
+            except KafkaException as exc:
+                if exc.args[0].code() in (KafkaError._STATE, KafkaError._PREV_IN_PROGRESS):
+                    log.info("seek of %s [%d] refused (%s): its fetch starts at the "
+                             "committed offset", topic, p, exc.args[0])
+                    continue
+                raise Rebuild(f"seek: {exc.args[0]}") from None
 
     # -- public ------------------------------------------------------------
 
@@ -805,16 +819,19 @@ class Processor:
         """Records fetched by consume calls that served a rebalance: given
         back whole, none applied.
 
-        consume_ready makes up to three consume calls, and a rebalance
-        callback is served inside any of them, after records already in hand:
-        records of a partition revoked meanwhile (its store closed: a
-        KeyError stopped a worker in CI when its peer was killed) or, under
-        the eager protocol, of one revoked and assigned again, whose fetch
-        restarts at the committed offset and delivers the same records a
-        second time. Which records came before the callback the list does not
-        say, so none is applied: each partition still ours is sought back to
-        its first record here, which is the committed offset (every record
-        before it was applied and committed by us), and reads on from there.
+        consume_ready makes up to three consume calls, and librdkafka serves
+        a rebalance callback inside whichever finds it queued, after records
+        that call or an earlier one already returned: records of a partition
+        revoked meanwhile (its store closed: a KeyError stopped a worker in
+        CI when its peer was killed) or, under the eager protocol, of one
+        revoked and assigned again, whose fetch restarts at the committed
+        offset and delivers the same records a second time. Which records
+        came before the callback the list does not say, so none is applied:
+        each partition still ours is sought back to its first record here,
+        its committed offset, and read on from there. (Were a partition to
+        go to another member and back within one list, its first record here
+        could be older than that member's commit: those commands would be
+        answered as duplicates, by their ids.)
         """
         first: dict[tuple[str, int], int] = {}
         for msg in messages:
@@ -828,10 +845,7 @@ class Processor:
                 first[key] = msg.offset()
         log.info("a rebalance was served while %d records were fetched; they are read "
                  "again from %s", len(messages), sorted(first.items()) or "their new owners")
-        try:
-            self._seek_back(first)
-        except KafkaException as exc:  # the records would be skipped: start afresh
-            raise Rebuild(f"seek after a rebalance: {exc.args[0]}") from None
+        self._seek_back(first)
         return []
 
     def _measure_lag(self) -> None:
@@ -1243,6 +1257,8 @@ class Processor:
     # -- partitions come and go -------------------------------------------
 
     def _on_assign(self, consumer, partitions) -> None:
+        if consumer is not self._consumer:
+            return  # a consumer given up (see _on_revoke)
         self._rebalances += 1
         numbers = [tp.partition for tp in partitions]
         log.info("assigned partitions %s", numbers)
@@ -1263,6 +1279,12 @@ class Processor:
         self.caught_up.set()
 
     def _on_revoke(self, consumer, partitions) -> None:
+        # consumer.close() serves a pending rebalance too, and _close may
+        # leave it running on a thread of its own after 5 s: such a late
+        # callback must not touch the stores, which _close closes itself,
+        # nor those a rebuilt core has opened since under the same numbers.
+        if consumer is not self._consumer:
+            return
         self._rebalances += 1
         log.info("revoked partitions %s", [tp.partition for tp in partitions])
         for tp in partitions:
