@@ -835,10 +835,8 @@ class Processor:
         """
         first: dict[tuple[str, int], int] = {}
         for msg in messages:
-            error = msg.error()
-            if error:
-                if error.fatal() or error.code() == KafkaError._FATAL:
-                    raise Rebuild(f"consumer: {error}")
+            if msg.error():
+                _raise_if_fatal(msg.error())
                 continue
             key = (msg.topic(), msg.partition())
             if key[1] in self._stores and key not in first:
@@ -891,10 +889,7 @@ class Processor:
             for msg in messages:
                 error = msg.error()
                 if error:
-                    # A fatal consumer error (e.g. "static consumer fenced") comes
-                    # as code _FATAL; left alone, the consumer never fetches again.
-                    if error.fatal() or error.code() == KafkaError._FATAL:
-                        raise Rebuild(f"consumer: {error}")
+                    _raise_if_fatal(error)
                     if error.code() != KafkaError._PARTITION_EOF:
                         log.warning("consume error: %s", error)
                     continue
@@ -1386,6 +1381,13 @@ class Processor:
             store.close()
         self._stores.clear()
         metrics.ASSIGNED_PARTITIONS.set(0)
+
+
+def _raise_if_fatal(error: KafkaError) -> None:
+    """A consumed message's error that is fatal (e.g. "static consumer
+    fenced", code _FATAL): left alone, the consumer never fetches again."""
+    if error.fatal() or error.code() == KafkaError._FATAL:
+        raise Rebuild(f"consumer: {error}")
 
 
 def _quietly(call) -> None:
