@@ -106,6 +106,19 @@ def _write_long(out: bytearray, n) -> None:
 
 _NON_CANONICAL = "non-canonical Avro encoding (a long outside 64 bits)"
 
+# schemas/_avro.c, built by `pip install` where a C compiler is (setup.py):
+# the generated readers below read their longs and strings with it. Without
+# it they read them in Python, the same values and the same errors.
+try:
+    from schemas import _avro
+except ImportError:
+    _avro = None
+    _READ_RUN = None
+else:
+    _avro.init(CodecError, _NON_CANONICAL)
+    _READ_RUN = _avro.read_run
+ACCELERATED = _READ_RUN is not None
+
 
 def _read_long(buf: bytes, pos: int) -> tuple[int, int]:
     b = buf[pos]
@@ -272,7 +285,7 @@ def _record_writer(fields, source=None):
     return env["write_record"]
 
 
-def _record_reader(fields, result=None, **names):
+def _record_reader(fields, result=None, run=_READ_RUN, **names):
     """A reader of one record's fields, generated as straight-line code: the
     longs and strings of the fields are read inline (a one-byte long, the
     common case, without a call), other types by their compiled reader. The
@@ -280,10 +293,26 @@ def _record_reader(fields, result=None, **names):
     value or raises the same CodecError. This is most of the cost of reading
     the log back (catch-up, replay: issue 10). It returns a dict of the
     fields, or ``result({field name: variable})``, an expression over them
-    and ``names`` (_outcome_reader)."""
+    and ``names`` (_outcome_reader).
+
+    With ``run`` (schemas/_avro.c's read_run, when it is built), each run of
+    consecutive long and string fields is one call of it instead."""
     lines = ["def read_record(buf, pos):", "    try:"]
-    env = {"CodecError": CodecError, "_NON_CANONICAL": _NON_CANONICAL, **names}
+    env = {"CodecError": CodecError, "_NON_CANONICAL": _NON_CANONICAL, "run": run, **names}
+    pending: list[tuple[int, str]] = []  # a run of long and string fields for ``run``
+
+    def flush() -> None:
+        if pending:
+            targets = "".join(f"v{i}, " for i, _kind in pending)
+            kinds = "".join(kind[0] for _i, kind in pending).encode()  # b"l" long, b"s" string
+            lines.append(f"        {targets}pos = run(buf, pos, {kinds!r})")
+            pending.clear()
+
     for i, (_name, kind, read) in enumerate(fields):
+        if run is not None and kind in ("long", "string"):
+            pending.append((i, kind))
+            continue
+        flush()
         if kind in ("long", "string"):
             target = f"v{i}" if kind == "long" else "n"
             lines += ["        b = buf[pos]",
@@ -313,6 +342,7 @@ def _record_reader(fields, result=None, **names):
         else:
             env[f"r{i}"] = read
             lines.append(f"        v{i}, pos = r{i}(buf, pos)")
+    flush()
     variables = {name: f"v{i}" for i, (name, _k, _r) in enumerate(fields)}
     value = result(variables) if result else \
         "{" + ", ".join(f"{name!r}: {v}" for name, v in variables.items()) + "}"
