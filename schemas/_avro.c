@@ -1,4 +1,4 @@
-/* The Avro longs and strings of a record, read in C (issue 10).
+/* The Avro longs and strings of a record, read and written in C (issue 10).
  *
  * schemas/codec.py generates a reader per schema; with this module built,
  * each run of consecutive long and string fields is one call of
@@ -17,6 +17,11 @@
  *     that are not UTF-8 CodecError("string is not UTF-8");
  *   - reading past the end is IndexError("index out of range"), as buf[pos]
  *     in Python (codec._read reports it as a truncated body).
+ *
+ * write_run(out, kinds, values) appends a run of longs and strings as the
+ * generated Python writer would, byte for byte; a value that is not exactly
+ * an int of 64 bits or a str of valid UTF-8 leaves out unchanged and returns
+ * False, and the Python code then writes the run or raises its own error.
  *
  * Everything read comes from outside (Kafka, HTTP): every byte is read after
  * a bounds check, and no length is trusted.
@@ -101,6 +106,7 @@ read_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_ssize_t size, count, pos, i;
     PyObject *result;
 
+    (void)module;
     if (nargs != 3 || !PyBytes_CheckExact(args[0]) || !PyLong_CheckExact(args[1])
             || !PyBytes_CheckExact(args[2])) {
         PyErr_SetString(PyExc_TypeError, "read_run(buf: bytes, pos: int, kinds: bytes)");
@@ -153,6 +159,100 @@ fail:
     return NULL;
 }
 
+/* Zigzag varint of a long, at most 10 bytes, at p; returns the end. */
+static unsigned char *
+put_long(unsigned char *p, long long n)
+{
+    uint64_t z = ((uint64_t)n << 1) ^ (uint64_t)(0 - (uint64_t)(n < 0));
+    while (z >= 0x80) {
+        *p++ = (unsigned char)((z & 0x7F) | 0x80);
+        z >>= 7;
+    }
+    *p++ = (unsigned char)z;
+    return p;
+}
+
+/* write_run(out: bytearray, kinds: bytes, values: tuple) -> bool
+ * Appends the values as Avro longs (b'l') and strings (b's') and returns True;
+ * or, if a value is not exactly what its kind takes (an int that fits 64 bits,
+ * a str that encodes to UTF-8), leaves out as it was and returns False: the
+ * generated Python writer then writes the run itself, or raises its own error
+ * (a bool, a float, an int outside the range, a lone surrogate). */
+static PyObject *
+write_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *out, *values;
+    const unsigned char *kinds;
+    Py_ssize_t count, i, start, room;
+    unsigned char *p;
+
+    (void)module;
+    if (nargs != 3 || !PyByteArray_CheckExact(args[0]) || !PyBytes_CheckExact(args[1])
+            || !PyTuple_CheckExact(args[2])
+            || PyTuple_GET_SIZE(args[2]) != PyBytes_GET_SIZE(args[1])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "write_run(out: bytearray, kinds: bytes, values: tuple of len(kinds))");
+        return NULL;
+    }
+    out = args[0];
+    kinds = (const unsigned char *)PyBytes_AS_STRING(args[1]);
+    values = args[2];
+    count = PyTuple_GET_SIZE(values);
+    /* Check every value and size the run first: out changes only once all fit. */
+    room = 0;
+    for (i = 0; i < count; i++) {
+        PyObject *v = PyTuple_GET_ITEM(values, i);
+        if (kinds[i] == 'l') {
+            int overflow;
+            if (!PyLong_CheckExact(v))
+                Py_RETURN_FALSE;
+            (void)PyLong_AsLongLongAndOverflow(v, &overflow);
+            if (overflow)
+                Py_RETURN_FALSE;
+            room += 10;
+        } else if (kinds[i] == 's') {
+            Py_ssize_t size;
+            if (!PyUnicode_CheckExact(v))
+                Py_RETURN_FALSE;
+            if (PyUnicode_AsUTF8AndSize(v, &size) == NULL) {
+                if (!PyErr_ExceptionMatches(PyExc_UnicodeEncodeError))
+                    return NULL;
+                PyErr_Clear();  /* a lone surrogate: Python's encode() raises it */
+                Py_RETURN_FALSE;
+            }
+            if (size > PY_SSIZE_T_MAX - room - 10)
+                Py_RETURN_FALSE;
+            room += 10 + size;
+        } else {
+            PyErr_Format(PyExc_ValueError, "kind %c is not l or s", kinds[i]);
+            return NULL;
+        }
+    }
+    start = PyByteArray_GET_SIZE(out);
+    if (room > PY_SSIZE_T_MAX - start) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    if (PyByteArray_Resize(out, start + room) < 0)
+        return NULL;
+    p = (unsigned char *)PyByteArray_AS_STRING(out) + start;
+    for (i = 0; i < count; i++) {
+        PyObject *v = PyTuple_GET_ITEM(values, i);
+        if (kinds[i] == 'l') {
+            p = put_long(p, PyLong_AsLongLong(v));
+        } else {
+            Py_ssize_t size;
+            const char *data = PyUnicode_AsUTF8AndSize(v, &size);  /* cached above */
+            p = put_long(p, (long long)size);
+            memcpy(p, data, (size_t)size);
+            p += size;
+        }
+    }
+    if (PyByteArray_Resize(out, p - (unsigned char *)PyByteArray_AS_STRING(out)) < 0)
+        return NULL;
+    Py_RETURN_TRUE;
+}
+
 /* init(CodecError, non_canonical_message): the exception and the message the
  * Python reader raises, so that both raise the same. */
 static PyObject *
@@ -160,6 +260,7 @@ init(PyObject *module, PyObject *args)
 {
     PyObject *error, *message;
 
+    (void)module;
     if (!PyArg_ParseTuple(args, "OU", &error, &message))
         return NULL;
     if (!PyExceptionClass_Check(error)) {
@@ -177,6 +278,9 @@ static PyMethodDef methods[] = {
     {"read_run", (PyCFunction)(void (*)(void))read_run, METH_FASTCALL,
      "read_run(buf, pos, kinds) -> (value, ..., pos): consecutive Avro longs (b'l') and "
      "strings (b's') from buf at pos"},
+    {"write_run", (PyCFunction)(void (*)(void))write_run, METH_FASTCALL,
+     "write_run(out, kinds, values) -> bool: append values as Avro longs (b'l') and strings "
+     "(b's'); False, with out unchanged, if one is not exactly of its kind"},
     {"init", init, METH_VARARGS, "init(CodecError, non_canonical_message)"},
     {NULL, NULL, 0, NULL},
 };

@@ -107,8 +107,9 @@ def _write_long(out: bytearray, n) -> None:
 _NON_CANONICAL = "non-canonical Avro encoding (a long outside 64 bits)"
 
 # schemas/_avro.c, built by `pip install` where a C compiler is (setup.py):
-# the generated readers below read their longs and strings with it. Without
-# it they read them in Python, the same values and the same errors.
+# the generated readers and writers below read and write their longs and
+# strings with it. Without it they do that in Python: the same values, the
+# same bytes and the same errors.
 try:
     from schemas import _avro
 except ImportError:
@@ -118,6 +119,7 @@ else:
     _avro.init(CodecError, _NON_CANONICAL)
     _READ_RUN = _avro.read_run
 ACCELERATED = _READ_RUN is not None
+_WRITE_RUN = _avro.write_run if ACCELERATED else None
 
 
 def _read_long(buf: bytes, pos: int) -> tuple[int, int]:
@@ -243,7 +245,7 @@ def _compile(schema):
     raise NotImplementedError(f"Avro type {kind!r} is not used by the ledger")
 
 
-def _record_writer(fields, source=None):
+def _record_writer(fields, source=None, run=_WRITE_RUN):
     """A writer of one record's fields, generated as straight-line code like
     _record_reader: a long or a string that is what its type says is written
     inline, without a call; anything else goes to the compiled writer, which
@@ -251,34 +253,56 @@ def _record_writer(fields, source=None):
     KeyError for a missing field). The worker encodes every event it appends
     with this (issue 10). ``source(name, kind)``: the expression a field is
     read with, in a writer ``(out, record, extra)`` (_outcome_writer); by
-    default ``record[name]``, in a writer ``(out, record)``."""
+    default ``record[name]``, in a writer ``(out, record)``.
+
+    With ``run`` (schemas/_avro.c's write_run, when it is built), each run of
+    consecutive long and string fields is one call of it; only if it
+    declines (a value not exactly of its kind) does the inline code write
+    that run, or raise."""
     lines = [f"def write_record(out, record{', extra' if source else ''}):"]
-    env = {"LONG_MIN": _LONG_MIN, "LONG_MAX": _LONG_MAX}
+    env = {"LONG_MIN": _LONG_MIN, "LONG_MAX": _LONG_MAX, "run": run}
+    pending: list[tuple[str, str, list[str]]] = []  # (expression, kind, inline code)
+
+    def flush() -> None:
+        if pending:
+            kinds = "".join(kind[0] for _e, kind, _c in pending).encode()  # b"l", b"s"
+            values = "".join(f"{expression}, " for expression, _k, _c in pending)
+            lines.append(f"    if not run(out, {kinds!r}, ({values})):")
+            lines.extend("    " + line for _e, _k, code in pending for line in code)
+            pending.clear()
+
     for i, (name, kind, write) in enumerate(fields):
         env[f"w{i}"] = write
-        lines.append(f"    v = {source(name, kind) if source else f'record[{name!r}]'}")
+        expression = source(name, kind) if source else f"record[{name!r}]"
+        code = [f"    v = {expression}"]
         if kind == "long":
-            lines += ["    if type(v) is int and LONG_MIN <= v <= LONG_MAX:",
-                      "        z = (v << 1) if v >= 0 else ((-v) << 1) - 1",
-                      "        while z >= 0x80:",
-                      "            out.append((z & 0x7F) | 0x80)",
-                      "            z >>= 7",
-                      "        out.append(z)",
-                      "    else:",
-                      f"        w{i}(out, v)"]
+            code += ["    if type(v) is int and LONG_MIN <= v <= LONG_MAX:",
+                     "        z = (v << 1) if v >= 0 else ((-v) << 1) - 1",
+                     "        while z >= 0x80:",
+                     "            out.append((z & 0x7F) | 0x80)",
+                     "            z >>= 7",
+                     "        out.append(z)",
+                     "    else:",
+                     f"        w{i}(out, v)"]
         elif kind == "string":
-            lines += ["    if type(v) is str:",
-                      "        d = v.encode('utf-8')",
-                      "        z = len(d) << 1",
-                      "        while z >= 0x80:",
-                      "            out.append((z & 0x7F) | 0x80)",
-                      "            z >>= 7",
-                      "        out.append(z)",
-                      "        out += d",
-                      "    else:",
-                      f"        w{i}(out, v)"]
+            code += ["    if type(v) is str:",
+                     "        d = v.encode('utf-8')",
+                     "        z = len(d) << 1",
+                     "        while z >= 0x80:",
+                     "            out.append((z & 0x7F) | 0x80)",
+                     "            z >>= 7",
+                     "        out.append(z)",
+                     "        out += d",
+                     "    else:",
+                     f"        w{i}(out, v)"]
         else:
-            lines.append(f"    w{i}(out, v)")
+            code.append(f"    w{i}(out, v)")
+        if run is not None and kind in ("long", "string"):
+            pending.append((expression, kind, code))
+        else:
+            flush()
+            lines += code
+    flush()
     if not fields:
         lines.append("    pass")
     exec("\n".join(lines), env)  # noqa: S102 - code built above from the schema's field list
@@ -865,9 +889,11 @@ def _encode_envelope(schema: _Schema, command, issued_at_ms: int) -> bytes:
         raise ValueError(f"{_PAYLOAD_BY_TYPE.get(type(command), type(command).__name__)} "
                          f"is not a branch of this union") from None
     out = bytearray(schema.header)
-    _write_string(out, command.command_id)
-    _write_long(out, issued_at_ms)
-    _write_long(out, index)
+    if _WRITE_RUN is None or not _WRITE_RUN(out, b"sll", (command.command_id, issued_at_ms,
+                                                           index)):
+        _write_string(out, command.command_id)
+        _write_long(out, issued_at_ms)
+        _write_long(out, index)
     write_payload(out, command, None)
     return _checked_size(schema, out)
 

@@ -1,9 +1,11 @@
-"""schemas/_avro.c against the Python reader it stands in for.
+"""schemas/_avro.c against the Python reader and writer it stands in for.
 
-The codec's generated readers read each run of long and string fields with
-the C module when it is built (setup.py). The C code must read exactly what
-the Python code reads and fail where it fails, with the same exception and
-message: the bytes come from outside (Kafka, HTTP). No broker needed.
+The codec's generated readers and writers read and write each run of long
+and string fields with the C module when it is built (setup.py). The C code
+must read exactly what the Python code reads and fail where it fails, with
+the same exception and message: the bytes come from outside (Kafka, HTTP).
+It must write the same bytes, or decline and let the Python code write or
+raise. No broker needed.
 
 A second copy of schemas/codec.py is loaded here with the C module hidden
 (``PURE``), so both readers of every schema, current and historical, are
@@ -14,6 +16,12 @@ held to each other on every decoder:
   negative and oversized string lengths, bad UTF-8, surrogates);
 - random bytes behind every known header, every valid record with one byte
   corrupted, every truncation of a valid record.
+
+The writers likewise: every command, leg and log record (hypothesis) is
+written to the same bytes by both, and a field set to a value the C writer
+must decline (a bool, a float, an int subclass or outside 64 bits, a lone
+surrogate, a str subclass, bytes, None) gives the same bytes or the same
+error; write_run leaves its output as it was when it declines.
 
 Values are compared by equality, errors by class name and message (the two
 modules' CodecError are different classes).
@@ -231,3 +239,95 @@ def test_valid_records_and_their_rewritten_tails_read_the_same(record, tail, kee
     _same_everywhere(raw)
     keep = codec.HEADER_LENGTH + keep % (len(raw) - codec.HEADER_LENGTH + 1)
     _same_everywhere(raw[:keep] + tail)
+
+
+# --------------------------------------------------------------------------
+# Writing: write_run against the generated Python writers
+# --------------------------------------------------------------------------
+
+def _encoded(module, record):
+    """What ``module``'s codec makes of a command, leg or log record: its
+    bytes, or the error's class name and message."""
+    def encode():
+        if type(record) in module._OUTCOME_WRITERS:
+            return module.encode_outcome(record, "h" * 64)
+        if type(record) in module._ENVELOPE_WRITERS[module._LEG]:
+            return module.encode_leg(record, 7)
+        return module.encode_command(record, 7)
+    return _outcome(encode)
+
+
+def _same_bytes(record) -> None:
+    with_c, in_python = _encoded(codec, record), _encoded(PURE, record)
+    assert with_c == in_python, record
+
+
+@FUZZ
+@given(record=st.one_of(commands, legs, outcomes))
+def test_every_record_is_written_to_the_same_bytes(record):
+    _same_bytes(record)
+    assert _encoded(codec, record)[0] == "value"
+
+
+class _Int(int):
+    pass
+
+
+class _Str(str):
+    pass
+
+
+# A value of each kind the C writer must decline, for the Python code to
+# write (a subclass) or refuse with its own error.
+ODD_VALUES = [True, False, 1.5, None, 2**63, -(2**63) - 1, 2**63 - 1, -(2**63), 10**30,
+              _Int(5), "\ud800", "x\udfffy", _Str("abc"), "", "é" * 70, b"bytes", 0]
+
+
+@pytest.mark.parametrize("value", ODD_VALUES, ids=repr)
+def test_odd_values_are_written_or_refused_the_same(value):
+    import dataclasses
+
+    from tests.schemas.test_codec import SAMPLE_COMMANDS, SAMPLE_LEGS, SAMPLE_OUTCOMES
+    for sample in [*SAMPLE_COMMANDS, *SAMPLE_LEGS, *SAMPLE_OUTCOMES]:
+        for field in dataclasses.fields(sample):
+            _same_bytes(dataclasses.replace(sample, **{field.name: value}))
+    with_c = _outcome(lambda: codec.encode_command(SAMPLE_COMMANDS[0], value))
+    assert with_c == _outcome(lambda: PURE.encode_command(SAMPLE_COMMANDS[0], value))
+
+
+@pytest.mark.parametrize("kinds, values", [
+    (b"l", (True,)), (b"l", (2**63,)), (b"l", (_Int(1),)), (b"l", (1.0,)), (b"l", ("1",)),
+    (b"s", ("\ud800",)), (b"s", (_Str("a"),)), (b"s", (b"a",)), (b"s", (1,)),
+    (b"sls", ("ok", 5, "\ud800")), (b"sls", ("ok", 2**64, "x")),
+], ids=repr)
+def test_write_run_declines_and_leaves_out_as_it_was(kinds, values):
+    out = bytearray(b"head")
+    assert codec._WRITE_RUN(out, kinds, values) is False
+    assert out == b"head"
+
+
+@FUZZ
+@given(values=st.lists(st.one_of(st.integers(-(2**63), 2**63 - 1), st.text(max_size=300)),
+                       max_size=8))
+def test_write_run_writes_what_python_writes(values):
+    kinds = bytes(b"l"[0] if isinstance(v, int) else b"s"[0] for v in values)
+    out = bytearray(b"head")
+    assert codec._WRITE_RUN(out, kinds, tuple(values)) is True
+    expected = bytearray(b"head")
+    for v in values:
+        (PURE._write_long if isinstance(v, int) else PURE._write_string)(expected, v)
+    assert out == expected
+    assert codec._READ_RUN(bytes(out), 4, kinds) == (*values, len(out))
+
+
+@pytest.mark.parametrize("args, error", [
+    ((b"head", b"l", (1,)), TypeError),
+    ((bytearray(), b"ll", (1,)), TypeError),
+    ((bytearray(), b"l", [1]), TypeError),
+    ((bytearray(), "l", (1,)), TypeError),
+    ((bytearray(), b"x", (1,)), ValueError),
+    ((bytearray(),), TypeError),
+])
+def test_write_run_refuses_what_it_was_not_made_for(args, error):
+    with pytest.raises(error):
+        codec._WRITE_RUN(*args)
