@@ -159,11 +159,29 @@ fail:
     return NULL;
 }
 
+/* The bytes of the varint of z: 1 to 10. */
+static Py_ssize_t
+varint_size(uint64_t z)
+{
+    Py_ssize_t n = 1;
+    while (z >= 0x80) {
+        z >>= 7;
+        n++;
+    }
+    return n;
+}
+
+static uint64_t
+zigzag(long long n)
+{
+    return ((uint64_t)n << 1) ^ (uint64_t)(0 - (uint64_t)(n < 0));
+}
+
 /* Zigzag varint of a long, at most 10 bytes, at p; returns the end. */
 static unsigned char *
 put_long(unsigned char *p, long long n)
 {
-    uint64_t z = ((uint64_t)n << 1) ^ (uint64_t)(0 - (uint64_t)(n < 0));
+    uint64_t z = zigzag(n);
     while (z >= 0x80) {
         *p++ = (unsigned char)((z & 0x7F) | 0x80);
         z >>= 7;
@@ -198,22 +216,26 @@ write_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     kinds = (const unsigned char *)PyBytes_AS_STRING(args[1]);
     values = args[2];
     count = PyTuple_GET_SIZE(values);
-    /* Check every value and size the run first: out changes only once all fit. */
+    /* Check every value and size the run exactly first: out changes only once
+     * all are known to fit, and grows once. */
     room = 0;
     for (i = 0; i < count; i++) {
         PyObject *v = PyTuple_GET_ITEM(values, i);
         if (kinds[i] == 'l') {
             int overflow;
+            long long n;
             if (!PyLong_CheckExact(v))
                 Py_RETURN_FALSE;
-            (void)PyLong_AsLongLongAndOverflow(v, &overflow);
+            n = PyLong_AsLongLongAndOverflow(v, &overflow);
             if (overflow)
                 Py_RETURN_FALSE;
-            room += 10;
+            room += varint_size(zigzag(n));
         } else if (kinds[i] == 's') {
             Py_ssize_t size;
             if (!PyUnicode_CheckExact(v))
                 Py_RETURN_FALSE;
+            /* An ASCII str (every id, every currency) is its own UTF-8; any
+             * other keeps the UTF-8 copy made here for its lifetime. */
             if (PyUnicode_AsUTF8AndSize(v, &size) == NULL) {
                 if (!PyErr_ExceptionMatches(PyExc_UnicodeEncodeError))
                     return NULL;
@@ -222,7 +244,7 @@ write_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             }
             if (size > PY_SSIZE_T_MAX - room - 10)
                 Py_RETURN_FALSE;
-            room += 10 + size;
+            room += varint_size((uint64_t)size << 1) + size;
         } else {
             PyErr_Format(PyExc_ValueError, "kind %c is not l or s", kinds[i]);
             return NULL;
@@ -248,8 +270,10 @@ write_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             p += size;
         }
     }
-    if (PyByteArray_Resize(out, p - (unsigned char *)PyByteArray_AS_STRING(out)) < 0)
+    if (p != (unsigned char *)PyByteArray_AS_STRING(out) + start + room) {
+        PyErr_SetString(PyExc_SystemError, "write_run: sized and written runs differ");
         return NULL;
+    }
     Py_RETURN_TRUE;
 }
 
@@ -265,6 +289,12 @@ init(PyObject *module, PyObject *args)
         return NULL;
     if (!PyExceptionClass_Check(error)) {
         PyErr_SetString(PyExc_TypeError, "init: not an exception class");
+        return NULL;
+    }
+    if (codec_error != NULL && codec_error != error) {
+        /* One process-wide class: a second codec module (a reload) would
+         * have the first one's readers raise an error it does not catch. */
+        PyErr_SetString(PyExc_RuntimeError, "schemas._avro is bound to another CodecError");
         return NULL;
     }
     Py_INCREF(error);

@@ -255,10 +255,14 @@ def _record_writer(fields, source=None, run=_WRITE_RUN):
     read with, in a writer ``(out, record, extra)`` (_outcome_writer); by
     default ``record[name]``, in a writer ``(out, record)``.
 
-    With ``run`` (schemas/_avro.c's write_run, when it is built), each run of
-    consecutive long and string fields is one call of it; only if it
-    declines (a value not exactly of its kind) does the inline code write
-    that run, or raise."""
+    With ``run`` (schemas/_avro.c's write_run, when it is built) and a
+    ``source`` (a writer of domain objects), each run of consecutive long and
+    string fields is one call of it; only if it declines (a value not
+    exactly of its kind) does the inline code write that run, or raise. A
+    dict's run is written inline: a missing key there must not be found
+    before a wrong value earlier in the run, as the tuple of the run would."""
+    if source is None:
+        run = None
     lines = [f"def write_record(out, record{', extra' if source else ''}):"]
     env = {"LONG_MIN": _LONG_MIN, "LONG_MAX": _LONG_MAX, "run": run}
     pending: list[tuple[str, str, list[str]]] = []  # (expression, kind, inline code)
@@ -753,9 +757,12 @@ def _envelope_reader(schema: _Schema):
     count = len(branches)
 
     def read_envelope(buf: bytes, pos: int):
-        command_id, pos = _read_string(buf, pos)
-        issued_at_ms, pos = _read_long(buf, pos)
-        index, pos = _read_long(buf, pos)
+        if _READ_RUN is None:
+            command_id, pos = _read_string(buf, pos)
+            issued_at_ms, pos = _read_long(buf, pos)
+            index, pos = _read_long(buf, pos)
+        else:
+            command_id, issued_at_ms, index, pos = _READ_RUN(buf, pos, b"sll")
         if not 0 <= index < count:
             raise CodecError(f"union branch {index} does not exist")
         cls, read = branches[index]

@@ -29,9 +29,10 @@ modules' CodecError are different classes).
 
 from __future__ import annotations
 
+import gc
 import importlib.util
-import shutil
 import sys
+import tracemalloc
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
@@ -61,7 +62,9 @@ def _codec_without_c():
     return module
 
 
-PURE = _codec_without_c()
+# Without the C module this file is skipped (test_codec.py checks it is
+# built wherever a compiler is), and there is nothing to hide.
+PURE = _codec_without_c() if codec.ACCELERATED else None
 HEADERS = sorted(codec._BY_HEADER)  # every writer schema, historical ones too
 DECODERS = ["decode_record", "decode_command", "decode_leg", "decode_outcome", "decode_tick"]
 FUZZ = settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -86,15 +89,6 @@ def _same_everywhere(data: bytes) -> None:
         in_python = _outcome(
             lambda: PURE._BY_HEADER[data[:codec.HEADER_LENGTH]][0].read(data, codec.HEADER_LENGTH))
         assert with_c == in_python, data
-
-
-def test_the_c_module_is_built_where_a_compiler_is():
-    # Without this the suite would test only the Python path on a machine
-    # where production reads with C.
-    if not (shutil.which("cc") or shutil.which("gcc")):
-        pytest.skip("no C compiler here")
-    assert codec.ACCELERATED
-    assert not PURE.ACCELERATED
 
 
 def test_the_readers_really_differ():
@@ -331,3 +325,52 @@ def test_write_run_writes_what_python_writes(values):
 def test_write_run_refuses_what_it_was_not_made_for(args, error):
     with pytest.raises(error):
         codec._WRITE_RUN(*args)
+
+
+# --------------------------------------------------------------------------
+# References: every path of both functions, success and error, many times
+# --------------------------------------------------------------------------
+
+def test_no_path_leaks_a_reference():
+    # A lost Py_DECREF leaks a tuple or a str per call: on hostile input
+    # (every record the worker refuses) memory would grow without bound.
+    sample = ENCODED_ALL[0]
+    text = "acct-" + "x" * 20
+    calls = [
+        (codec._READ_RUN, (sample, codec.HEADER_LENGTH, b"sll")),       # values
+        (codec._READ_RUN, (sample[:12], codec.HEADER_LENGTH, b"sll")),  # truncated
+        (codec._READ_RUN, (b"\x04\xff\xfe", 0, b"s")),                  # not UTF-8
+        (codec._READ_RUN, (b"\x01abc", 0, b"ls")),                       # negative length
+        (codec._READ_RUN, (b"\xff" * 10, 0, b"l")),                      # past 64 bits
+        (codec._READ_RUN, (b"\x02", 0, b"x")),                           # bad kind
+        (codec._WRITE_RUN, (None, b"sl", (text, 5))),                    # written
+        (codec._WRITE_RUN, (None, b"sl", (text, 2**64))),                # declined
+        (codec._WRITE_RUN, (None, b"s", ("\ud800",))),                   # surrogate
+        (codec._WRITE_RUN, (None, b"x", (1,))),                          # bad kind
+    ]
+
+    def once():
+        for function, args in calls:
+            if args[0] is None:
+                args = (bytearray(b"head"), *args[1:])
+            try:
+                function(*args)
+            except Exception:  # noqa: BLE001 - the errors are part of what is run
+                pass
+
+    for _ in range(500):
+        once()
+    before_refs = sys.getrefcount(text), sys.getrefcount(sample)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        start = tracemalloc.get_traced_memory()[0]
+        for _ in range(20_000):
+            once()
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0] - start
+    finally:
+        tracemalloc.stop()
+    assert (sys.getrefcount(text), sys.getrefcount(sample)) == before_refs
+    # 200,000 calls: a leak of one small object per call is megabytes.
+    assert grown < 200_000, f"{grown:,} bytes still allocated after 200,000 calls"
