@@ -21,6 +21,7 @@ import uuid
 import pytest
 
 from streams import localkafka
+from tests.conftest import wait_until
 
 PREFIX = "sec"
 LEDGER_TOPICS = [f"{PREFIX}.commands", f"{PREFIX}.events", f"{PREFIX}.legs",
@@ -84,6 +85,10 @@ def ledger_topics(secure):
     futures = admin.create_topics([NewTopic(t, 1, 1) for t in LEDGER_TOPICS])
     for future in futures.values():
         future.result(30)
+    # Created by the controller is not yet in the broker's metadata: a busy
+    # machine answered a metadata request right after with no topic at all.
+    wait_until(lambda: set(LEDGER_TOPICS) <= set(admin.list_topics(timeout=20).topics), 30,
+               "the ledger topics in the broker's metadata", broker.run_dir / "broker.log")
     return admin
 
 
