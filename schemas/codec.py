@@ -122,6 +122,18 @@ ACCELERATED = _READ_RUN is not None
 _WRITE_RUN = _avro.write_run if ACCELERATED else None
 
 
+_RUN_LETTERS = {"long": "l", "string": "s"}  # the Avro types read_run and write_run take
+_RUN_TYPES = tuple(_RUN_LETTERS)  # compared by ==: a field's type may be a dict (a map)
+
+
+def _run_kinds(kinds) -> bytes:
+    """The ``kinds`` argument of read_run and write_run: a letter per type."""
+    return "".join(_RUN_LETTERS[kind] for kind in kinds).encode()
+
+
+_ENVELOPE_HEAD = _run_kinds(("string", "long", "long"))  # command_id, issued_at_ms, branch
+
+
 def _read_long(buf: bytes, pos: int) -> tuple[int, int]:
     b = buf[pos]
     pos += 1
@@ -269,7 +281,7 @@ def _record_writer(fields, source=None, run=_WRITE_RUN):
 
     def flush() -> None:
         if pending:
-            kinds = "".join(kind[0] for _e, kind, _c in pending).encode()  # b"l", b"s"
+            kinds = _run_kinds(kind for _e, kind, _c in pending)
             values = "".join(f"{expression}, " for expression, _k, _c in pending)
             lines.append(f"    if not run(out, {kinds!r}, ({values})):")
             lines.extend("    " + line for _e, _k, code in pending for line in code)
@@ -301,7 +313,7 @@ def _record_writer(fields, source=None, run=_WRITE_RUN):
                      f"        w{i}(out, v)"]
         else:
             code.append(f"    w{i}(out, v)")
-        if run is not None and kind in ("long", "string"):
+        if run is not None and kind in _RUN_TYPES:
             pending.append((expression, kind, code))
         else:
             flush()
@@ -332,12 +344,12 @@ def _record_reader(fields, result=None, run=_READ_RUN, **names):
     def flush() -> None:
         if pending:
             targets = "".join(f"v{i}, " for i, _kind in pending)
-            kinds = "".join(kind[0] for _i, kind in pending).encode()  # b"l" long, b"s" string
+            kinds = _run_kinds(kind for _i, kind in pending)
             lines.append(f"        {targets}pos = run(buf, pos, {kinds!r})")
             pending.clear()
 
     for i, (_name, kind, read) in enumerate(fields):
-        if run is not None and kind in ("long", "string"):
+        if run is not None and kind in _RUN_TYPES:
             pending.append((i, kind))
             continue
         flush()
@@ -762,7 +774,7 @@ def _envelope_reader(schema: _Schema):
             issued_at_ms, pos = _read_long(buf, pos)
             index, pos = _read_long(buf, pos)
         else:
-            command_id, issued_at_ms, index, pos = _READ_RUN(buf, pos, b"sll")
+            command_id, issued_at_ms, index, pos = _READ_RUN(buf, pos, _ENVELOPE_HEAD)
         if not 0 <= index < count:
             raise CodecError(f"union branch {index} does not exist")
         cls, read = branches[index]
@@ -896,8 +908,8 @@ def _encode_envelope(schema: _Schema, command, issued_at_ms: int) -> bytes:
         raise ValueError(f"{_PAYLOAD_BY_TYPE.get(type(command), type(command).__name__)} "
                          f"is not a branch of this union") from None
     out = bytearray(schema.header)
-    if _WRITE_RUN is None or not _WRITE_RUN(out, b"sll", (command.command_id, issued_at_ms,
-                                                           index)):
+    if _WRITE_RUN is None or not _WRITE_RUN(out, _ENVELOPE_HEAD, (command.command_id,
+                                                                  issued_at_ms, index)):
         _write_string(out, command.command_id)
         _write_long(out, issued_at_ms)
         _write_long(out, index)
