@@ -29,6 +29,7 @@ modules' CodecError are different classes).
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import importlib.util
 import sys
@@ -40,7 +41,8 @@ from hypothesis import strategies as st
 
 import schemas
 from schemas import codec
-from tests.schemas.test_codec import ENCODED_ALL, commands, legs, outcomes
+from tests.schemas.test_codec import (ENCODED_ALL, SAMPLE_COMMANDS, SAMPLE_LEGS, SAMPLE_OUTCOMES,
+                                     commands, legs, outcomes)
 
 pytestmark = pytest.mark.skipif(not codec.ACCELERATED, reason="schemas/_avro.c is not built")
 
@@ -279,9 +281,6 @@ ODD_VALUES = [True, False, 1.5, None, 2**63, -(2**63) - 1, 2**63 - 1, -(2**63), 
 
 @pytest.mark.parametrize("value", ODD_VALUES, ids=repr)
 def test_odd_values_are_written_or_refused_the_same(value):
-    import dataclasses
-
-    from tests.schemas.test_codec import SAMPLE_COMMANDS, SAMPLE_LEGS, SAMPLE_OUTCOMES
     for sample in [*SAMPLE_COMMANDS, *SAMPLE_LEGS, *SAMPLE_OUTCOMES]:
         for field in dataclasses.fields(sample):
             _same_bytes(dataclasses.replace(sample, **{field.name: value}))

@@ -138,6 +138,13 @@ def first_new_event_after(settings, timeout_s: float) -> float:
         consumer.close()
 
 
+def counter(name: str) -> float:
+    """A Prometheus counter of this process (a core run on a thread here)."""
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value(name) or 0.0
+
+
 @contextlib.contextmanager
 def core_on_a_thread(settings, ready_timeout_s: float = 60):
     """A real core (streams.processor.Processor) run on a thread of the test

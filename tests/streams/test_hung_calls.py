@@ -24,17 +24,12 @@ import threading
 
 import pytest
 from confluent_kafka import Producer
-from prometheus_client import REGISTRY
 
 from streams import processor
 from tests.streams.faultload import (Sender, apply_all, check_against_model, core_on_a_thread,
-                                     make_load, model, wait_for_all_outcomes)
+                                     counter, make_load, model, wait_for_all_outcomes)
 
 pytestmark = pytest.mark.kafka
-
-
-def _hung_calls() -> float:
-    return REGISTRY.get_sample_value("ledger_hung_kafka_calls_total") or 0.0
 
 
 def _hanging_producer(call: str, hangs: list[int], release: threading.Event):
@@ -68,7 +63,7 @@ def test_a_hung_transactional_call_is_given_up_and_nothing_is_lost_or_doubled(
             rng = random.Random(14)
             setup, load = make_load(rng, 400)
             apply_all(settings, setup)
-            before = _hung_calls()
+            before = counter("ledger_hung_kafka_calls_total")
             hangs[0] = 2  # the next two batches hang
             sender = Sender(settings, load, 200)
             sender.start()
@@ -77,7 +72,7 @@ def test_a_hung_transactional_call_is_given_up_and_nothing_is_lost_or_doubled(
             expected, balances_expected = model(setup, load)
             records, outcomes = wait_for_all_outcomes(settings, expected)
             assert hangs[0] == 0
-            assert _hung_calls() - before == 2
+            assert counter("ledger_hung_kafka_calls_total") - before == 2
             check_against_model(records, outcomes, expected, balances_expected)
             health, state = core.health()
             assert health, state
