@@ -119,11 +119,18 @@ def open_store(settings: Settings, partition: int) -> "PartitionStore":
 
 
 def _account_prefix(tag: bytes, account_id: str) -> bytes:
+    """The first bytes of every key of ``tag`` for the account (a prefix scan's)."""
     return tag + account_id.encode() + b"\x00"
 
 
+# The keys below spell _account_prefix out: history and command-index keys are
+# built once or twice per event on every path (one f-string and one encode, or
+# a pad byte in the struct, cost half of the call and three concatenations).
+_SEP_U64 = struct.Struct(">xQ")  # b"\x00" and a u64be
+
+
 def snapshot_key(account_id: str, sequence: int) -> bytes:
-    return _account_prefix(b"s", account_id) + _U64.pack(sequence)
+    return b"s" + account_id.encode() + _SEP_U64.pack(sequence)
 
 
 def account_key(account_id: str) -> bytes:
@@ -131,23 +138,23 @@ def account_key(account_id: str) -> bytes:
 
 
 def command_key(account_id: str, command_id: str) -> bytes:
-    return _account_prefix(b"c", account_id) + command_id.encode()
+    return f"c{account_id}\x00{command_id}".encode()
 
 
 def transfer_key(from_account_id: str, transfer_id: str) -> bytes:
-    return _account_prefix(b"t", from_account_id) + transfer_id.encode()
+    return f"t{from_account_id}\x00{transfer_id}".encode()
 
 
 def hold_key(account_id: str, hold_id: str) -> bytes:
-    return _account_prefix(b"h", account_id) + hold_id.encode()
+    return f"h{account_id}\x00{hold_id}".encode()
 
 
 def expiry_key(expires_at_ms: int, account_id: str, hold_id: str) -> bytes:
-    return b"x" + _U64.pack(expires_at_ms) + account_id.encode() + b"\x00" + hold_id.encode()
+    return b"x" + _U64.pack(expires_at_ms) + f"{account_id}\x00{hold_id}".encode()
 
 
 def history_key(account_id: str, sequence: int) -> bytes:
-    return _account_prefix(b"e", account_id) + _U64.pack(sequence)
+    return b"e" + account_id.encode() + _SEP_U64.pack(sequence)
 
 
 def _plain(text: str) -> bool:

@@ -200,3 +200,25 @@ def test_an_outcome_of_no_known_form_is_refused():
     for raw in (b"", b"X[]", b'["h","applied",null,[1,1]]', b"A" + bytes(47)):
         with pytest.raises(ValueError):
             Outcome.decode("a", "c", raw)
+
+
+_ids = st.text(st.characters(exclude_categories=("Cs",)), min_size=1, max_size=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(account=_ids, other=_ids, n=st.integers(0, 2**64 - 1))
+def test_every_key_is_the_layout_of_the_module_docstring(account, other, n):
+    """The key builders are written out for speed; their bytes are the
+    documented layout, which a store of this STORE_FORMAT was written with."""
+    from streams import store
+
+    a, o, u64 = account.encode(), other.encode(), struct.pack(">Q", n)
+    assert store.account_key(account) == b"a" + a
+    assert store.command_key(account, other) == b"c" + a + b"\x00" + o
+    assert store.history_key(account, n) == b"e" + a + b"\x00" + u64
+    assert store.snapshot_key(account, n) == b"s" + a + b"\x00" + u64
+    assert store.transfer_key(account, other) == b"t" + a + b"\x00" + o
+    assert store.hold_key(account, other) == b"h" + a + b"\x00" + o
+    assert store.expiry_key(n, account, other) == b"x" + u64 + a + b"\x00" + o
+    for tag in (b"c", b"e", b"s", b"t", b"h"):  # a prefix scan finds the account's keys
+        assert store._account_prefix(tag, account) == tag + a + b"\x00"
