@@ -71,7 +71,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 
 from ledger import domain
 from schemas import codec
-from streams import catchup, checkpoints, metrics, replies, routing, topics
+from streams import catchup, checkpoints, gcpause, metrics, replies, routing, topics
 from streams.config import Settings
 from streams.eventlog import CommittedLog
 from streams.legauth import LegAuth
@@ -324,6 +324,7 @@ class Stopping(Exception):
     """stop() was called while a Kafka call was being retried."""
 
 
+@gcpause.fewer_collections()
 def fold_log(settings: Settings, reader: CommittedLog, stores: dict[int, PartitionStore],
              starts: dict[int, int], ends: dict[int, int], stop: threading.Event,
              watch=None) -> int:
