@@ -8,12 +8,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 COPY . .
-# gcc builds schemas/_avro.c (setup.py; the codec reads in Python without it)
-# and is removed again in the same layer.
+# gcc builds schemas/_avro.c and ledger/_frozen.c (setup.py; without them the
+# same work is done in Python) and is removed again in the same layer.
 RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
     && pip install . \
     && apt-get purge -y --auto-remove gcc libc6-dev && rm -rf /var/lib/apt/lists/* \
-    && cd / && python -c "from schemas import codec; assert codec.ACCELERATED"
+    && cd / && python -c "from schemas import codec; from ledger import frozen; \
+                          assert codec.ACCELERATED and frozen.ACCELERATED"
 
 # Run unprivileged; /data, /secrets and /checkpoints are created here so named volumes
 # mounted on them inherit this ownership.

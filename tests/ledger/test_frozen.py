@@ -1,6 +1,8 @@
 """@frozen (ledger/frozen.py) builds the same records as
 @dataclass(frozen=True, slots=True): same signature, fields, defaults,
-equality, hash and immutability, for every record class the ledger has."""
+equality, hash and immutability, for every record class the ledger has.
+Where ledger/_frozen.c is built, its Init fills the slots of a call with
+every field positional and hands any other call to the Python __init__."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import inspect
 import pytest
 
 from ledger import domain
+from ledger import frozen as frozen_module
 from ledger.frozen import frozen
 from streams import store
 
@@ -23,8 +26,10 @@ RECORDS = sorted(
 def test_every_record_class_is_built_by_frozen():
     assert len(RECORDS) > 30
     for cls in RECORDS:
-        assert cls.__init__.__module__ == cls.__module__, cls
-        assert "_set_" in cls.__init__.__code__.co_names[0], cls  # ours, not dataclasses'
+        init = getattr(cls.__init__, "__wrapped__", cls.__init__)  # under ledger/_frozen.c's
+        assert init.__module__ == cls.__module__, cls
+        assert "_set_" in init.__code__.co_names[0], cls  # ours, not dataclasses'
+        assert frozen_module.ACCELERATED == (init is not cls.__init__), cls
         assert cls.__dataclass_params__.frozen and "__slots__" in vars(cls), cls
 
 
@@ -81,3 +86,113 @@ def test_what_frozen_cannot_build_is_refused_at_definition():
 
             def __post_init__(self):
                 pass
+
+
+# --------------------------------------------------------------------------
+# ledger/_frozen.c
+# --------------------------------------------------------------------------
+
+needs_c = pytest.mark.skipif(not frozen_module.ACCELERATED, reason="ledger/_frozen.c not built")
+
+
+def test_the_c_module_is_built_and_current_where_a_compiler_is():
+    # setup.py builds it optionally (a failed build is only a warning): the
+    # suite must not pass on the Python __init__ alone, or on a module
+    # older than its source.
+    import shutil
+    from pathlib import Path
+
+    if not (shutil.which("cc") or shutil.which("gcc")):
+        pytest.skip("no C compiler here: records are built in Python")
+    assert frozen_module.ACCELERATED, "ledger/_frozen.c is not built: run scripts/install"
+    source = Path(frozen_module.__file__).with_name("_frozen.c")
+    built = Path(frozen_module._frozen.__file__)
+    assert built.stat().st_mtime >= source.stat().st_mtime, \
+        f"{built.name} is older than {source.name}: run .venv/bin/pip install -e ."
+
+
+@needs_c
+def test_a_subclass_and_a_foreign_instance_go_to_the_python_init():
+    class Sub(domain.Credited):
+        pass
+
+    sub = Sub("acct", 1, "c-1", "EUR", 5, 5, 1000)  # a subclass: the Python __init__
+    assert sub == Sub("acct", 1, "c-1", "EUR", 5, 5, 1000) and sub.amount_minor == 5
+    state = domain.AccountState("acct", "EUR", 0, 0, 1, domain.AccountStatus.open, 1, 1)
+    with pytest.raises(TypeError):  # the slot descriptor's own refusal
+        domain.Credited.__init__(state, "x", 2, "c-2", "USD", 6, 6, 2000)
+    assert state == domain.AccountState("acct", "EUR", 0, 0, 1, domain.AccountStatus.open, 1, 1)
+
+
+@needs_c
+def test_init_refuses_what_is_not_an_object_slot():
+    Init = frozen_module._frozen.Init
+
+    class Plain:
+        x = 1
+
+    @dataclasses.dataclass(slots=True)
+    class Slotted:
+        x: int
+
+    def python_init(self, x):
+        pass
+
+    with pytest.raises(TypeError, match="not an object slot"):
+        Init(Plain, ("x",), python_init)
+    with pytest.raises(TypeError, match="not an object slot"):
+        Init(Slotted, ("missing",), python_init)
+    with pytest.raises(TypeError, match="not an object slot"):
+        Init(int, ("real",), python_init)  # a getset, not a member slot
+    with pytest.raises(TypeError, match="callable"):
+        Init(Slotted, ("x",), None)
+    with pytest.raises(TypeError):
+        Init(Slotted, ["x"], python_init)
+    assert Init(Slotted, ("x",), python_init).__wrapped__ is python_init
+
+
+@needs_c
+def test_the_c_init_keeps_no_reference_and_drops_what_it_replaces():
+    import sys
+
+    value, other = object(), object()
+    before = sys.getrefcount(value), sys.getrefcount(other)
+    records = [domain.AccountState(value, value, 1, 0, 1, value, 1, 1, 0, 0, 0, 0)
+               for _ in range(1000)]
+    assert sys.getrefcount(value) == before[0] + 3000
+    for record in records:  # __init__ again on a built record
+        record.__init__(other, other, 1, 0, 1, other, 1, 1, 0, 0, 0, 0)
+    assert sys.getrefcount(value) == before[0]
+    assert sys.getrefcount(other) == before[1] + 3000
+    del records, record
+    assert (sys.getrefcount(value), sys.getrefcount(other)) == before
+
+
+@needs_c
+def test_the_c_init_leaks_nothing_over_many_calls():
+    import gc
+    import tracemalloc
+
+    args = ("acct", 1, "c-1", "EUR", 5, 5, 1000)
+
+    def churn(n):
+        for _ in range(n):
+            domain.Credited(*args)
+            try:
+                domain.Credited(*args[:-1])  # one short: the Python __init__ raises
+            except TypeError:
+                pass
+            store.Outcome("c", "a", "h", "applied", None, (1, 2)).__init__(
+                "c", "a", "h", "applied", None, (1, 2))
+
+    churn(10_000)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        first = tracemalloc.get_traced_memory()[0]
+        churn(200_000)
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0] - first
+    finally:
+        tracemalloc.stop()
+    assert grown < 64 * 1024, grown
