@@ -324,7 +324,7 @@ class Stopping(Exception):
     """stop() was called while a Kafka call was being retried."""
 
 
-@gcpause.fewer_collections()
+@gcpause.no_collections()
 def fold_log(settings: Settings, reader: CommittedLog, stores: dict[int, PartitionStore],
              starts: dict[int, int], ends: dict[int, int], stop: threading.Event,
              watch=None) -> int:

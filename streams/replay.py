@@ -66,7 +66,7 @@ from streams import metrics
 from streams.config import Settings
 from streams.eventlog import read_log
 from streams.files import atomic_file
-from streams.gcpause import fewer_collections
+from streams.gcpause import no_collections
 from streams.shapes import account_json
 from streams.store import decode_state, encode_state
 
@@ -272,7 +272,7 @@ def rebuild(settings: Settings, as_of_ms: int | None = None, use_snapshots: bool
     return ledger
 
 
-@fewer_collections()
+@no_collections()
 def _fold(settings: Settings, ledger: Ledger, partitions, as_of_ms: int | None,
           until_offsets: dict[int, int] | None, wait_s: float | None, tick,
           ends: dict[int, int] | None = None) -> None:

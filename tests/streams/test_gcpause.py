@@ -1,4 +1,4 @@
-"""streams/gcpause.py: folds raise the collector's first threshold, and put it back."""
+"""streams/gcpause.py: folds turn the cyclic collector off, and on again."""
 
 from __future__ import annotations
 
@@ -12,34 +12,34 @@ from streams.config import Settings
 
 
 @pytest.fixture(autouse=True)
-def default_thresholds():
-    before = gc.get_threshold()
-    gc.set_threshold(700, 10, 10)
+def collector_on():
+    was = gc.isenabled()
+    gc.enable()
     yield
-    gc.set_threshold(*before)
+    gc.enable() if was else gc.disable()
 
 
-def test_a_fold_raises_the_first_threshold_and_puts_all_back():
-    with gcpause.fewer_collections():
-        assert gc.get_threshold() == (gcpause.FOLD_GC_THRESHOLD, 10, 10)
-    assert gc.get_threshold() == (700, 10, 10)
+def test_a_fold_turns_the_collector_off_and_on_again():
+    with gcpause.no_collections():
+        assert not gc.isenabled()
+    assert gc.isenabled()
 
 
-def test_the_last_of_overlapping_folds_puts_them_back_even_on_error():
-    outer = gcpause.fewer_collections()
+def test_the_last_of_overlapping_folds_turns_it_on_even_on_error():
+    outer = gcpause.no_collections()
     outer.__enter__()
-    with pytest.raises(KeyError), gcpause.fewer_collections():
+    with pytest.raises(KeyError), gcpause.no_collections():
         raise KeyError("inner")
-    assert gc.get_threshold()[0] == gcpause.FOLD_GC_THRESHOLD  # the outer still runs
+    assert not gc.isenabled()  # the outer fold still runs
     outer.__exit__(None, None, None)
-    assert gc.get_threshold() == (700, 10, 10)
+    assert gc.isenabled()
 
 
-def test_folds_on_two_threads_put_them_back_once_both_end():
+def test_folds_on_two_threads_turn_it_on_once_both_end():
     inside, release = threading.Barrier(3), threading.Event()
 
     def fold():
-        with gcpause.fewer_collections():
+        with gcpause.no_collections():
             inside.wait()
             release.wait()
 
@@ -47,18 +47,18 @@ def test_folds_on_two_threads_put_them_back_once_both_end():
     for t in threads:
         t.start()
     inside.wait()
-    assert gc.get_threshold()[0] == gcpause.FOLD_GC_THRESHOLD
+    assert not gc.isenabled()
     release.set()
     for t in threads:
         t.join()
-    assert gc.get_threshold() == (700, 10, 10)
+    assert gc.isenabled()
 
 
-def test_a_higher_threshold_is_never_lowered():
-    gc.set_threshold(10 * gcpause.FOLD_GC_THRESHOLD, 5, 5)
-    with gcpause.fewer_collections():
-        assert gc.get_threshold() == (10 * gcpause.FOLD_GC_THRESHOLD, 5, 5)
-    assert gc.get_threshold() == (10 * gcpause.FOLD_GC_THRESHOLD, 5, 5)
+def test_a_collector_that_was_off_stays_off():
+    gc.disable()
+    with gcpause.no_collections():
+        assert not gc.isenabled()
+    assert not gc.isenabled()
 
 
 class _Seen(Exception):
@@ -66,22 +66,22 @@ class _Seen(Exception):
 
 
 class _Reader:
-    """Stands in for the log reader only to see the threshold a fold runs with."""
+    """Stands in for the log reader only to see how a fold runs."""
 
     def start(self, *args, **kwargs):
-        raise _Seen(gc.get_threshold())
+        raise _Seen(gc.isenabled())
 
 
-def test_a_catch_up_and_a_replay_fold_with_fewer_collections(monkeypatch):
+def test_a_catch_up_and_a_replay_fold_without_collections(monkeypatch):
     with pytest.raises(_Seen) as seen:
         processor.fold_log(Settings(), _Reader(), {}, {}, {0: 1}, threading.Event())
-    assert seen.value.args[0][0] == gcpause.FOLD_GC_THRESHOLD
+    assert seen.value.args == (False,)
 
     def read_log(*args, **kwargs):
-        raise _Seen(gc.get_threshold())
+        raise _Seen(gc.isenabled())
 
     monkeypatch.setattr(replay, "read_log", read_log)
     with pytest.raises(_Seen) as seen:
         replay._fold(Settings(), replay.Ledger.empty(1), None, None, None, None, lambda: None)
-    assert seen.value.args[0][0] == gcpause.FOLD_GC_THRESHOLD
-    assert gc.get_threshold() == (700, 10, 10)
+    assert seen.value.args == (False,)
+    assert gc.isenabled()
