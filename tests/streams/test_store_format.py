@@ -222,3 +222,20 @@ def test_every_key_is_the_layout_of_the_module_docstring(account, other, n):
     assert store.expiry_key(n, account, other) == b"x" + u64 + a + b"\x00" + o
     for tag in (b"c", b"e", b"s", b"t", b"h"):  # a prefix scan finds the account's keys
         assert store._account_prefix(tag, account) == tag + a + b"\x00"
+
+
+def test_a_key_takes_a_str_subclass_by_its_value_and_refuses_what_is_no_str():
+    import enum
+
+    from streams import store
+
+    class Odd(str, enum.Enum):  # formats as "Odd.A", is "acct-1"
+        A = "acct-1"
+
+    for build in (store.command_key, store.transfer_key, store.hold_key):
+        assert build(Odd.A, Odd.A) == build("acct-1", "acct-1")
+        with pytest.raises((TypeError, AttributeError)):
+            build("acct-1", 7)
+    assert store.expiry_key(1, Odd.A, Odd.A) == store.expiry_key(1, "acct-1", "acct-1")
+    with pytest.raises((TypeError, AttributeError)):
+        store.expiry_key(1, "acct-1", None)
