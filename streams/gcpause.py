@@ -10,8 +10,15 @@ fold (callgrind, 30,000 records), and with a first threshold of 50,000
 still 5.5% of a catch-up's time (perf: gc_collect_main, visit_decref,
 visit_reachable). So the collector is off while a fold runs, and on again
 (if it was) when the last fold of the process ends. Everything the folds
-drop is freed by reference counting as before; what other threads leave in
-cycles meanwhile waits until then.
+drop is freed by reference counting as before.
+
+A worker folds on its core's thread while its other threads (the event
+loop, the HTTP API) go on, for as long as a catch-up takes (minutes on a
+long log, or while a previous owner's transaction holds it). So a fold that
+runs in a worker calls :func:`collect_young` each time it writes a batch
+and each time the log gives it nothing: the young generations, everything
+made since the last call, are collected then, cycles of other threads
+included, and the objects the fold keeps for its batch are gone by then.
 """
 
 from __future__ import annotations
@@ -28,15 +35,23 @@ _was_enabled = False
 @contextlib.contextmanager
 def no_collections():
     global _folds, _was_enabled
-    with _lock:
-        if _folds == 0:
-            _was_enabled = gc.isenabled()
-            gc.disable()
-        _folds += 1
+    counted = False
     try:
+        with _lock:
+            if _folds == 0:
+                _was_enabled = gc.isenabled()
+                gc.disable()
+            _folds += 1
+            counted = True
         yield
     finally:
-        with _lock:
-            _folds -= 1
-            if _folds == 0 and _was_enabled:
-                gc.enable()
+        if counted:
+            with _lock:
+                _folds -= 1
+                if _folds == 0 and _was_enabled:
+                    gc.enable()
+
+
+def collect_young() -> None:
+    """Collect generations 0 and 1 now (also while the collector is off)."""
+    gc.collect(1)

@@ -366,6 +366,8 @@ def fold_log(settings: Settings, reader: CommittedLog, stores: dict[int, Partiti
                 p: f"at {reader.positions[p]} of {targets[p]}, "
                    f"end seen {reader.eofs.get(p)}" for p in batches})
         messages = reader.batch(0.2)
+        if not messages:
+            gcpause.collect_young()  # waiting: the collector is off (gcpause)
         for msg in messages:
             apply_logged(batches[msg.partition()], msg.value())
         pending += len(messages)
@@ -377,6 +379,7 @@ def fold_log(settings: Settings, reader: CommittedLog, stores: dict[int, Partiti
                 stores[p].apply(batches[p], reader.positions[p])
                 batches[p] = Batch(stores[p])
             pending = 0
+            gcpause.collect_young()  # the written batches' objects are gone by now
         for p in done:
             reader.stop(p)
             del batches[p]

@@ -85,3 +85,57 @@ def test_a_catch_up_and_a_replay_fold_without_collections(monkeypatch):
         replay._fold(Settings(), replay.Ledger.empty(1), None, None, None, None, lambda: None)
     assert seen.value.args == (False,)
     assert gc.isenabled()
+
+
+class _Garbage:
+    pass
+
+
+def _cycle():
+    """A reference cycle, unreachable, and a weak reference that says when it is freed."""
+    import weakref
+
+    a, b = _Garbage(), _Garbage()
+    a.other, b.other = b, a
+    return weakref.ref(a)
+
+
+def test_collect_young_frees_a_cycle_while_the_collector_is_off():
+    with gcpause.no_collections():
+        gone = _cycle()
+        assert gone() is not None  # off: nothing collects it
+        gcpause.collect_young()
+        assert gone() is None
+
+
+class _IdleLog:
+    """Stands in for the log reader: a log that gives nothing, while another
+    thread of the process leaves a cycle behind."""
+
+    remaining, reached = {0}, set()
+    progress_at = float("inf")  # never stalled
+
+    def __init__(self):
+        self.turns, self.gone = 0, None
+
+    def start(self, *args, **kwargs):
+        pass
+
+    def batch(self, timeout_s):
+        self.turns += 1
+        if self.turns == 1:
+            made = []
+            thread = threading.Thread(target=lambda: made.append(_cycle()))
+            thread.start()
+            thread.join()
+            self.gone = made[0]
+            return []
+        raise _Seen(self.gone())
+
+
+def test_a_catch_up_waiting_on_the_log_collects_other_threads_cycles():
+    reader = _IdleLog()
+    with pytest.raises(_Seen) as seen:
+        processor.fold_log(Settings(), reader, {0: object()}, {0: 0}, {0: 1},
+                           threading.Event())
+    assert seen.value.args == (None,)  # the cycle was freed on the idle turn
