@@ -46,7 +46,26 @@ init_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, PyObje
         }
         Py_RETURN_NONE;
     }
+    if (init->fallback == NULL) {  /* cleared by the collector, with its class */
+        PyErr_SetString(PyExc_TypeError, "Init: cleared");
+        return NULL;
+    }
     return PyObject_Vectorcall(init->fallback, args, nargsf, kwnames);
+}
+
+/* What it does not have itself (__name__, __qualname__, __module__,
+ * __annotations__, __globals__...) is the Python __init__'s: typing.get_type_hints,
+ * reprs and introspection see the function it stands for. */
+static PyObject *
+init_getattro(PyObject *self, PyObject *name)
+{
+    PyObject *found = PyObject_GenericGetAttr(self, name);
+    Init *init = (Init *)self;
+    if (found == NULL && init->fallback != NULL && PyErr_ExceptionMatches(PyExc_AttributeError)) {
+        PyErr_Clear();
+        return PyObject_GetAttr(init->fallback, name);
+    }
+    return found;
 }
 
 static PyObject *
@@ -154,6 +173,7 @@ static PyTypeObject InitType = {
     .tp_traverse = (traverseproc)init_traverse,
     .tp_clear = (inquiry)init_clear,
     .tp_members = init_members,
+    .tp_getattro = init_getattro,
     .tp_descr_get = init_get,
     .tp_new = init_new,
 };

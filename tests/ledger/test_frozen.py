@@ -108,6 +108,26 @@ def test_a_subclass_and_a_foreign_instance_go_to_the_python_init():
     assert state == domain.AccountState("acct", "EUR", 0, 0, 1, domain.AccountStatus.open, 1, 1)
 
 
+def _hints(function):
+    import typing
+
+    try:
+        return typing.get_type_hints(function)
+    except Exception as exc:  # noqa: BLE001 - compared, not handled
+        return type(exc), str(exc)
+
+
+@needs_c
+def test_the_c_init_shows_the_python_init_it_stands_for():
+    for cls in RECORDS:
+        python_init = cls.__init__.__wrapped__
+        for name in ("__name__", "__qualname__", "__module__", "__annotations__"):
+            assert getattr(cls.__init__, name) == getattr(python_init, name), (cls, name)
+        assert _hints(cls.__init__) == _hints(python_init), cls  # the same, or the same error
+    with pytest.raises(AttributeError):
+        domain.Credited.__init__.no_such_attribute
+
+
 @needs_c
 def test_init_refuses_what_is_not_an_object_slot():
     Init = frozen_module._frozen.Init
