@@ -588,11 +588,15 @@ def test_requests_module_imports_only_stdlib_and_domain():
     third_party = {"faust", "mode", "aiohttp", "confluent_kafka", "aiokafka", "rocksdict",
                    "fastavro", "prometheus_client", "schemas", "yarl"}
     assert loaded & third_party == set()
-    # Of this project: the domain (with ledger.frozen, its records' decorator),
-    # the models, and the module itself with its packages.
+    # Of this project: the domain (with ledger.frozen, its records' decorator,
+    # and ledger._frozen, their constructor in C where it is built), the
+    # models, and the module itself with its packages.
+    from ledger import frozen
+
     ours = {m for m in loaded if m.split(".")[0] in ("streams", "ledger")}
     assert ours == {"streams", "streams.api", "streams.api.requests", "streams.api.models",
-                    "ledger", "ledger.domain", "ledger.frozen"}
+                    "ledger", "ledger.domain", "ledger.frozen",
+                    *(["ledger._frozen"] if frozen.ACCELERATED else [])}
 
 
 # --------------------------------------------------------------------------
