@@ -26,7 +26,7 @@ from mode import Service
 
 from streams.config import Settings
 from streams.processor import Processor
-from streams import readmodels
+from streams import gcpause, readmodels
 from streams.api import auth as api_auth, register_views, tls as api_tls
 
 log = logging.getLogger("ledger.app")
@@ -164,6 +164,7 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
     if problem is not None:
         print(f"ledger worker: {problem}", file=sys.stderr)
         raise SystemExit(2)
+    gcpause.freeze_after_catch_up()
     app = create_app(settings)
     # The web port and host are app settings (create_app); Worker takes neither.
     LedgerWorker(app, loglevel=loglevel).execute_from_commandline()

@@ -1,4 +1,5 @@
-"""No cyclic garbage collection while a long fold of the log runs.
+"""No cyclic garbage collection while a long fold of the log runs, and none
+over what a worker keeps for good (:func:`caught_up`).
 
 A fold (a worker's catch-up, ``ledger replay``, ``verify``) makes a few
 objects per record (the decoded record, the account state after it, an
@@ -55,3 +56,35 @@ def no_collections():
 def collect_young() -> None:
     """Collect generations 0 and 1 now (also while the collector is off)."""
     gc.collect(1)
+
+
+_freeze_after_catch_up = False
+
+
+def freeze_after_catch_up() -> None:
+    """This process is a worker of its own: after each catch-up, freeze what
+    is alive (see :func:`caught_up`). Set by ``ledger worker`` only; a core
+    run in another process (the tests run cores on threads of pytest) would
+    freeze that process's objects too."""
+    global _freeze_after_catch_up
+    _freeze_after_catch_up = True
+
+
+def caught_up() -> None:
+    """A worker's core has caught up: collect everything, then leave what is
+    left out of every later collection (gc.freeze), if the process asked.
+
+    What is alive then lives as long as the worker: its modules, classes and
+    functions (60,000-85,000 objects) and the account states the catch-up
+    cached. The hot path makes no cycles (gc.DEBUG_SAVEALL in a worker
+    under scripts/bench: 14 objects of cyclic garbage in 15 s), so what it
+    leaves is freed by reference counting; yet the full collections that
+    still come (when what the young collections promote grows by a quarter)
+    walked all of them again: two pauses of 64-98 ms in each 15 s run at
+    6,500 commands/s, 1-2.5 ms each once frozen. The collection here costs
+    35-55 ms, once per assignment, before the partitions are served. A
+    frozen object that later joins a cycle of garbage is never freed; the
+    collection just before the freeze keeps what is garbage already out."""
+    if _freeze_after_catch_up:
+        gc.collect()
+        gc.freeze()

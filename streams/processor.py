@@ -1270,6 +1270,7 @@ class Processor:
         self._catch_up(numbers)
         metrics.RECOVERY_SECONDS.observe(time.perf_counter() - started)
         metrics.ASSIGNED_PARTITIONS.set(len(self._stores))
+        gcpause.caught_up()
         wall_ms = self.now_ms()
         for p in numbers:
             self._warn_clock(p, self._stores[p].watermark, wall_ms)

@@ -139,3 +139,76 @@ def test_a_catch_up_waiting_on_the_log_collects_other_threads_cycles():
         processor.fold_log(Settings(), reader, {0: object()}, {0: 0}, {0: 1},
                            threading.Event())
     assert seen.value.args == (None,)  # the cycle was freed on the idle turn
+
+
+@pytest.fixture
+def frozen_reset(monkeypatch):
+    """Whatever a test freezes is unfrozen again, and the opt-in reset."""
+    monkeypatch.setattr(gcpause, "_freeze_after_catch_up", False)
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
+def _frozen(obj) -> bool:
+    """Tracked, yet in no generation a collection walks."""
+    return gc.is_tracked(obj) and not any(o is obj for o in gc.get_objects())
+
+
+def test_caught_up_freezes_nothing_unless_the_process_asked(frozen_reset):
+    alive = [object()]
+    gcpause.caught_up()
+    assert not _frozen(alive)
+
+
+def test_a_worker_freezes_what_is_alive_after_collecting_what_is_not(frozen_reset):
+    gcpause.freeze_after_catch_up()
+    alive, gone = [object()], _cycle()
+    gc.disable()  # only caught_up's own collection may free the cycle
+    try:
+        gcpause.caught_up()
+    finally:
+        gc.enable()
+    assert gone() is None  # collected, not frozen with the rest
+    assert _frozen(alive)
+    later = [object()]  # what comes after is collected as before
+    assert not _frozen(later)
+
+
+def test_ledger_worker_asks_for_the_freeze(frozen_reset, monkeypatch):
+    from streams import app
+    from streams.api import auth
+
+    def create_app(settings):
+        raise _Seen(gcpause._freeze_after_catch_up)
+
+    monkeypatch.setattr(auth, "startup_problem", lambda settings: None)
+    monkeypatch.setattr(app, "create_app", create_app)
+    with pytest.raises(_Seen) as seen:
+        app.run_worker(Settings())
+    assert seen.value.args == (True,)
+
+
+@pytest.mark.kafka
+def test_the_core_calls_caught_up_after_catching_up_before_it_serves(settings, monkeypatch):
+    from tests.streams.faultload import core_on_a_thread
+
+    seen = []
+    core_box = []
+
+    def caught_up():
+        core = core_box[0]
+        seen.append((sorted(core._stores), core.caught_up.is_set()))
+
+    monkeypatch.setattr(gcpause, "caught_up", caught_up)
+    real_init = processor.Processor.__init__
+
+    def init(self, *args, **kwargs):
+        core_box.append(self)
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(processor.Processor, "__init__", init)
+    with core_on_a_thread(settings):
+        pass
+    assert seen and seen[0] == (list(range(settings.partitions)), False), seen
