@@ -14,12 +14,31 @@
  * The slots are found at construction: each name must be a member
  * descriptor (an object slot, T_OBJECT_EX) of ``cls`` or of a base of it,
  * lying inside the instance, or Init refuses the class.
+ *
+ * An instance the fast path fills with nothing but leaves is left out of
+ * the cyclic collector (untracked), as CPython leaves out a tuple of
+ * strings and ints. A leaf is an object the collector does not track
+ * (str, int, None...) or a member of an Enum. No cycle of garbage can pass
+ * through such an instance: nothing it refers to refers back to it, except
+ * through a member's class, which is not garbage. A worker caches up to
+ * 50,000 account states per partition, and every full collection walked
+ * all of them (77-94 ms for 300,000). An instance filled again (a second
+ * __init__, by either path) with anything else is tracked again.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
 #include <descrobject.h>
 #include <stddef.h>
+
+static PyObject *enum_type;  /* enum.EnumType: the class of every Enum */
+
+static int
+is_leaf(PyObject *value)
+{
+    return !PyObject_IS_GC(value) || !PyObject_GC_IsTracked(value)
+        || PyObject_TypeCheck((PyObject *)Py_TYPE(value), (PyTypeObject *)enum_type);
+}
 
 typedef struct {
     PyObject_HEAD
@@ -36,13 +55,24 @@ init_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, PyObje
     Init *init = (Init *)callable;
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
     if (kwnames == NULL && nargs == init->count + 1 && Py_IS_TYPE(args[0], init->cls)) {
-        char *base = (char *)args[0];
+        PyObject *self = args[0];
+        char *base = (char *)self;
+        int leaves = 1;
         for (Py_ssize_t i = 0; i < init->count; i++) {
             PyObject **slot = (PyObject **)(base + init->offsets[i]);
             PyObject *old = *slot;
             Py_INCREF(args[i + 1]);
             *slot = args[i + 1];
             Py_XDECREF(old);
+            if (leaves && !is_leaf(args[i + 1]))
+                leaves = 0;
+        }
+        if (PyObject_IS_GC(self)) {
+            int tracked = PyObject_GC_IsTracked(self);
+            if (leaves && tracked)
+                PyObject_GC_UnTrack(self);
+            else if (!leaves && !tracked)
+                PyObject_GC_Track(self);
         }
         Py_RETURN_NONE;
     }
@@ -50,7 +80,13 @@ init_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, PyObje
         PyErr_SetString(PyExc_TypeError, "Init: cleared");
         return NULL;
     }
-    return PyObject_Vectorcall(init->fallback, args, nargsf, kwnames);
+    PyObject *result = PyObject_Vectorcall(init->fallback, args, nargsf, kwnames);
+    /* Whatever the Python __init__ stored: an instance left out before is
+     * collected again, as every instance it builds is. */
+    if (result != NULL && nargs > 0 && PyObject_TypeCheck(args[0], init->cls)
+            && PyObject_IS_GC(args[0]) && !PyObject_GC_IsTracked(args[0]))
+        PyObject_GC_Track(args[0]);
+    return result;
 }
 
 /* What it does not have itself (__name__, __qualname__, __module__,
@@ -188,6 +224,20 @@ PyInit__frozen(void)
 {
     if (PyType_Ready(&InitType) < 0)
         return NULL;
+    if (enum_type == NULL) {
+        PyObject *enum_module = PyImport_ImportModule("enum");
+        if (enum_module == NULL)
+            return NULL;
+        enum_type = PyObject_GetAttrString(enum_module, "EnumType");
+        Py_DECREF(enum_module);
+        if (enum_type == NULL)
+            return NULL;
+        if (!PyType_Check(enum_type)) {
+            PyErr_SetString(PyExc_TypeError, "enum.EnumType is not a type");
+            Py_CLEAR(enum_type);
+            return NULL;
+        }
+    }
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
         return NULL;
