@@ -837,14 +837,11 @@ class Processor:
         could be older than that member's commit: those commands would be
         answered as duplicates, by their ids.)
         """
-        first: dict[tuple[str, int], int] = {}
         for msg in messages:
             if msg.error():
                 _raise_if_fatal(msg.error())
-                continue
-            key = (msg.topic(), msg.partition())
-            if key[1] in self._stores and key not in first:
-                first[key] = msg.offset()
+        first = {key: offset for key, offset in _first_offsets(messages).items()
+                 if key[1] in self._stores}
         log.info("a rebalance was served while %d records were fetched; they are read "
                  "again from %s", len(messages), sorted(first.items()) or "their new owners")
         self._seek_back(first)
@@ -878,7 +875,6 @@ class Processor:
         stamps: dict[int, int] = {}  # partition -> recorded_at of this batch's records
         produced: set[int] = set()  # partitions this batch writes records to
         batches: dict[int, Batch] = {}
-        first_offsets: dict[tuple[str, int], int] = {}
         next_offsets: dict[tuple[str, int], int] = {}
         self._event_offsets.clear()
         metrics.PER_COMMAND.drop()  # counts of a batch given up before its commit
@@ -897,9 +893,8 @@ class Processor:
                     if error.code() != KafkaError._PARTITION_EOF:
                         log.warning("consume error: %s", error)
                     continue
-                p, offset = msg.partition(), msg.offset()
-                first_offsets.setdefault((msg.topic(), p), offset)
-                next_offsets[(msg.topic(), p)] = offset + 1
+                p = msg.partition()
+                next_offsets[(msg.topic(), p)] = msg.offset() + 1
                 batch = batches.get(p)
                 if batch is None:
                     batch = batches[p] = Batch(self._stores[p])
@@ -934,11 +929,15 @@ class Processor:
             t_offsets = time.perf_counter()
             metrics.PER_COMMAND.flush()  # counted before the outcomes are visible
             self._commit(txn_deadline_s)
+        # Given up: the whole batch is read again, the partitions the loop had
+        # not reached yet included (their records are fetched already, so the
+        # consumer's position is past them, and the next commit would step
+        # over them): tests/streams/test_abort_mid_batch.py.
         except KafkaException as exc:  # abortable
-            self._abort(exc, first_offsets)
+            self._abort(exc, _first_offsets(messages))
             return
         except Hung as exc:  # before the commit (_commit raises Rebuild)
-            self._replace_producer(exc, first_offsets)
+            self._replace_producer(exc, _first_offsets(messages))
             return
         self._producer.poll(0)  # any delivery report not served yet
         self._retrying = False
@@ -1386,6 +1385,16 @@ class Processor:
             store.close()
         self._stores.clear()
         metrics.ASSIGNED_PARTITIONS.set(0)
+
+
+def _first_offsets(messages) -> dict[tuple[str, int], int]:
+    """(topic, partition) -> the offset of its first record in ``messages``:
+    where each is sought back to, to read them all again."""
+    first: dict[tuple[str, int], int] = {}
+    for msg in messages:
+        if not msg.error():
+            first.setdefault((msg.topic(), msg.partition()), msg.offset())
+    return first
 
 
 def _raise_if_fatal(error: KafkaError) -> None:
