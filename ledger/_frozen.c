@@ -22,7 +22,7 @@
  * through such an instance: nothing it refers to refers back to it, except
  * through a member's class, which is not garbage. A worker caches up to
  * 50,000 account states per partition, and every full collection walked
- * all of them (77-94 ms for 300,000). An instance filled again (a second
+ * all of them (74-78 ms for 300,000). An instance filled again (a second
  * __init__, by either path) with anything else is tracked again.
  */
 #define PY_SSIZE_T_CLEAN
