@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition  # noqa: E402
 
 from streams.config import Settings  # noqa: E402
+from streams.processor import PRODUCER_TUNING  # noqa: E402
 
 
 def main() -> int:
@@ -78,9 +79,7 @@ def main() -> int:
         "transactional.id": args.transactional_id,
         "transaction.timeout.ms": 60_000,
         "enable.idempotence": True,
-        "acks": "all",
-        "linger.ms": 5,  # as the ledger's producer
-        "retry.backoff.ms": 10,  # as the ledger's producer (streams/processor.py)
+        **PRODUCER_TUNING,  # as the ledger's producer
         # Experiments only (scripts/bench never sets it): extra producer settings.
         **json.loads(os.environ.get("BENCH_CEILING_PRODUCER_CONFIG", "{}")),
     }))

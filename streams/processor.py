@@ -412,6 +412,26 @@ HUNG_POLL_S = 0.25  # how often a wait for such a call looks at the clock
 SLOW_OFFSETS_S = 0.5
 REBUILD_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
 
+# The transactional producer's tuning; scripts/bench_ceiling.py's plain loop
+# uses the same, so that the ceiling is the same loop minus the ledger.
+PRODUCER_TUNING = {
+    "acks": "all",
+    "linger.ms": 5,
+    # A transaction's first requests are refused with CONCURRENT_TRANSACTIONS
+    # while the broker still writes the previous commit's markers (1-3 ms
+    # after commit_transaction returns here; more on a busy machine), and
+    # AddOffsetsToTxn is retried after retry.backoff.ms, doubling each time
+    # up to retry.backoff.max.ms (KIP-580). librdkafka's default of 100 ms
+    # was most of each transaction's time (the plain transactional loop ran
+    # 2.3x faster with 10 ms). With 1 ms the offsets phase of
+    # scripts/bench's latency runs was shorter in 8 of 8 alternating pairs
+    # at 2,000 commands/s (2026-12-03: 7.6 against 17.9 ms, 10.7 against
+    # 22.9 ms in the slow hours; 1.7-3.1 against 2.2-3.6 ms in the fast
+    # ones). The doubling keeps a broker that is gone from a tight loop.
+    # (AddPartitionsToTxn is retried after a fixed 20 ms, rdkafka_txnmgr.c.)
+    "retry.backoff.ms": 1,
+}
+
 
 class _Caller:
     """One daemon thread that runs calls handed to it, in order, each with a
@@ -584,14 +604,7 @@ class Processor:
             "transactional.id": s.transactional_id,
             "transaction.timeout.ms": s.transaction_timeout_ms,
             "enable.idempotence": True,  # implied by transactional.id; spelled out
-            "acks": "all",
-            "linger.ms": 5,
-            # The first request of a transaction is often refused with
-            # CONCURRENT_TRANSACTIONS while the broker finishes the previous
-            # commit; librdkafka's default 100 ms backoff before retrying
-            # was most of each transaction's time (scripts/bench: the plain
-            # transactional loop ran 2.3x faster with 10 ms).
-            "retry.backoff.ms": 10,
+            **PRODUCER_TUNING,
             # Events carry an explicit partition; the DLQ uses the key.
             "partitioner": "murmur2_random",
             "error_cb": on_error,
