@@ -426,7 +426,7 @@ PRODUCER_TUNING = {
     # 2.3x faster with 10 ms). With 1 ms the offsets phase of
     # scripts/bench's latency runs was shorter in 8 of 8 alternating pairs
     # at 2,000 commands/s (2026-12-03: 7.6 against 17.9 ms, 10.7 against
-    # 22.9 ms in the slow hours; 1.7-3.1 against 2.2-3.6 ms in the fast
+    # 22.9 ms in the slow hours; 1.7-3.8 against 2.2-4.9 ms in the fast
     # ones). The doubling keeps a broker that is gone from a tight loop.
     # (AddPartitionsToTxn is retried after a fixed 20 ms, rdkafka_txnmgr.c.)
     "retry.backoff.ms": 1,
