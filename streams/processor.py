@@ -18,8 +18,7 @@ One loop iteration (one batch, one Kafka transaction):
    partition;
 3. ``send_offsets_to_transaction`` with the consumer's group metadata
    (KIP-447: a zombie of an older generation cannot commit), then
-   ``commit_transaction`` (a small batch sends its offsets before step 2:
-   ``OFFSETS_FIRST_BELOW``);
+   ``commit_transaction``;
 4. only then write the overlay to RocksDB, one WriteBatch per partition.
 
 If the transaction aborts, the overlay is dropped and the consumer is sought
@@ -412,21 +411,6 @@ HUNG_POLL_S = 0.25  # how often a wait for such a call looks at the clock
 # every SLOW_OFFSETS_S, whether a broker has left it (_bounded).
 SLOW_OFFSETS_S = 0.5
 REBUILD_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
-# Where a transaction sends its offsets: before deciding a batch of fewer
-# records than this, after deciding a bigger one. A transaction's first
-# request to the coordinator is refused (CONCURRENT_TRANSACTIONS) while the
-# coordinator still writes the previous commit's markers. Sent first,
-# AddOffsetsToTxn takes the refusal, and is asked again after
-# retry.backoff.ms (PRODUCER_TUNING). Otherwise the first record produced
-# sends AddPartitionsToTxn, which librdkafka asks again only 20 ms later
-# (rdkafka_txnmgr.c). In scripts/bench's latency runs at 1,000-2,000
-# commands/s, alternating with the offsets after the decide (2026-12-04),
-# p99 was lower in 14 of 19 pairs (median of the 9 at 1,500/s: 52 against
-# 65 ms), p50 higher (27 against 23 ms: the offsets' round trips no longer
-# overlap the records' acknowledgements); the low-load target is on p99. A
-# big batch decides for longer than 20 ms, which hides the refusal, and its
-# offsets' round trips are better spent while its records are acknowledged.
-OFFSETS_FIRST_BELOW = 256
 
 # The transactional producer's tuning; scripts/bench_ceiling.py's plain loop
 # uses the same, so that the ceiling is the same loop minus the ledger.
@@ -904,6 +888,7 @@ class Processor:
         stamps: dict[int, int] = {}  # partition -> recorded_at of this batch's records
         produced: set[int] = set()  # partitions this batch writes records to
         batches: dict[int, Batch] = {}
+        next_offsets: dict[tuple[str, int], int] = {}
         self._event_offsets.clear()
         metrics.PER_COMMAND.drop()  # counts of a batch given up before its commit
         # A transaction that has not committed within the broker's transaction
@@ -913,12 +898,7 @@ class Processor:
             self._producer.begin_transaction()
         except KafkaException as exc:
             raise Rebuild(f"begin_transaction: {exc.args[0]}") from None
-        next_offsets = _next_offsets(messages)
-        offsets_first = len(messages) < OFFSETS_FIRST_BELOW
         try:
-            if offsets_first:
-                self._send_offsets(next_offsets, txn_deadline_s)
-            t_offsets = time.perf_counter()
             for msg in messages:
                 error = msg.error()
                 if error:
@@ -927,6 +907,7 @@ class Processor:
                         log.warning("consume error: %s", error)
                     continue
                 p = msg.partition()
+                next_offsets[(msg.topic(), p)] = msg.offset() + 1
                 batch = batches.get(p)
                 if batch is None:
                     batch = batches[p] = Batch(self._stores[p])
@@ -949,9 +930,16 @@ class Processor:
                     batches[p] = Batch(self._stores[p])
                 self._produce_tick(p, stamps.get(p) or self._stamp(p, wall_ms), batches[p])
             t_decided = time.perf_counter()
-            if not offsets_first:
-                self._send_offsets(next_offsets, txn_deadline_s)
-            t_sent = time.perf_counter()
+            # The offsets' two round trips (AddOffsetsToTxn, TxnOffsetCommit)
+            # while the records are still being acknowledged: waiting for the
+            # acks first (a flush) put them one after the other.
+            if next_offsets:
+                self._retry(
+                    self._producer.send_offsets_to_transaction,
+                    [TopicPartition(t, p, o) for (t, p), o in next_offsets.items()],
+                    self._consumer.consumer_group_metadata(),
+                    deadline_s=txn_deadline_s)
+            t_offsets = time.perf_counter()
             metrics.PER_COMMAND.flush()  # counted before the outcomes are visible
             self._commit(txn_deadline_s)
         # Given up: the whole batch is read again, the partitions the loop had
@@ -971,22 +959,13 @@ class Processor:
         t_committed = time.perf_counter()
         self._apply(batches)
         done = time.perf_counter()
-        PHASES["offsets"].inc(t_offsets - started + t_sent - t_decided)
-        PHASES["decide"].inc(t_decided - t_offsets)
-        PHASES["commit"].inc(t_committed - t_sent)
+        PHASES["decide"].inc(t_decided - started)
+        PHASES["offsets"].inc(t_offsets - t_decided)
+        PHASES["commit"].inc(t_committed - t_offsets)
         PHASES["apply"].inc(done - t_committed)
         self._count_commit()
         metrics.TRANSACTION_SECONDS.observe(done - started)
         metrics.BATCH_SIZE.observe(len(messages))
-
-    def _send_offsets(self, next_offsets: dict, deadline_s: float) -> None:
-        """The batch's consumed offsets into the open transaction."""
-        if next_offsets:
-            self._retry(
-                self._producer.send_offsets_to_transaction,
-                [TopicPartition(t, p, o) for (t, p), o in next_offsets.items()],
-                self._consumer.consumer_group_metadata(),
-                deadline_s=deadline_s)
 
     def _apply(self, batches: dict[int, Batch]) -> None:
         """Write committed batches to their stores, with the event-log offset
@@ -1419,13 +1398,6 @@ class Processor:
             store.close()
         self._stores.clear()
         metrics.ASSIGNED_PARTITIONS.set(0)
-
-
-def _next_offsets(messages) -> dict[tuple[str, int], int]:
-    """(topic, partition) -> the offset after its last record in ``messages``:
-    what the transaction commits as the group's position."""
-    return {(msg.topic(), msg.partition()): msg.offset() + 1
-            for msg in messages if not msg.error()}
 
 
 def _first_offsets(messages) -> dict[tuple[str, int], int]:

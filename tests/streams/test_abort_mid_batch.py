@@ -34,13 +34,8 @@ def aborted() -> float:
     return REGISTRY.get_sample_value("ledger_transactions_total", {"outcome": "aborted"}) or 0.0
 
 
-# Both places a transaction sends its offsets (processor.OFFSETS_FIRST_BELOW):
-# before the batch is decided (what a small batch does; here the aborted
-# transaction already holds the batch's offsets) and after it.
-@pytest.mark.parametrize("offsets_first_below", [10**9, 0], ids=["offsets-first", "offsets-last"])
 def test_an_abort_before_the_batch_reaches_its_other_partitions_loses_nothing(
-        settings, monkeypatch, offsets_first_below):
-    monkeypatch.setattr(processor, "OFFSETS_FIRST_BELOW", offsets_first_below)
+        settings, monkeypatch):
     real_process, real_produce = processor.Processor._process, processor.Processor._produce_event
     real_seek_back = processor.Processor._seek_back
     armed, fired, sought = [False], [], []
@@ -65,14 +60,6 @@ def test_an_abort_before_the_batch_reaches_its_other_partitions_loses_nothing(
             batch["produced"] += 1
         return real_produce(self, raw, key, partition)
 
-    real_send_offsets = processor.Processor._send_offsets
-    produced_before_offsets = []  # per batch: events produced when its offsets went
-
-    def send_offsets(self, next_offsets, deadline_s):
-        if batch["produced"] is not None:
-            produced_before_offsets.append(batch["produced"])
-        return real_send_offsets(self, next_offsets, deadline_s)
-
     def seek_back(self, first_offsets):
         sought.append(sorted(p for _t, p in first_offsets))
         return real_seek_back(self, first_offsets)
@@ -80,7 +67,6 @@ def test_an_abort_before_the_batch_reaches_its_other_partitions_loses_nothing(
     monkeypatch.setattr(processor.Processor, "_process", process)
     monkeypatch.setattr(processor.Processor, "_produce_event", produce_event)
     monkeypatch.setattr(processor.Processor, "_seek_back", seek_back)
-    monkeypatch.setattr(processor.Processor, "_send_offsets", send_offsets)
     with core_on_a_thread(settings) as (core, runner):
         aborted_before = aborted()
         rng = random.Random(11)
@@ -97,10 +83,6 @@ def test_an_abort_before_the_batch_reaches_its_other_partitions_loses_nothing(
         assert aborted() == aborted_before + 1
         assert sought == fired  # every partition of the batch, not the first alone
         check_against_model(records, outcomes, expected, balances_expected)
-        if offsets_first_below:
-            assert set(produced_before_offsets) == {0}
-        else:
-            assert max(produced_before_offsets) > 0
         health, state = core.health()
         assert health, state
         assert runner.is_alive()
