@@ -138,11 +138,11 @@ def first_new_event_after(settings, timeout_s: float) -> float:
         consumer.close()
 
 
-def counter(name: str) -> float:
+def counter(name: str, labels: dict[str, str] | None = None) -> float:
     """A Prometheus counter of this process (a core run on a thread here)."""
     from prometheus_client import REGISTRY
 
-    return REGISTRY.get_sample_value(name) or 0.0
+    return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 @contextlib.contextmanager

@@ -23,15 +23,13 @@ from confluent_kafka import KafkaError, KafkaException
 
 from streams import processor
 from tests.streams.faultload import (Sender, apply_all, check_against_model, core_on_a_thread,
-                                     make_load, model, wait_for_all_outcomes)
+                                     counter, make_load, model, wait_for_all_outcomes)
 
 pytestmark = pytest.mark.kafka
 
 
 def aborted() -> float:
-    from prometheus_client import REGISTRY
-
-    return REGISTRY.get_sample_value("ledger_transactions_total", {"outcome": "aborted"}) or 0.0
+    return counter("ledger_transactions_total", {"outcome": "aborted"})
 
 
 def test_an_abort_before_the_batch_reaches_its_other_partitions_loses_nothing(
