@@ -338,7 +338,9 @@ class LogWatcher(threading.Thread):
             "group.id": f"{reader.topic_prefix}-client-bench-{uuid.uuid4().hex}",
             "enable.auto.commit": False,
             "isolation.level": "read_committed",
-            "fetch.wait.max.ms": 20,  # as the worker: see streams/processor.py
+            # The worker's wait (streams.processor.CONSUMER_TUNING), but not its
+            # fetch.min.bytes: an outcome is seen as soon as it is committed.
+            "fetch.wait.max.ms": 20,
         }))
         self._consumer.assign([TopicPartition(topic, p, confluent_kafka.OFFSET_BEGINNING)
                                for p in range(partitions)])

@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition  # noqa: E402
 
 from streams.config import Settings  # noqa: E402
-from streams.processor import PRODUCER_TUNING  # noqa: E402
+from streams.processor import CONSUMER_TUNING, PRODUCER_TUNING  # noqa: E402
 
 
 def main() -> int:
@@ -73,7 +73,7 @@ def main() -> int:
         "isolation.level": "read_committed",
         "auto.offset.reset": "earliest",
         "partition.assignment.strategy": "range",
-        "fetch.wait.max.ms": 20,  # as the ledger's consumer
+        **CONSUMER_TUNING,  # as the ledger's consumer
     }))
     producer = Producer(settings.kafka(**{
         "transactional.id": args.transactional_id,

@@ -432,6 +432,30 @@ PRODUCER_TUNING = {
     "retry.backoff.ms": 1,
 }
 
+# How the worker's consumer fetches; scripts/bench_ceiling.py's plain loop
+# fetches the same way.
+CONSUMER_TUNING = {
+    # With read_committed, records of a transaction still open do not
+    # answer a fetch, so the broker holds it for fetch.wait.max.ms
+    # (default 500 ms) before the commit marker is seen: each of a
+    # transfer's three steps waited that long (scripts/bench_transfers).
+    "fetch.wait.max.ms": 20,
+    # The broker answers a fetch once this much is there (or after
+    # fetch.wait.max.ms). With librdkafka's 1 byte every produce request of
+    # the clients answered a fetch: at 11,000 commands/s, open loop, the
+    # worker and the broker handled hundreds of small fetches a second, and
+    # the worker fell behind (scripts/bench --latency-rates 11000,2300, six
+    # alternating pairs, 2026-12-04: p50 66-3,747 ms, median about 1,300,
+    # against 59-376, median about 128). Fewer, fuller fetches also made the
+    # worker's transactions bigger at 10% load (47 commands against 31-62),
+    # and p99 there was 41-88 ms (one 141) against 62-115. The cost: an idle
+    # worker waits up to fetch.wait.max.ms for a lone command (p50 at 100
+    # commands/s 22 ms against 11). A backlog's fetches are full anyway:
+    # the backlog and transfer rates did not change (two pairs each).
+    # 4, 8, 16 and 128 KiB measured in the same range as 32.
+    "fetch.min.bytes": 32 * 1024,
+}
+
 
 class _Caller:
     """One daemon thread that runs calls handed to it, in order, each with a
@@ -569,11 +593,7 @@ class Processor:
             "isolation.level": "read_committed",
             "auto.offset.reset": "earliest",
             "partition.assignment.strategy": "range",
-            # With read_committed, records of a transaction still open do not
-            # answer a fetch, so the broker holds it for fetch.wait.max.ms
-            # (default 500 ms) before the commit marker is seen: each of a
-            # transfer's three steps waited that long (scripts/bench_transfers).
-            "fetch.wait.max.ms": 20,
+            **CONSUMER_TUNING,
             "error_cb": self._on_error,
             # Once a second, the state of each broker connection: whether any
             # broker is reachable, for health() (served by consume()).
