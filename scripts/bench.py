@@ -128,7 +128,7 @@ from streams.client import PRODUCER_SETTINGS as CLIENT_PRODUCER_SETTINGS  # noqa
 from streams.localkafka import free_port  # noqa: E402
 from streams.config import Settings, kafka_properties_from_env  # noqa: E402
 from streams.topics import consume_ready, ensure_topics  # noqa: E402
-from streams.processor import PHASES  # noqa: E402  (the worker loop's phases)
+from streams.processor import CONSUMER_TUNING, PHASES  # noqa: E402  (the worker loop's)
 
 
 PYTHON = sys.executable
@@ -338,9 +338,9 @@ class LogWatcher(threading.Thread):
             "group.id": f"{reader.topic_prefix}-client-bench-{uuid.uuid4().hex}",
             "enable.auto.commit": False,
             "isolation.level": "read_committed",
-            # The worker's wait (streams.processor.CONSUMER_TUNING), but not its
-            # fetch.min.bytes: an outcome is seen as soon as it is committed.
-            "fetch.wait.max.ms": 20,
+            # The worker's wait, but not its fetch.min.bytes: an outcome is
+            # seen as soon as it is committed.
+            "fetch.wait.max.ms": CONSUMER_TUNING["fetch.wait.max.ms"],
         }))
         self._consumer.assign([TopicPartition(topic, p, confluent_kafka.OFFSET_BEGINNING)
                                for p in range(partitions)])
