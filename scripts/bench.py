@@ -52,10 +52,11 @@ recovery   on the log of the first 1-worker run: a fresh worker (empty data
            dir) catches up all partitions (its ledger_recovery_seconds), and
            ``ledger replay --from-scratch``'s rebuild reads it in its own
            interpreter; events per second of each.
-latency    one worker; an open-loop generator sends credit/debits on a fixed
-           clock at 10% and 50% (``--latency-loads``) of the median 1-worker
-           credit/debit rate for ``--latency-seconds``; latency = outcome
-           visible to a read_committed consumer minus send time, per command_id.
+latency    one worker (``--latency-workers N``: N); an open-loop generator
+           sends credit/debits on a fixed clock at 10% and 50%
+           (``--latency-loads``) of the median credit/debit rate of as many
+           workers for ``--latency-seconds``; latency = outcome visible to a
+           read_committed consumer minus send time, per command_id.
 
 ``--compare tls|cluster`` runs only alternating one-worker backlogs on two
 Kafka setups it starts: tls = one secured broker (``start_broker(secure=True,
@@ -1168,8 +1169,9 @@ def run_latency(ctx: Context, rate: float) -> dict:
     rng = random.Random(args.seed + 2)
     commands = credit_debits(total, ctx.accounts, rng, "lat")
     work = encode(commands)
+    n_workers = args.latency_workers
     say(f"latency: {len(ctx.cd_opens):,} opens, then open loop at {rate:,.0f} commands/s "
-        f"for {args.latency_seconds:g}s ({total:,} commands), 1 worker")
+        f"for {args.latency_seconds:g}s ({total:,} commands), {n_workers} worker(s)")
     loader = ctx.loader(settings)
     watcher = ctx.watcher(settings, latency=True)
     watcher.start()
@@ -1178,9 +1180,11 @@ def run_latency(ctx: Context, rate: float) -> dict:
     workers: list[Worker] = []
     try:
         loader.load(settings.commands_topic, ctx.cd_opens, hold=False)
-        workers = start_workers(ctx, settings, 1, run_dir)
+        workers = start_workers(ctx, settings, n_workers, run_dir)
+
         def alive():
-            workers[0].check_alive()
+            for w in workers:
+                w.check_alive()
 
         watcher.wait_for(lambda w: w.count >= len(ctx.cd_opens), "the accounts' opens",
                          check=alive, stall_s=READY_TIMEOUT_S)
@@ -1236,7 +1240,7 @@ def run_latency(ctx: Context, rate: float) -> dict:
                          "p50_ms": round(percentile(values, 50), 1),
                          "max_ms": round(values[-1], 1)})
     result = {
-        "workers": 1, "target_rate": round(rate), "commands": total,
+        "workers": n_workers, "target_rate": round(rate), "commands": total,
         "achieved_send_rate": round(total / send_seconds),
         "seconds": args.latency_seconds, "outcomes_seen": len(latencies),
         "p50_ms": round(percentile(latencies, 50), 1),
@@ -1488,7 +1492,7 @@ def summary_rows(results: dict) -> list[tuple]:
         txn = lat.get("worker_metrics") or {}
         rows.append((f"latency p50 / p95 / p99{load} ({lat['target_rate']:,}/s, open loop; "
                      f"{txn.get('mean_batch_commands')} commands, "
-                     f"{txn.get('mean_transaction_ms')} ms per transaction)", "1",
+                     f"{txn.get('mean_transaction_ms')} ms per transaction)", str(lat["workers"]),
                      f"{lat['p50_ms']} / {lat['p95_ms']} / {lat['p99_ms']} ms",
                      f"{lat['outcomes_seen']:,}/{lat['commands']:,} outcomes", "",
                      f"{lat['loadavg'][0]:.2f}"))
@@ -1546,6 +1550,13 @@ def print_table(results: dict, params: dict) -> None:
           f"averages)\n")
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         prog="scripts/bench", description=__doc__.split("\n\n")[0],
@@ -1570,8 +1581,11 @@ def parse_args(argv=None):
     parser.add_argument("--transfer-workers", type=int, default=1)
     parser.add_argument("--latency-seconds", type=float, default=15.0)
     parser.add_argument("--latency-loads", default="0.1,0.5",
-                        help="open-loop rates as fractions of the median 1-worker rate "
-                             "(default 0.1,0.5)")
+                        help="open-loop rates as fractions of the median credit/debit rate "
+                             "of --latency-workers workers (default 0.1,0.5)")
+    parser.add_argument("--latency-workers", type=_positive, default=1,
+                        help="workers in the latency runs (default 1; 2 is what "
+                             "`ledger worker --processes 2` runs on a 2-core host)")
     parser.add_argument("--latency-rates", default=None,
                         help="open-loop rates in commands/s instead of --latency-loads "
                              "(e.g. 900,4500): the same load on every run, to compare "
@@ -1746,6 +1760,10 @@ def main(argv=None) -> int:
             base = [r for r in results["ledger"]
                     if r["scenario"] == "credit_debit" and r["workers"] == 1]
             one = median([r["rate"] for r in base])
+            # The latency runs' load is a fraction of the rate of as many workers.
+            of = [r["rate"] for r in results["ledger"]
+                  if r["scenario"] == "credit_debit" and r["workers"] == args.latency_workers]
+            most = median(of)
             if base and not args.skip_recovery:
                 r = attempt("recovery", run_recovery, ctx, base[0])
                 if r:
@@ -1757,17 +1775,18 @@ def main(argv=None) -> int:
                 for rate in args.latency_rate_list:
                     r = attempt(f"latency {rate:,.0f}/s", run_latency, ctx, rate)
                     if r:
-                        r["load_fraction"] = round(rate / one, 3) if one else None
-                        r["of_rate"] = one
+                        r["load_fraction"] = round(rate / most, 3) if most else None
+                        r["of_rate"] = most
                         results["latency"].append(r)
             elif not args.skip_latency:
-                if not one:
-                    errors.append("latency: no 1-worker credit/debit rate to base the load on")
-                for fraction in args.latency_load_list if one else []:
-                    r = attempt(f"latency {fraction:.0%}", run_latency, ctx, one * fraction)
+                if not most:
+                    errors.append(f"latency: no {args.latency_workers}-worker credit/debit "
+                                  f"rate to base the load on (--workers)")
+                for fraction in args.latency_load_list if most else []:
+                    r = attempt(f"latency {fraction:.0%}", run_latency, ctx, most * fraction)
                     if r:
                         r["load_fraction"] = fraction
-                        r["of_rate"] = one
+                        r["of_rate"] = most
                         results["latency"].append(r)
             if args.profile and importlib.util.find_spec("pyinstrument") is None:
                 errors.append("profile: pyinstrument is not installed")
