@@ -125,6 +125,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition  # noqa: E402
 from ledger import domain  # noqa: E402
 from schemas import codec  # noqa: E402
 from streams import legauth  # noqa: E402
+from streams.cli import _positive_int  # noqa: E402  (what `ledger worker --processes` takes)
 from streams.client import PRODUCER_SETTINGS as CLIENT_PRODUCER_SETTINGS  # noqa: E402
 from streams.localkafka import free_port  # noqa: E402
 from streams.config import Settings, kafka_properties_from_env  # noqa: E402
@@ -1550,13 +1551,6 @@ def print_table(results: dict, params: dict) -> None:
           f"averages)\n")
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
-
-
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         prog="scripts/bench", description=__doc__.split("\n\n")[0],
@@ -1583,7 +1577,7 @@ def parse_args(argv=None):
     parser.add_argument("--latency-loads", default="0.1,0.5",
                         help="open-loop rates as fractions of the median credit/debit rate "
                              "of --latency-workers workers (default 0.1,0.5)")
-    parser.add_argument("--latency-workers", type=_positive, default=1,
+    parser.add_argument("--latency-workers", type=_positive_int, default=1,
                         help="workers in the latency runs (default 1; 2 is what "
                              "`ledger worker --processes 2` runs on a 2-core host)")
     parser.add_argument("--latency-rates", default=None,
