@@ -1751,13 +1751,14 @@ def main(argv=None) -> int:
                 r = attempt("transfers", run_ledger, ctx, args.transfer_workers, "transfer")
                 if r:
                     results["ledger"].append(r)
-            base = [r for r in results["ledger"]
-                    if r["scenario"] == "credit_debit" and r["workers"] == 1]
+            def credit_debit_runs(workers: int) -> list[dict]:
+                return [r for r in results["ledger"]
+                        if r["scenario"] == "credit_debit" and r["workers"] == workers]
+
+            base = credit_debit_runs(1)
             one = median([r["rate"] for r in base])
             # The latency runs' load is a fraction of the rate of as many workers.
-            of = [r["rate"] for r in results["ledger"]
-                  if r["scenario"] == "credit_debit" and r["workers"] == args.latency_workers]
-            most = median(of)
+            latency_of = median([r["rate"] for r in credit_debit_runs(args.latency_workers)])
             if base and not args.skip_recovery:
                 r = attempt("recovery", run_recovery, ctx, base[0])
                 if r:
@@ -1769,18 +1770,18 @@ def main(argv=None) -> int:
                 for rate in args.latency_rate_list:
                     r = attempt(f"latency {rate:,.0f}/s", run_latency, ctx, rate)
                     if r:
-                        r["load_fraction"] = round(rate / most, 3) if most else None
-                        r["of_rate"] = most
+                        r["load_fraction"] = round(rate / latency_of, 3) if latency_of else None
+                        r["of_rate"] = latency_of
                         results["latency"].append(r)
             elif not args.skip_latency:
-                if not most:
+                if not latency_of:
                     errors.append(f"latency: no {args.latency_workers}-worker credit/debit "
                                   f"rate to base the load on (--workers)")
-                for fraction in args.latency_load_list if most else []:
-                    r = attempt(f"latency {fraction:.0%}", run_latency, ctx, most * fraction)
+                for fraction in args.latency_load_list if latency_of else []:
+                    r = attempt(f"latency {fraction:.0%}", run_latency, ctx, latency_of * fraction)
                     if r:
                         r["load_fraction"] = fraction
-                        r["of_rate"] = most
+                        r["of_rate"] = latency_of
                         results["latency"].append(r)
             if args.profile and importlib.util.find_spec("pyinstrument") is None:
                 errors.append("profile: pyinstrument is not installed")
