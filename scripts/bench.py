@@ -122,7 +122,7 @@ sys.path.insert(0, str(REPO))
 import confluent_kafka  # noqa: E402
 from confluent_kafka import Consumer, Producer, TopicPartition  # noqa: E402
 
-from ledger import domain  # noqa: E402
+from ledger import domain, frozen  # noqa: E402
 from schemas import codec  # noqa: E402
 from streams import legauth  # noqa: E402
 from streams.cli import _positive_int  # noqa: E402  (what `ledger worker --processes` takes)
@@ -1407,6 +1407,14 @@ def _version(v) -> str:
     return v[0] if isinstance(v, tuple) else str(v)
 
 
+def _libpython_shared() -> bool | None:
+    """Does this interpreter load libpython as a shared library (None: unknown)?"""
+    try:
+        return "libpython" in Path("/proc/self/maps").read_text()
+    except OSError:
+        return None
+
+
 def machine_info(kafka_version: str) -> dict:
     cpu = "unknown"
     with contextlib.suppress(OSError):
@@ -1419,6 +1427,15 @@ def machine_info(kafka_version: str) -> dict:
         else os.cpu_count(),
         "cpu": cpu,
         "python": platform.python_version(),
+        "python_executable": sys.executable,
+        # What scripts/install chooses by (README, Performance, "The interpreter").
+        "libpython_shared": _libpython_shared(),
+        # Where each C module was loaded from (None: not built, its code runs
+        # in Python). They are built into the installed tree, not kept in
+        # git: a worktree run with that tree's venv loads that tree's build
+        # (the editable install's finder), whatever its own C sources say.
+        "c_modules": {name: getattr(module, "__file__", None) for name, module in
+                      (("codec", codec._avro), ("frozen", frozen._frozen))},
         "platform": platform.platform(),
         "kafka": kafka_version,
         "confluent_kafka": _version(confluent_kafka.version()),
@@ -1719,6 +1736,15 @@ def main(argv=None) -> int:
         code = code_version()
         say(f"{machine['nproc']} cores ({machine['cpu']}), load average "
             f"{loadavg()}; broker(s), workers and load generator share them")
+        say(f"Python {machine['python']} ({machine['python_executable']}, libpython "
+            f"{ {True: 'shared', False: 'linked in', None: 'unknown'}[machine['libpython_shared']] })")
+        for name, path in machine["c_modules"].items():
+            if path is None:
+                say(f"WARNING: the {name} C module is not built: its code runs in Python, "
+                    f"slower; scripts/install (or pip install -e .) builds it")
+            elif not Path(path).resolve().is_relative_to(REPO):
+                say(f"WARNING: the {name} C module was loaded from {path}, not from {REPO}: "
+                    f"built from that tree's C source")
         say(f"encoding {args.commands:,} credit/debit commands over {args.accounts:,} accounts")
         ctx = Context(args, targets[0], tmp)
         ctxs = [ctx] + [ctx.on(t) for t in targets[1:]]
