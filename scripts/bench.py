@@ -122,6 +122,7 @@ sys.path.insert(0, str(REPO))
 import confluent_kafka  # noqa: E402
 from confluent_kafka import Consumer, Producer, TopicPartition  # noqa: E402
 
+import interpreter  # noqa: E402  (scripts/interpreter.py, beside this file)
 from ledger import domain, frozen  # noqa: E402
 from schemas import codec  # noqa: E402
 from streams import legauth  # noqa: E402
@@ -1407,14 +1408,6 @@ def _version(v) -> str:
     return v[0] if isinstance(v, tuple) else str(v)
 
 
-def _libpython_shared() -> bool | None:
-    """Does this interpreter load libpython as a shared library (None: unknown)?"""
-    try:
-        return "libpython" in Path("/proc/self/maps").read_text()
-    except OSError:
-        return None
-
-
 def machine_info(kafka_version: str) -> dict:
     cpu = "unknown"
     with contextlib.suppress(OSError):
@@ -1429,7 +1422,7 @@ def machine_info(kafka_version: str) -> dict:
         "python": platform.python_version(),
         "python_executable": sys.executable,
         # What scripts/install chooses by (README, Performance, "The interpreter").
-        "libpython_shared": _libpython_shared(),
+        "libpython_shared": interpreter.libpython_shared(),
         # Where each C module was loaded from (None: not built, its code runs
         # in Python). They are built into the installed tree, not kept in
         # git: a worktree run with that tree's venv loads that tree's build
