@@ -439,7 +439,18 @@ CONSUMER_TUNING = {
     # answer a fetch, so the broker holds it for fetch.wait.max.ms
     # (default 500 ms) before the commit marker is seen: each of a
     # transfer's three steps waited that long (scripts/bench_transfers).
-    "fetch.wait.max.ms": 20,
+    # Below about 20,000 commands/s fetch.min.bytes is not reached within
+    # this wait, so every command waits in the broker for up to this long.
+    # 10 against 20, alternating (scripts/bench --latency-rates
+    # 22000,4500,2400, the bench's outcome reader at 20 in both, 2026-12-04
+    # 15:55-16:03 UTC, a quiet machine): p50 14.0-16.1 ms against 21.2-23.4
+    # at 4,500/s and 14.0-15.2 against 19.8-21.5 at 2,400/s; p99 27.2-37.5
+    # against 35.3-43.3 and 24.6-31.1 against 34.3-39.5. At 22,000/s (half
+    # load) p99 was later, 58.9-80.5 against 48.2-58.5 (more, smaller
+    # fetches), which leaves more room under its target (150 ms) than 20
+    # left under the low load's (50 ms). The reader's own wait (10 or 20)
+    # changed nothing. 15 measured between the two.
+    "fetch.wait.max.ms": 10,
     # The broker answers a fetch once this much is there (or after
     # fetch.wait.max.ms). With librdkafka's 1 byte every produce request of
     # the clients answered a fetch: at 11,000 records/s from the client's
