@@ -455,16 +455,18 @@ CONSUMER_TUNING = {
     # fetch.wait.max.ms). With librdkafka's 1 byte every produce request of
     # the clients answered a fetch: at 11,000 records/s from the client's
     # producer, a consumer fetched 808-818 times a second, against 50 with
-    # 32 KiB (two probes each). At 11,000 commands/s, open loop, the worker
-    # fell behind (scripts/bench --latency-rates 11000,2300, six
+    # 32 KiB (two probes each; the wait was 20 ms then, so up to 100 now).
+    # At 11,000 commands/s, open loop, the worker fell behind (scripts/bench
+    # --latency-rates 11000,2300, six
     # alternating pairs, 2026-12-04: p50 66-3,747 ms, median about 1,300,
     # against 59-376, median about 128). Fewer, fuller fetches also made the
     # worker's transactions bigger at 10% load (47-63 commands against
     # 31-51 in five of six pairs), and p99 there was lower in five of six
     # (41-88 ms, one 141, against 62-115). The cost: an idle
     # worker waits up to fetch.wait.max.ms for a lone command (p50 at 100
-    # commands/s 22 ms against 11). A backlog's fetches are full anyway:
-    # the backlog and transfer rates did not change (two pairs each).
+    # commands/s 22 ms against 11, with the 20 ms wait). A backlog's
+    # fetches are full anyway: the backlog and transfer rates did not
+    # change (two pairs each).
     # 4, 8, 16 and 128 KiB measured in the same range as 32.
     "fetch.min.bytes": 32 * 1024,
 }
